@@ -1,0 +1,56 @@
+"""Metrics: AUC, accuracy, precision/recall at the alert threshold, and a signal backtest."""
+
+from __future__ import annotations
+
+import numpy as np
+
+TRADING_DAYS = 252
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """AUC, accuracy, precision and recall of P(positive) ``p`` at ``threshold``."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=np.float64)
+    finite = bool(np.isfinite(p).all())
+    pred = p >= threshold
+    tp = int((pred & (y == 1)).sum())
+    fp = int((pred & (y == 0)).sum())
+    fn = int((~pred & (y == 1)).sum())
+    auc = float(roc_auc_score(y, p)) if finite and len(np.unique(y)) == 2 else float("nan")
+    return {
+        "auc": auc,
+        "accuracy": float((pred == (y == 1)).mean()),
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "positive_rate": float(y.mean()),
+        "alert_rate": float(pred.mean()),
+        "n": float(len(y)),
+        "finite": float(finite),
+    }
+
+
+def backtest(p_up: np.ndarray, fwd_ret_bps: np.ndarray, ts_ns: np.ndarray, margin: float = 0.05,
+             cost_bps: float = 0.0) -> dict[str, float]:
+    """Trade the direction signal over the test window.
+
+    Long when P(up) > 0.5 + margin, short when P(up) < 0.5 - margin, flat otherwise;
+    each trade earns the forward mid return over the label horizon minus ``cost_bps``.
+    Sharpe is per-trade mean/std annualised by the number of trades per day observed
+    in the window (x 252 days). Hit rate is the share of trades with positive P&L.
+    """
+    p_up = np.asarray(p_up, dtype=np.float64)
+    pos = np.where(p_up > 0.5 + margin, 1.0, np.where(p_up < 0.5 - margin, -1.0, 0.0))
+    traded = pos != 0
+    pnl = pos[traded] * np.asarray(fwd_ret_bps, dtype=np.float64)[traded] - cost_bps
+    if len(pnl) < 2 or pnl.std() == 0:
+        return {"sharpe": 0.0, "hit_rate": 0.0, "trades": float(len(pnl)), "pnl_bps": float(pnl.sum())}
+    days = max(len(np.unique(np.asarray(ts_ns) // 86_400_000_000_000)), 1)
+    per_year = len(pnl) / days * TRADING_DAYS
+    return {
+        "sharpe": float(pnl.mean() / pnl.std() * np.sqrt(per_year)),
+        "hit_rate": float((pnl > 0).mean()),
+        "trades": float(len(pnl)),
+        "pnl_bps": float(pnl.sum()),
+    }

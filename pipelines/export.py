@@ -1,0 +1,80 @@
+"""PyTorch → ONNX (FP32), with ``onnx.checker`` and output parity against PyTorch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Family
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "features"
+OUTPUT_NAME = "prob"
+MAX_BATCH = 4096
+SEQ_RANGE = (8, 256)
+"""Dynamic sequence range exported for market_alert (the model is trained on 30..120)."""
+
+
+class ParityError(RuntimeError):
+    """ONNX output diverges from PyTorch beyond tolerance."""
+
+
+@dataclass(frozen=True)
+class Parity:
+    max_abs_err: float
+    max_rel_err: float
+    n: int
+    ok: bool
+    """Every element within ``atol + rtol * |reference|`` (numpy ``allclose`` semantics)."""
+
+
+def torch_to_onnx(model, family: Family, example: np.ndarray, dest: Path, opset: int) -> Path:
+    """Export ``model`` with a dynamic batch axis (and sequence axis for market_alert).
+
+    Writes to a temporary file beside ``dest`` and renames it into place after
+    ``onnx.checker`` passes, so ``dest`` is either complete or absent.
+    """
+    import onnx
+    import torch
+
+    model = model.eval().cpu()
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    dims = {0: batch}
+    if family is Family.MARKET_ALERT:
+        dims[1] = torch.export.Dim("seq", min=SEQ_RANGE[0], max=SEQ_RANGE[1])
+    x = torch.from_numpy(np.ascontiguousarray(example[:2]))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=dest.parent)
+    os.close(fd)
+    try:
+        torch.onnx.export(model, (x,), tmp, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          opset_version=opset, dynamo=True, dynamic_shapes={"x": dims}, external_data=False,
+                          verbose=False)
+        proto = onnx.load(tmp)
+        onnx.checker.check_model(proto, full_check=True)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def onnx_parity(model, onnx_path: Path, x: np.ndarray, atol: float, rtol: float) -> Parity:
+    """Max absolute and relative error of ONNX Runtime (CPU) against PyTorch on ``x``."""
+    import onnxruntime as ort
+
+    from .train import predict
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+    ref = predict(model, x)
+    abs_err = np.abs(got.astype(np.float64) - ref)
+    rel_err = abs_err / np.maximum(np.abs(ref), 1e-6)
+    ok = bool(np.isfinite(got).all() and (abs_err <= atol + rtol * np.abs(ref)).all())
+    return Parity(float(abs_err.max()), float(rel_err.max()), len(x), ok)

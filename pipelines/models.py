@@ -1,0 +1,109 @@
+"""The three model families.
+
+Each model takes raw features and normalises them with buffers fitted on the training
+split, so the exported ONNX graph carries its own preprocessing. Every model outputs
+probabilities named ``prob``: ``[B, 1]`` P(positive) for the binary families, ``[B, 2]``
+class probabilities for ``price_direction``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import Family, FamilyConfig
+
+
+class _Normalise(nn.Module):
+    def __init__(self, n_features: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+
+    def fit(self, x: torch.Tensor) -> None:
+        flat = x.reshape(-1, x.shape[-1]).double()
+        self.mean.copy_(flat.mean(0).float())
+        self.std.copy_(flat.std(0).clamp_min(1e-6).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class MarketAlertGRU(nn.Module):
+    """GRU over ``[B, T, F]`` ticks (T in 30..120) → P(abnormal move) ``[B, 1]``."""
+
+    def __init__(self, n_features: int, hidden: int = 64, layers: int = 1):
+        super().__init__()
+        self.norm = _Normalise(n_features)
+        self.gru = nn.GRU(n_features, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.gru(self.norm(x))
+        return self.head(h[:, -1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x))
+
+
+class PriceDirectionNet(nn.Module):
+    """Conv1d + Transformer encoder over ``[B, 64, 16]`` → class probabilities ``[B, 2]``."""
+
+    def __init__(self, n_features: int, seq_len: int = 64, hidden: int = 64, layers: int = 2, heads: int = 4):
+        super().__init__()
+        self.norm = _Normalise(n_features)
+        self.conv = nn.Sequential(
+            nn.Conv1d(n_features, hidden, kernel_size=3, padding=1), nn.GELU(),
+            nn.Conv1d(hidden, hidden, kernel_size=3, padding=1), nn.GELU(),
+        )
+        self.pos = nn.Parameter(torch.zeros(1, seq_len, hidden))
+        layer = nn.TransformerEncoderLayer(hidden, heads, dim_feedforward=2 * hidden, dropout=0.1,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        # enable_nested_tensor=False keeps the plain (exportable) path in eval mode.
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(2 * hidden, 2)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(self.norm(x).transpose(1, 2)).transpose(1, 2) + self.pos
+        z = self.encoder(z)
+        # The freshest tick carries most of a 100 ms signal; the mean carries the context.
+        return self.head(torch.cat([z[:, -1], z.mean(dim=1)], dim=-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x), dim=-1)
+
+
+class FraudMLP(nn.Module):
+    """MLP over ``[B, F]`` transaction features → P(fraud) ``[B, 1]``."""
+
+    def __init__(self, n_features: int, hidden: int = 64, layers: int = 2):
+        super().__init__()
+        self.norm = _Normalise(n_features)
+        blocks: list[nn.Module] = []
+        width = n_features
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(0.1)]
+            width = hidden
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(width, 1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.norm(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x))
+
+
+def build_model(family: Family, fam_cfg: FamilyConfig, n_features: int) -> nn.Module:
+    if family is Family.MARKET_ALERT:
+        return MarketAlertGRU(n_features, fam_cfg.hidden, fam_cfg.layers)
+    if family is Family.PRICE_DIRECTION:
+        return PriceDirectionNet(n_features, fam_cfg.window, fam_cfg.hidden, fam_cfg.layers)
+    if family is Family.FRAUD_RISK:
+        return FraudMLP(n_features, fam_cfg.hidden, fam_cfg.layers)
+    raise ValueError(f"unknown family {family!r}")
+
+
+def positive_probability(family: Family, prob: "torch.Tensor | object"):
+    """P(positive class) from a model's ``prob`` output (torch or numpy)."""
+    return prob[:, 1] if family is Family.PRICE_DIRECTION else prob[:, 0]

@@ -1,0 +1,73 @@
+"""Small frozen records passed between stages (and between Airflow tasks as XCom JSON).
+
+Big things travel as URIs; these records only say where they are and how they went.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Status(StrEnum):
+    OK = "ok"
+    REJECTED = "rejected"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_xcom(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class Plan(Record):
+    date: str
+    lake_dates: list[str]
+    families: list[str]
+    run_dir: str
+
+
+class LakeSnapshot(Record):
+    lake_uri: str
+    dates: list[str]
+    partitions: list[str]
+    rows: int
+    written: int
+    """Partitions this run wrote (0 when the lake already had them all)."""
+
+
+class FeatureSet(Record):
+    market_uri: str
+    fraud_uri: str
+    market_rows: int
+    fraud_rows: int
+
+
+class TrainResult(Record):
+    family: str
+    status: Status
+    checkpoint_uri: str
+    splits_uri: str
+    metrics: dict[str, float]
+    """Test-split metrics of the trained model (PyTorch, FP32)."""
+    n_train: int
+    n_val: int
+    n_test: int
+    epochs: int
+    device: str
+    seconds: float
+
+
+class ExportResult(Record):
+    family: str
+    status: Status
+    onnx_uri: str
+    opset: int
+    max_abs_err: float
+    max_rel_err: float
+    reason: str = ""

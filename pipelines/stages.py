@@ -1,0 +1,173 @@
+"""The nightly stages as plain typed functions. Airflow tasks (and tests) call these.
+
+Each stage reads its inputs by URI, writes its outputs under the run directory of
+the logical date through :func:`pipelines.fsutil.committed_dir`, and returns a small
+record. Heavy libraries load inside the functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+
+from .config import Family, FactoryConfig
+from .fsutil import committed_dir, write_json
+from .records import ExportResult, FeatureSet, LakeSnapshot, Plan, Status, TrainResult
+
+log = logging.getLogger(__name__)
+
+
+def plan(cfg: FactoryConfig, date: str) -> Plan:
+    """Resolve the logical date into the lake days to use and the families to train."""
+    day = dt.date.fromisoformat(date)
+    lake_dates = [(day - dt.timedelta(days=k)).isoformat() for k in range(cfg.data.history_days, 0, -1)]
+    return Plan(date=date, lake_dates=lake_dates, families=[f.value for f in cfg.enabled_families],
+                run_dir=str(cfg.run_dir(date)))
+
+
+def ingest(cfg: FactoryConfig, p: Plan) -> LakeSnapshot:
+    """Make sure the lake holds every partition the night needs, then validate them.
+
+    With ``data.source: simulator`` missing partitions are simulated and written;
+    with ``lake`` a missing partition is an error naming it.
+    """
+    from .data import lake
+    from .data.schema import MARKET_DATASET, TRANSACTIONS_DATASET, TRANSACTIONS_SYMBOL
+    from .data.simulator import simulate_market, simulate_transactions
+    from .data.validation import DataValidationError
+
+    wanted = [lake.Partition(MARKET_DATASET, d, s) for d in p.lake_dates for s in cfg.data.symbols]
+    wanted += [lake.Partition(TRANSACTIONS_DATASET, d, TRANSACTIONS_SYMBOL) for d in p.lake_dates]
+    written, rows = 0, 0
+    for i, part in enumerate(wanted, 1):
+        if not lake.exists(cfg.lake_uri, part):
+            if cfg.data.source != "simulator":
+                raise DataValidationError(part.key, None, f"partition missing from lake {cfg.lake_uri}")
+            if part.dataset == MARKET_DATASET:
+                df = simulate_market(part.date, part.symbol, cfg.data.ticks_per_day, cfg.data.seed)
+            else:
+                df = simulate_transactions(part.date, part.symbol, cfg.data.transactions_per_day, cfg.data.seed)
+            lake.write_partition(cfg.lake_uri, part, df)
+            written += 1
+        rows += len(lake.read_partition(cfg.lake_uri, part))  # validates what is there
+        log.info("ingest [%d/%d] %s ok", i, len(wanted), part.key)
+    return LakeSnapshot(lake_uri=cfg.lake_uri, dates=p.lake_dates, partitions=[w.key for w in wanted], rows=rows,
+                        written=written)
+
+
+def build_features(cfg: FactoryConfig, p: Plan, snap: LakeSnapshot) -> FeatureSet:
+    """Per-tick market features and per-transaction fraud features for the night's lake days."""
+    import pandas as pd
+
+    from .data import lake
+    from .data.schema import MARKET_DATASET, TRANSACTIONS_DATASET
+    from .features import fraud_features, market_features
+
+    market, txns = [], []
+    for key in snap.partitions:
+        dataset, date_kv, symbol_kv = key.split("/")
+        part = lake.Partition(dataset, date_kv.split("=", 1)[1], symbol_kv.split("=", 1)[1])
+        df = lake.read_partition(snap.lake_uri, part)
+        if dataset == MARKET_DATASET:
+            feats = market_features(df, cfg.features)
+            feats.insert(0, "symbol", part.symbol)
+            feats.insert(0, "date", part.date)
+            market.append(feats)
+        elif dataset == TRANSACTIONS_DATASET:
+            txns.append(df)
+    market_df = pd.concat(market, ignore_index=True)
+    fraud_df = fraud_features(pd.concat(txns, ignore_index=True))
+    dest = Path(p.run_dir) / "features"
+    with committed_dir(dest) as tmp:
+        market_df.to_parquet(tmp / "market.parquet", index=False)
+        fraud_df.to_parquet(tmp / "fraud.parquet", index=False)
+    log.info("features: %d market rows, %d fraud rows", len(market_df), len(fraud_df))
+    return FeatureSet(market_uri=str(dest / "market.parquet"), fraud_uri=str(dest / "fraud.parquet"),
+                      market_rows=len(market_df), fraud_rows=len(fraud_df))
+
+
+def train(cfg: FactoryConfig, p: Plan, fs: FeatureSet, family: str) -> TrainResult:
+    """Train one family; save its checkpoint, test/val/calibration splits and metrics."""
+    import pandas as pd
+    import torch
+
+    from .datasets import build_family_data
+    from .train import train_family
+
+    fam = Family(family)
+    if fam is Family.FRAUD_RISK:
+        data = build_family_data(fam, cfg, None, pd.read_parquet(fs.fraud_uri))
+    else:
+        data = build_family_data(fam, cfg, pd.read_parquet(fs.market_uri), None)
+    log.info("%s: %d train / %d val / %d test samples, input %s", fam, len(data.train), len(data.val),
+             len(data.test), data.train.x.shape[1:])
+    outcome = train_family(fam, data, cfg)
+    dest = Path(p.run_dir) / family / "train"
+    with committed_dir(dest) as tmp:
+        torch.save({"family": family, "family_config": cfg.families[fam].model_dump(),
+                    "n_features": data.train.x.shape[-1], "feature_names": data.feature_names,
+                    "state_dict": outcome.model.state_dict()}, tmp / "model.pt")
+        data.save(tmp / "splits.npz")
+        write_json(tmp / "metrics.json", outcome.metrics)
+        write_json(tmp / "history.json", outcome.history)
+    return TrainResult(family=family, status=Status.OK, checkpoint_uri=str(dest / "model.pt"),
+                       splits_uri=str(dest / "splits.npz"), metrics=outcome.metrics, n_train=len(data.train),
+                       n_val=len(data.val), n_test=len(data.test), epochs=outcome.epochs, device=outcome.device,
+                       seconds=round(outcome.seconds, 2))
+
+
+def load_model(checkpoint_uri: str):
+    """Rebuild a trained model from its checkpoint (CPU, eval mode)."""
+    import torch
+
+    from .config import FamilyConfig
+    from .models import build_model
+
+    ckpt = torch.load(checkpoint_uri, map_location="cpu", weights_only=True)
+    model = build_model(Family(ckpt["family"]), FamilyConfig(**ckpt["family_config"]), ckpt["n_features"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def export(cfg: FactoryConfig, p: Plan, tr: TrainResult) -> ExportResult:
+    """FP32 ONNX export with checker and parity against PyTorch on held-out test inputs.
+
+    Parity beyond tolerance raises :class:`pipelines.export.ParityError`: an export
+    that does not compute the trained model is a bug, not a candidate to reject.
+    """
+    from .datasets import load_splits
+    from .export import ParityError, onnx_parity, torch_to_onnx
+
+    fam = Family(tr.family)
+    model = load_model(tr.checkpoint_uri)
+    test = load_splits(tr.splits_uri)["test"]
+    x = test.x[: cfg.export.parity_samples]
+    dest = Path(p.run_dir) / tr.family / "onnx"
+    start = time.perf_counter()
+    with committed_dir(dest) as tmp:
+        onnx_path = torch_to_onnx(model, fam, x, tmp / "model.fp32.onnx", cfg.export.opset)
+        parity = onnx_parity(model, onnx_path, x, cfg.export.parity_atol, cfg.export.parity_rtol)
+        if not parity.ok:
+            raise ParityError(f"{fam}: ONNX vs PyTorch max abs err {parity.max_abs_err:.3g}, "
+                              f"max rel err {parity.max_rel_err:.3g} exceed atol {cfg.export.parity_atol} / "
+                              f"rtol {cfg.export.parity_rtol} on {parity.n} test inputs")
+        write_json(tmp / "export.json", {"opset": cfg.export.opset, "max_abs_err": parity.max_abs_err,
+                                         "max_rel_err": parity.max_rel_err, "n": parity.n,
+                                         "seconds": time.perf_counter() - start})
+    log.info("%s: exported ONNX opset %d, parity max abs %.2e rel %.2e", fam, cfg.export.opset,
+             parity.max_abs_err, parity.max_rel_err)
+    return ExportResult(family=tr.family, status=Status.OK, onnx_uri=str(dest / "model.fp32.onnx"),
+                        opset=cfg.export.opset, max_abs_err=parity.max_abs_err, max_rel_err=parity.max_rel_err)
+
+
+def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported: list[ExportResult]) -> Path:
+    """Write ``summary.json`` for the night: one row per family."""
+    by_family = {e.family: e for e in exported}
+    rows = []
+    for t in sorted(trained, key=lambda r: r.family):
+        e = by_family.get(t.family)
+        rows.append({"family": t.family, "status": t.status, "train": t.model_dump(mode="json"),
+                     "export": e.model_dump(mode="json") if e else None})
+    return write_json(Path(p.run_dir) / "summary.json", {"date": p.date, "profile": cfg.profile, "families": rows})

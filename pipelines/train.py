@@ -1,0 +1,130 @@
+"""Training: AdamW + cosine schedule, AMP on CUDA, early stopping on validation AUC, fixed seeds."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import Family, FactoryConfig
+from .datasets import FamilyData, Split
+from .evaluate import backtest, classification_metrics
+from .models import build_model, positive_probability
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOutcome:
+    model: nn.Module
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    epochs: int
+    device: str
+    seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(False)
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch: int = 2048, device: torch.device | None = None) -> np.ndarray:
+    """Model ``prob`` output for ``x`` in eval mode, as float32 numpy."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    out = [model(torch.from_numpy(x[i : i + batch]).to(device)).float().cpu().numpy()
+           for i in range(0, len(x), batch)]
+    return np.concatenate(out)
+
+
+def evaluate_split(family: Family, prob: np.ndarray, split: Split, threshold: float) -> dict[str, float]:
+    """Family metrics of model outputs ``prob`` on ``split``."""
+    p = np.asarray(positive_probability(family, prob))
+    metrics = classification_metrics(split.y, p, threshold)
+    if family is Family.PRICE_DIRECTION:
+        metrics.update(backtest(p, split.fwd_ret_bps, split.ts))
+    return metrics
+
+
+def _loss(family: Family, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if family is Family.PRICE_DIRECTION:
+        return nn.functional.cross_entropy(logits.float(), y.long())
+    return nn.functional.binary_cross_entropy_with_logits(logits.float().squeeze(-1), y)
+
+
+def train_family(family: Family, data: FamilyData, cfg: FactoryConfig) -> TrainOutcome:
+    """Train one family on ``data.train``, early-stop on ``data.val``, report on ``data.test``."""
+    tc, fam = cfg.train, cfg.families[family]
+    seed_everything(tc.seed)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = pick_device(tc.device)
+    model = build_model(family, fam, data.train.x.shape[-1])
+    model.norm.fit(torch.from_numpy(data.train.x))
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    steps_per_epoch = max(1, int(np.ceil(len(data.train) / tc.batch_size)))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc.max_epochs * steps_per_epoch)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    x_train = torch.from_numpy(data.train.x)
+    y_train = torch.from_numpy(data.train.y)
+    gen = torch.Generator().manual_seed(tc.seed)
+
+    best_auc, best_state, best_epoch, stale = -1.0, None, 0, 0
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    for epoch in range(1, tc.max_epochs + 1):
+        model.train()
+        perm = torch.randperm(len(x_train), generator=gen)
+        total, seen = 0.0, 0
+        for i in range(0, len(perm), tc.batch_size):
+            idx = perm[i : i + tc.batch_size]
+            xb, yb = x_train[idx].to(device, non_blocking=True), y_train[idx].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                loss = _loss(family, model.logits(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            total += float(loss) * len(idx)
+            seen += len(idx)
+        val = evaluate_split(family, predict(model, data.val.x), data.val, fam.threshold)
+        history.append({"epoch": epoch, "train_loss": total / seen, "val_auc": val["auc"]})
+        log.info("%s epoch %d/%d  train_loss %.4f  val_auc %.4f", family, epoch, tc.max_epochs, total / seen,
+                 val["auc"])
+        score = val["auc"] if np.isfinite(val["auc"]) else 0.0
+        if best_state is None or score > best_auc + 1e-4:
+            best_auc, best_state, best_epoch, stale = score, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            stale += 1
+            if stale >= tc.patience:
+                log.info("%s early stop at epoch %d (best %d, val_auc %.4f)", family, epoch, best_epoch, best_auc)
+                break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    metrics = evaluate_split(family, predict(model, data.test.x), data.test, fam.threshold)
+    metrics["val_auc"] = best_auc
+    return TrainOutcome(model.cpu(), metrics, history, best_epoch, device.type, time.perf_counter() - start)
