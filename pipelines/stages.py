@@ -140,6 +140,7 @@ def export(cfg: FactoryConfig, p: Plan, tr: TrainResult) -> ExportResult:
     from .datasets import load_splits
     from .export import ParityError, onnx_parity, torch_to_onnx
 
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one INFO line per initializer otherwise
     fam = Family(tr.family)
     model = load_model(tr.checkpoint_uri)
     test = load_splits(tr.splits_uri)["test"]

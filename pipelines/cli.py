@@ -1,0 +1,127 @@
+"""``factory``: the command line of the model factory."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError, FactoryConfig, load_config
+
+DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
+NIGHTLY_DAG = "nightly_model_factory"
+
+
+def airflow_env(cfg: FactoryConfig) -> dict[str, str]:
+    """Environment for an embedded Airflow on SQLite under ``$FACTORY_HOME/airflow``."""
+    home = cfg.home / "airflow"
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_ERROR_TRACEBACKS": "True",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "FACTORY_HOME": str(cfg.home),
+    }
+
+
+def prepare_airflow(cfg: FactoryConfig) -> None:
+    """Point Airflow at the factory's SQLite DB and DAGs, migrating the DB on first use.
+
+    Must run before anything imports ``airflow``.
+    """
+    env = airflow_env(cfg)
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    os.environ.update(env)
+    if "airflow" in sys.modules:
+        raise RuntimeError("airflow was imported before its environment was set")
+    from airflow.utils import db
+
+    logging.getLogger(__name__).info("airflow: migrating metadata DB at %s", env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    db.initdb()
+
+
+def run_nightly(cfg: FactoryConfig, date: str, config_path: str | None) -> int:
+    """Run the nightly DAG once through ``dag.test()`` and print the summary. Returns the exit code."""
+    from rich.console import Console
+
+    from . import orchestration, report
+
+    console = Console()
+    prepare_airflow(cfg)
+    orchestration.clear_failures(cfg, date)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS_DIR))
+    if bag.import_errors:
+        for path, err in bag.import_errors.items():
+            console.print(f"[red]DAG import error[/red] {path}:\n{err}")
+        return 3
+    dag = bag.get_dag(NIGHTLY_DAG)
+    logical = dt.datetime.fromisoformat(date).replace(hour=2, tzinfo=dt.timezone.utc)
+    console.rule(f"nightly_model_factory · {date} · profile {cfg.profile}")
+    start = time.perf_counter()
+    dagrun = dag.test(logical_date=logical, run_conf={"profile": cfg.profile, "config_path": config_path})
+    elapsed = time.perf_counter() - start
+    state = str(getattr(dagrun, "state", "unknown"))
+    failures = orchestration.read_failures(cfg, date)
+    summary = cfg.run_dir(date) / "summary.json"
+    if summary.is_file() and state.endswith("success"):
+        report.print_nightly_summary(json.loads(summary.read_text()), console)
+    console.print(f"run state: [bold]{state}[/bold] in {elapsed:.1f}s · outputs under {cfg.run_dir(date)}")
+    if not state.endswith("success"):
+        for f in failures:
+            console.print(f"[red]FAILED[/red] task [bold]{f['task']}[/bold]: {f['error']}: {f['reason']}")
+        if not failures:
+            for ti in dagrun.get_task_instances():
+                if str(ti.state).endswith("failed") or str(ti.state).endswith("upstream_failed"):
+                    console.print(f"[red]{ti.state}[/red] task {ti.task_id} (see its log above)")
+        return 1
+    return 0
+
+
+def _cmd_nightly(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.profile)
+    return run_nightly(cfg, args.date, args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="factory", description=__doc__ or "model factory")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    nightly = sub.add_parser("nightly", help="run the nightly DAG once (Airflow dag.test on SQLite)")
+    nightly.add_argument("--date", default=dt.date.today().isoformat(), type=_iso_date,
+                         help="logical date YYYY-MM-DD (default: today); trains on the lake days before it")
+    nightly.add_argument("--profile", choices=["smoke", "default"], default=None,
+                         help="smoke: test-sized night; default: a realistic night for a small machine")
+    nightly.add_argument("--config", default=None, help="factory.yaml (default: $FACTORY_CONFIG or ./factory.yaml)")
+    nightly.set_defaults(func=_cmd_nightly)
+    return parser
+
+
+def _iso_date(text: str) -> str:
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--date must be YYYY-MM-DD, got {text!r}") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"factory: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Glue between Airflow task bodies and :mod:`pipelines.stages`.
+
+Task bodies in ``dags/`` stay one line: ``return run_stage(stages.train, plan, fs, family=...)``.
+This module turns XCom dicts into records, loads the config from the DAG run's params,
+records a failure's reason for ``factory nightly`` to print, and marks bad input as
+final (no retry: the same bad partition fails the same way again).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .config import ConfigError, FactoryConfig, load_config
+from .records import Record
+
+log = logging.getLogger(__name__)
+
+FAILURES_DIR = "failures"
+
+
+def config_from_params(params: Mapping[str, Any]) -> FactoryConfig:
+    return load_config(params.get("config_path") or None, params.get("profile") or None)
+
+
+def run_date(context: Mapping[str, Any]) -> str:
+    """The night's date: the logical date, or the run's ``run_after`` for runs without one."""
+    when = context.get("logical_date") or context["dag_run"].run_after
+    return when.date().isoformat() if isinstance(when, dt.datetime) else str(when)[:10]
+
+
+def _is_bad_input(exc: BaseException) -> bool:
+    from .data.validation import DataValidationError
+    from .export import ParityError
+
+    return isinstance(exc, (DataValidationError, ConfigError, ParityError))
+
+
+def record_failure(cfg: FactoryConfig, date: str, task: str, exc: BaseException) -> Path:
+    path = cfg.run_dir(date) / FAILURES_DIR / f"{task}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"task": task, "error": type(exc).__name__, "reason": str(exc),
+                                "traceback": traceback.format_exc()}, indent=2))
+    return path
+
+
+def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``stage(cfg, *records, **kwargs)`` inside an Airflow task.
+
+    Positional args are XCom dicts; each is turned back into the record type the
+    stage's signature names. Returns the stage's record as an XCom dict.
+    """
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowFailException
+
+    ctx = get_current_context()
+    cfg = config_from_params(ctx["params"])
+    ti = ctx["ti"]
+    task = ti.task_id + (f"[{kwargs['family']}]" if "family" in kwargs else "")
+    try:
+        records = [_to_record(stage, i, a) for i, a in enumerate(args)]
+        result = stage(cfg, *records, **kwargs)
+    except Exception as exc:
+        record_failure(cfg, run_date(ctx), task, exc)
+        if _is_bad_input(exc):
+            raise AirflowFailException(f"{task}: {exc}") from exc
+        raise
+    if isinstance(result, Record):
+        return result.to_xcom()
+    if isinstance(result, list):
+        return [r.to_xcom() if isinstance(r, Record) else r for r in result]
+    return str(result) if isinstance(result, Path) else result
+
+
+def _to_record(stage: Callable[..., Any], index: int, value: Any) -> Any:
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(stage)
+    params = [p for p in inspect.signature(stage).parameters.values()][1:]  # skip cfg
+    target = hints.get(params[index].name)
+    origin = typing.get_origin(target)
+    if origin is list:
+        (item,) = typing.get_args(target)
+        return [item.model_validate(v) for v in value]
+    if isinstance(target, type) and issubclass(target, Record):
+        return target.model_validate(value)
+    return value
+
+
+def read_failures(cfg: FactoryConfig, date: str) -> list[dict[str, str]]:
+    folder = cfg.run_dir(date) / FAILURES_DIR
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def clear_failures(cfg: FactoryConfig, date: str) -> None:
+    folder = cfg.run_dir(date) / FAILURES_DIR
+    if folder.is_dir():
+        for p in folder.glob("*.json"):
+            p.unlink()

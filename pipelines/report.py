@@ -1,0 +1,36 @@
+"""Human-readable reports of a night: terminal tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_nightly_summary(summary: dict[str, Any], console=None) -> None:
+    """Print one row per family: test metrics of the trained model and its ONNX export."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 150)
+    table = Table(title=f"Nightly {summary['date']} · profile {summary['profile']} · test-split metrics (FP32)")
+    for col in ("family", "status", "train n", "epochs", "device", "AUC", "accuracy", "precision@thr",
+                "recall@thr", "Sharpe", "hit rate", "ONNX max|Δ|", "train s"):
+        table.add_column(col, justify="left" if col in ("family", "status", "device") else "right")
+    for row in summary["families"]:
+        t, e, m = row["train"], row["export"] or {}, row["train"]["metrics"]
+        table.add_row(
+            row["family"], str(row["status"]), str(t["n_train"]), str(t["epochs"]), t["device"],
+            _fmt(m.get("auc")), _fmt(m.get("accuracy")), _fmt(m.get("precision")), _fmt(m.get("recall")),
+            _fmt(m.get("sharpe"), 1), _fmt(m.get("hit_rate")), _fmt(e.get("max_abs_err"), 1) if not e else
+            f"{e['max_abs_err']:.1e}", _fmt(t["seconds"], 1),
+        )
+    console.print(table)
