@@ -63,7 +63,7 @@ def run_nightly(cfg: FactoryConfig, date: str, config_path: str | None) -> int:
         for path, err in bag.import_errors.items():
             console.print(f"[red]DAG import error[/red] {path}:\n{err}")
         return 3
-    dag = bag.get_dag(NIGHTLY_DAG)
+    dag = bag.dags[NIGHTLY_DAG]
     logical = dt.datetime.fromisoformat(date).replace(hour=2, tzinfo=dt.timezone.utc)
     console.rule(f"nightly_model_factory · {date} · profile {cfg.profile}")
     start = time.perf_counter()

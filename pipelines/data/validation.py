@@ -32,7 +32,7 @@ def validate_table(table: pa.Table, dataset: str, partition: str) -> None:
     for field in schema:
         col = table.column(field.name)
         if col.null_count:
-            raise DataValidationError(partition, field.name, f"{col.null_count} null value(s)")
+            raise DataValidationError(partition, field.name, f"{col.null_count} null/NaN value(s)")
         if not _compatible(col.type, field.type):
             raise DataValidationError(partition, field.name, f"type {col.type}, expected {field.type}")
         if pa.types.is_floating(field.type):

@@ -1,0 +1,99 @@
+"""The smoke nightly end to end, through the real CLI and Airflow ``dag.test`` on SQLite."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DATE = "2026-11-22"
+FAMILIES = ("market_alert", "price_direction", "fraud_risk")
+# Learnability on the smoke profile, fixed seeds: test AUC clearly above chance (0.5).
+MIN_AUC = {"market_alert": 0.75, "price_direction": 0.55, "fraud_risk": 0.85}
+
+
+def _factory(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACTORY", "AIRFLOW"))}
+    env.update({"FACTORY_HOME": str(home), "COLUMNS": "200"})
+    cmd = [str(Path(sys.executable).with_name("factory")), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=home.parent)
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    home = tmp_path_factory.mktemp("nightly") / "factory"
+    proc = _factory(home, "nightly", "--profile", "smoke", "--date", DATE)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return home, proc
+
+
+def test_models_and_onnx_for_every_family(night):
+    home, proc = night
+    run = home / "runs" / DATE
+    summary = json.loads((run / "summary.json").read_text())
+    assert sorted(r["family"] for r in summary["families"]) == sorted(FAMILIES)
+    for fam in FAMILIES:
+        assert (run / fam / "train" / "model.pt").is_file()
+        assert (run / fam / "onnx" / "model.fp32.onnx").is_file()
+        assert fam in proc.stdout  # the summary table names it
+    assert "run state: success" in proc.stdout.replace("DagRunState.SUCCESS", "success")
+
+
+def test_each_family_learns_above_chance(night):
+    home, _ = night
+    summary = json.loads((home / "runs" / DATE / "summary.json").read_text())
+    for row in summary["families"]:
+        auc = row["train"]["metrics"]["auc"]
+        assert auc > MIN_AUC[row["family"]], f"{row['family']} test AUC {auc:.3f} <= {MIN_AUC[row['family']]}"
+        assert row["export"]["max_abs_err"] < 1e-4
+    pdir = next(r for r in summary["families"] if r["family"] == "price_direction")
+    assert {"sharpe", "hit_rate"} <= set(pdir["train"]["metrics"])
+
+
+def test_rerun_same_date_is_idempotent(night):
+    home, _ = night
+    lake_files = sorted((home / "lake").rglob("*.parquet"))
+    mtimes = [p.stat().st_mtime_ns for p in lake_files]
+    first = json.loads((home / "runs" / DATE / "summary.json").read_text())
+    proc = _factory(home, "nightly", "--profile", "smoke", "--date", DATE)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [p.stat().st_mtime_ns for p in lake_files] == mtimes  # lake untouched
+    second = json.loads((home / "runs" / DATE / "summary.json").read_text())
+    for a, b in zip(first["families"], second["families"]):
+        assert a["train"]["metrics"]["auc"] == pytest.approx(b["train"]["metrics"]["auc"], abs=1e-6)
+    leftovers = [p for p in (home / "runs").rglob(".tmp-*")] + [p for p in (home / "runs").rglob(".old-*")]
+    assert leftovers == []
+
+
+def test_bad_partition_fails_the_run_naming_task_partition_and_column(tmp_path):
+    home = tmp_path / "factory"
+    from pipelines.data.simulator import simulate_market
+
+    bad = simulate_market("2026-11-21", "ESZ6", 6000, 7)
+    bad.loc[100, "bid_px_1"] = bad.loc[100, "ask_px_1"] + 0.05
+    path = home / "lake" / "market_ticks" / "date=2026-11-21" / "symbol=ESZ6" / "part-0.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), path)
+    proc = _factory(home, "nightly", "--profile", "smoke", "--date", DATE)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "FAILED task ingest" in out
+    assert "market_ticks/date=2026-11-21/symbol=ESZ6: column 'bid_px_1': crossed book" in out
+    assert not (home / "runs" / DATE / "features").exists()  # nothing downstream was written
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path):
+    home = tmp_path / "factory"
+    cfg = tmp_path / "factory.yaml"
+    cfg.write_text("data:\n  tick_per_day: 10\n")
+    proc = _factory(home, "nightly", "--config", str(cfg), "--date", DATE)
+    assert proc.returncode == 2
+    assert "data.tick_per_day: unknown key" in proc.stderr
