@@ -3,8 +3,9 @@
 
 Every night at 02:00 UTC: **ingest** the lake days before the logical date (the
 embedded simulator fills missing days) → **features** → **train**, mapped over the
-enabled families → **export** each to FP32 ONNX with parity against PyTorch →
-**summarize**.
+enabled families → **export** each to FP32 ONNX with parity against PyTorch → **variants**: FP16 and
+INT8 (ModelOpt explicit Q/DQ, regime-stratified calibration) graphs, each scored in
+ONNX Runtime on validation → **summarize**.
 
 Params: `profile` (`default` | `smoke`) and `config_path` (a `factory.yaml`).
 Outputs live under `$FACTORY_HOME/runs/<date>/`. Every task is idempotent on the
@@ -66,17 +67,22 @@ def nightly_model_factory():
         return run_stage(stages.export, plan, trained)
 
     @task
-    def summarize(plan: dict, trained: list[dict], exported: list[dict]) -> str:
+    def variants(plan: dict, exported: dict) -> dict:
+        return run_stage(stages.make_variants, plan, exported)
+
+    @task
+    def summarize(plan: dict, trained: list[dict], exported: list[dict], variant_sets: list[dict]) -> str:
         # Index by length: iterating a lazy XCom sequence probes one past its end.
-        return run_stage(stages.summarize, plan, [trained[i] for i in range(len(trained))],
-                         [exported[i] for i in range(len(exported))])
+        return run_stage(stages.summarize, plan, *([seq[i] for i in range(len(seq))]
+                                                   for seq in (trained, exported, variant_sets)))
 
     p = plan()
     snap = ingest(p)
     fs = features(p, snap)
     trained = train.partial(plan=p, feature_set=fs).expand(family=families(p))
     exported = export.partial(plan=p).expand(trained=trained)
-    summarize(p, trained, exported)
+    variant_sets = variants.partial(plan=p).expand(exported=exported)
+    summarize(p, trained, exported, variant_sets)
 
 
 nightly_model_factory()

@@ -116,6 +116,12 @@ class ExportConfig(_Strict):
     parity_samples: int = Field(256, ge=8)
 
 
+class QuantizeConfig(_Strict):
+    precisions: list[Literal["fp16", "int8"]] = Field(default_factory=lambda: ["fp16", "int8"])
+    calibration_method: Literal["entropy", "max"] = "entropy"
+    calibration_size: int = Field(1000, ge=16)
+
+
 class FactoryConfig(_Strict):
     home: Path = Path(".factory")
     profile: Literal["smoke", "default"] = "default"
@@ -124,6 +130,7 @@ class FactoryConfig(_Strict):
     families: dict[Family, FamilyConfig] = Field(default_factory=_default_families)
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
 
     @field_validator("home")
     @classmethod
@@ -166,6 +173,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "fraud_risk": {"hidden": 32},
         },
         "export": {"parity_samples": 64},
+        "quantize": {"calibration_size": 256},
     },
 }
 

@@ -36,8 +36,9 @@ def run_date(context: Mapping[str, Any]) -> str:
 def _is_bad_input(exc: BaseException) -> bool:
     from .data.validation import DataValidationError
     from .export import ParityError
+    from .quantize import CalibrationError
 
-    return isinstance(exc, (DataValidationError, ConfigError, ParityError))
+    return isinstance(exc, (DataValidationError, ConfigError, ParityError, CalibrationError))
 
 
 def record_failure(cfg: FactoryConfig, date: str, task: str, exc: BaseException) -> Path:
@@ -83,6 +84,8 @@ def _to_record(stage: Callable[..., Any], index: int, value: Any) -> Any:
     hints = typing.get_type_hints(stage)
     params = [p for p in inspect.signature(stage).parameters.values()][1:]  # skip cfg
     target = hints.get(params[index].name)
+    if typing.get_origin(target) in (typing.Union, __import__("types").UnionType):
+        target = next(a for a in typing.get_args(target) if a is not type(None))
     origin = typing.get_origin(target)
     if origin is list:
         (item,) = typing.get_args(target)

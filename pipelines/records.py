@@ -71,3 +71,22 @@ class ExportResult(Record):
     max_abs_err: float
     max_rel_err: float
     reason: str = ""
+
+
+class Variant(Record):
+    precision: str
+    onnx_uri: str
+    sha256: str
+    seconds: float
+    val_metrics: dict[str, float]
+    """Accuracy of this graph in ONNX Runtime (CPU) on the validation split."""
+    kept_fp32: list[str] = []
+    coverage: dict[str, dict[str, int]] = {}
+    cache_hit: bool = False
+
+
+class VariantSet(Record):
+    family: str
+    calibration_sha256: str
+    calibration_method: str
+    variants: list[Variant]

@@ -34,3 +34,28 @@ def print_nightly_summary(summary: dict[str, Any], console=None) -> None:
             f"{e['max_abs_err']:.1e}", _fmt(t["seconds"], 1),
         )
     console.print(table)
+    print_variants(summary, console)
+
+
+def print_variants(summary: dict[str, Any], console) -> None:
+    """One row per family x precision: ONNX Runtime validation accuracy against FP32, and what stayed high-precision."""
+    from rich.table import Table
+
+    table = Table(title="Precision variants · ONNX Runtime CPU · validation split")
+    for col in ("family", "precision", "AUC", "ΔAUC vs fp32", "accuracy", "INT8 coverage / kept FP32", "build s"):
+        table.add_column(col, justify="left" if col in ("family", "precision", "INT8 coverage / kept FP32") else "right")
+    for row in summary["families"]:
+        vs = row.get("variants")
+        if not vs:
+            continue
+        base = next(v for v in vs["variants"] if v["precision"] == "fp32")["val_metrics"]["auc"]
+        for v in vs["variants"]:
+            m = v["val_metrics"]
+            if v["precision"] == "int8":
+                q, nq = v["coverage"].get("quantized", {}), v["coverage"].get("not_quantized", {})
+                note = f"Q/DQ on {q or 'nothing'}; FP32: {nq or 'none'}" + (" (cached)" if v["cache_hit"] else "")
+            else:
+                note = ", ".join(v["kept_fp32"]) if v["kept_fp32"] else ""
+            table.add_row(row["family"], v["precision"], _fmt(m["auc"], 4), f"{m['auc'] - base:+.4f}",
+                          _fmt(m["accuracy"], 4), note, _fmt(v["seconds"], 1))
+    console.print(table)

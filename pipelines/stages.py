@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .config import Family, FactoryConfig
 from .fsutil import committed_dir, write_json
-from .records import ExportResult, FeatureSet, LakeSnapshot, Plan, Status, TrainResult
+from .records import ExportResult, FeatureSet, LakeSnapshot, Plan, Status, TrainResult, Variant, VariantSet
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +163,77 @@ def export(cfg: FactoryConfig, p: Plan, tr: TrainResult) -> ExportResult:
                         opset=cfg.export.opset, max_abs_err=parity.max_abs_err, max_rel_err=parity.max_rel_err)
 
 
-def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported: list[ExportResult]) -> Path:
+def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
+    """FP16 and INT8 (ModelOpt Q/DQ) graphs from the FP32 ONNX, each scored in ONNX Runtime on validation.
+
+    The INT8 calibration set is ~``quantize.calibration_size`` training windows stratified
+    across regimes with tail events (label-positive windows) kept; its sha256 is recorded
+    and, with the FP32 graph's, keys the calibration cache under ``$FACTORY_HOME/cache``.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    from .datasets import load_splits
+    from .export import INPUT_NAME, OUTPUT_NAME
+    from .fsutil import sha256_file
+    from .quantize import (Precision, array_sha256, calibration_set, check_calibration, onnx_fp32_to_fp16,
+                           onnx_fp32_to_int8, quantization_coverage)
+    from .train import evaluate_split
+
+    fam = Family(ex.family)
+    splits = load_splits(Path(p.run_dir) / ex.family / "train" / "splits.npz")
+    pool, val = splits["calib"], splits["val"]
+    tail = pool.anomaly | (pool.y > 0.5) if fam is Family.MARKET_ALERT else pool.y > 0.5
+    calib = calibration_set(pool.x, pool.regime, tail, cfg.quantize.calibration_size, cfg.train.seed)
+    src = Path(ex.onnx_uri)
+    dest = Path(p.run_dir) / ex.family / "variants"
+    threshold = cfg.families[fam].threshold
+
+    def score(path: Path) -> dict[str, float]:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        prob = sess.run([OUTPUT_NAME], {INPUT_NAME: val.x})[0]
+        return evaluate_split(fam, prob, val, threshold)
+
+    variants = []
+    with committed_dir(dest) as tmp:
+        fp32 = tmp / "model.fp32.onnx"
+        fp32.write_bytes(src.read_bytes())
+        variants.append(Variant(precision=Precision.FP32, onnx_uri=str(dest / fp32.name), sha256=sha256_file(fp32),
+                                seconds=0.0, val_metrics=score(fp32)))
+        for prec in cfg.quantize.precisions:
+            out = tmp / f"model.{prec}.onnx"
+            start = time.perf_counter()
+            kept, coverage, hit = [], {}, False
+            if prec == Precision.FP16:
+                kept = onnx_fp32_to_fp16(src, out)
+            else:
+                check_calibration(calib, pool.x.shape[-1])
+                hit = onnx_fp32_to_int8(src, out, calib, cfg.quantize.calibration_method, cfg.home / "cache" / "calib")
+                cov = quantization_coverage(out)
+                coverage = {"quantized": cov.quantized, "not_quantized": cov.not_quantized,
+                            "qdq_pairs": {"QuantizeLinear": cov.qdq_pairs}}
+            seconds = time.perf_counter() - start
+            variants.append(Variant(precision=prec, onnx_uri=str(dest / out.name), sha256=sha256_file(out),
+                                    seconds=round(seconds, 3), val_metrics=score(out), kept_fp32=kept,
+                                    coverage=coverage, cache_hit=hit))
+            log.info("%s: %s variant in %.1fs, val AUC %.4f", fam, prec, seconds, variants[-1].val_metrics["auc"])
+        np.save(tmp / "calibration.npy", calib)
+        result = VariantSet(family=ex.family, calibration_sha256=array_sha256(calib),
+                            calibration_method=cfg.quantize.calibration_method, variants=variants)
+        write_json(tmp / "variants.json", result.to_xcom())
+    return result
+
+
+def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported: list[ExportResult],
+              variants: list[VariantSet] | None = None) -> Path:
     """Write ``summary.json`` for the night: one row per family."""
     by_family = {e.family: e for e in exported}
+    var_by_family = {v.family: v for v in variants or []}
     rows = []
     for t in sorted(trained, key=lambda r: r.family):
         e = by_family.get(t.family)
+        v = var_by_family.get(t.family)
         rows.append({"family": t.family, "status": t.status, "train": t.model_dump(mode="json"),
-                     "export": e.model_dump(mode="json") if e else None})
+                     "export": e.model_dump(mode="json") if e else None,
+                     "variants": v.model_dump(mode="json") if v else None})
     return write_json(Path(p.run_dir) / "summary.json", {"date": p.date, "profile": cfg.profile, "families": rows})

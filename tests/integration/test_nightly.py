@@ -58,6 +58,22 @@ def test_each_family_learns_above_chance(night):
     assert {"sharpe", "hit_rate"} <= set(pdir["train"]["metrics"])
 
 
+def test_fp32_fp16_int8_variants_for_every_family(night):
+    home, proc = night
+    summary = json.loads((home / "runs" / DATE / "summary.json").read_text())
+    for row in summary["families"]:
+        vs = {v["precision"]: v for v in row["variants"]["variants"]}
+        assert set(vs) == {"fp32", "fp16", "int8"}
+        for v in vs.values():
+            assert Path(v["onnx_uri"]).is_file() and np.isfinite(v["val_metrics"]["auc"])
+        assert abs(vs["fp16"]["val_metrics"]["auc"] - vs["fp32"]["val_metrics"]["auc"]) < 0.01
+        assert len(row["variants"]["calibration_sha256"]) == 64
+    pdir = next(r for r in summary["families"] if r["family"] == "price_direction")
+    int8 = next(v for v in pdir["variants"]["variants"] if v["precision"] == "int8")
+    assert int8["coverage"]["quantized"].get("Conv") == 2
+    assert "Precision variants" in proc.stdout
+
+
 def test_rerun_same_date_is_idempotent(night):
     home, _ = night
     lake_files = sorted((home / "lake").rglob("*.parquet"))

@@ -1,0 +1,83 @@
+"""Precision variants: FP16 and ModelOpt INT8 Q/DQ graphs run in ONNX Runtime; calibration is checked and cached."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from pipelines.config import Family, load_config
+from pipelines.export import INPUT_NAME, torch_to_onnx
+from pipelines.fsutil import sha256_file
+from pipelines.models import build_model
+from pipelines.quantize import (CalibrationError, array_sha256, calibration_set, check_calibration,
+                                onnx_fp32_to_fp16, onnx_fp32_to_int8, quantization_coverage)
+
+
+@pytest.fixture(scope="module")
+def pdir_onnx(tmp_path_factory):
+    cfg = load_config(profile="smoke", env={})
+    torch.manual_seed(0)
+    model = build_model(Family.PRICE_DIRECTION, cfg.families[Family.PRICE_DIRECTION], 16).eval()
+    x = np.random.default_rng(0).normal(size=(300, 64, 16)).astype(np.float32)
+    with torch.no_grad():  # fit the input normalisation so activations have realistic ranges
+        model.norm.fit(torch.from_numpy(x))
+    path = torch_to_onnx(model, Family.PRICE_DIRECTION, x, tmp_path_factory.mktemp("m") / "model.fp32.onnx", 18)
+    return path, x
+
+
+def _run(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {INPUT_NAME: x})[0]
+
+
+def test_fp16_graph_runs_and_stays_close(pdir_onnx, tmp_path):
+    src, x = pdir_onnx
+    kept = onnx_fp32_to_fp16(src, tmp_path / "model.fp16.onnx")
+    assert {"Softmax", "LayerNormalization"} <= set(kept)
+    graph = onnx.load(str(tmp_path / "model.fp16.onnx")).graph
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer)
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # FP32 I/O kept
+    np.testing.assert_allclose(_run(tmp_path / "model.fp16.onnx", x[:32]), _run(src, x[:32]), atol=2e-2)
+
+
+def test_int8_graph_holds_qdq_around_quantizable_ops_and_is_cached(pdir_onnx, tmp_path):
+    src, x = pdir_onnx
+    calib = x[:128]
+    src_sha = sha256_file(src)
+    hit = onnx_fp32_to_int8(src, tmp_path / "model.int8.onnx", calib, "max", tmp_path / "cache")
+    assert hit is False
+    cov = quantization_coverage(tmp_path / "model.int8.onnx")
+    assert cov.quantized.get("Conv") == 2 and cov.quantized.get("MatMul", 0) >= 1
+    assert cov.qdq_pairs > 0 and cov.fraction > 0.5
+    out = _run(tmp_path / "model.int8.onnx", x[:32])
+    assert np.isfinite(out).all() and np.allclose(out.sum(-1), 1, atol=1e-3)
+    assert sha256_file(src) == src_sha  # the FP32 source is left untouched
+    # the same model and data reuse the calibrated graph; other data does not
+    assert onnx_fp32_to_int8(src, tmp_path / "again.onnx", calib, "max", tmp_path / "cache") is True
+    assert onnx_fp32_to_int8(src, tmp_path / "other.onnx", x[128:256], "max", tmp_path / "cache") is False
+
+
+def test_calibration_set_is_stratified_and_keeps_tails():
+    rng = np.random.default_rng(0)
+    n = 5000
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    regime = rng.choice(["bull", "bear", "sideways"], n, p=[0.8, 0.15, 0.05])
+    tail = np.zeros(n, bool)
+    tail[rng.choice(n, 40, replace=False)] = True
+    x[tail] = 99.0
+    calib = calibration_set(x, regime, tail, n=600)
+    assert 500 <= len(calib) <= 600
+    assert (calib[:, 0] == 99.0).sum() == 40  # every tail event kept
+    assert array_sha256(calib) == array_sha256(calibration_set(x, regime, tail, n=600))  # deterministic
+
+
+def test_bad_calibration_sets_are_named():
+    x = np.zeros((10, 64, 16), np.float32)
+    x[3, 5, 2] = np.nan
+    with pytest.raises(CalibrationError, match=r"NaN/inf value\(s\), first at index \[3, 5, 2\]"):
+        check_calibration(x, 16)
+    with pytest.raises(CalibrationError, match="expects 16"):
+        check_calibration(np.zeros((10, 64, 8), np.float32), 16)
+    with pytest.raises(CalibrationError, match="non-empty"):
+        check_calibration(np.zeros((0, 16), np.float32), 16)
