@@ -79,12 +79,13 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def _to_record(stage: Callable[..., Any], index: int, value: Any) -> Any:
     import inspect
+    import types
     import typing
 
     hints = typing.get_type_hints(stage)
     params = [p for p in inspect.signature(stage).parameters.values()][1:]  # skip cfg
     target = hints.get(params[index].name)
-    if typing.get_origin(target) in (typing.Union, __import__("types").UnionType):
+    if typing.get_origin(target) in (typing.Union, types.UnionType):
         target = next(a for a in typing.get_args(target) if a is not type(None))
     origin = typing.get_origin(target)
     if origin is list:
