@@ -30,8 +30,8 @@ def print_nightly_summary(summary: dict[str, Any], console=None) -> None:
         table.add_row(
             row["family"], str(row["status"]), str(t["n_train"]), str(t["epochs"]), t["device"],
             _fmt(m.get("auc")), _fmt(m.get("accuracy")), _fmt(m.get("precision")), _fmt(m.get("recall")),
-            _fmt(m.get("sharpe"), 1), _fmt(m.get("hit_rate")), _fmt(e.get("max_abs_err"), 1) if not e else
-            f"{e['max_abs_err']:.1e}", _fmt(t["seconds"], 1),
+            _fmt(m.get("sharpe"), 1), _fmt(m.get("hit_rate")), f"{e['max_abs_err']:.1e}" if e else "—",
+            _fmt(t["seconds"], 1),
         )
     console.print(table)
     print_variants(summary, console)

@@ -170,6 +170,8 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
     across regimes with tail events (label-positive windows) kept; its sha256 is recorded
     and, with the FP32 graph's, keys the calibration cache under ``$FACTORY_HOME/cache``.
     """
+    import shutil
+
     import numpy as np
     import onnxruntime as ort
 
@@ -197,7 +199,7 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
     variants = []
     with committed_dir(dest) as tmp:
         fp32 = tmp / "model.fp32.onnx"
-        fp32.write_bytes(src.read_bytes())
+        shutil.copyfile(src, fp32)
         variants.append(Variant(precision=Precision.FP32, onnx_uri=str(dest / fp32.name), sha256=sha256_file(fp32),
                                 seconds=0.0, val_metrics=score(fp32)))
         for prec in cfg.quantize.precisions:

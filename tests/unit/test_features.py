@@ -54,7 +54,7 @@ def test_labels_look_forward_only():
     cfg = FeatureConfig(alert_horizon_ticks=5)
     raw = _book()
     raw.loc[300, "last_sz"] = 10_000.0  # an abnormal volume tick
-    f = market_features(raw, cfg).set_index(raw["ts"].iloc[0:0].name or "ts")
+    f = market_features(raw, cfg).set_index("ts")
     ts = raw["ts"]
     on = lambda k: f.loc[ts[k], "alert_label"]  # noqa: E731
     assert on(295) == 1 and on(299) == 1  # within the next 5 ticks
