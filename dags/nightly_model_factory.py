@@ -5,7 +5,14 @@ Every night at 02:00 UTC: **ingest** the lake days before the logical date (the
 embedded simulator fills missing days) → **features** → **train**, mapped over the
 enabled families → **export** each to FP32 ONNX with parity against PyTorch → **variants**: FP16 and
 INT8 (ModelOpt explicit Q/DQ, regime-stratified calibration) graphs, each scored in
-ONNX Runtime on validation → **summarize**.
+ONNX Runtime on validation → **engine_<target>**: one task per target of the matrix
+(`engines.targets`), on that target's queue and pool, mapped over family × precision:
+ONNX Runtime for `cpu`, TensorRT through Polygraphy for `sm_XY`. A target whose
+hardware or backend this worker lacks records `skipped` with the reason (a failure
+when the target is `required`) → **summarize**.
+
+The target matrix is read from the factory config when the DAG is parsed
+(`$FACTORY_CONFIG` or `./factory.yaml`, profile `$FACTORY_PROFILE`).
 
 Params: `profile` (`default` | `smoke`) and `config_path` (a `factory.yaml`).
 Outputs live under `$FACTORY_HOME/runs/<date>/`. Every task is idempotent on the
@@ -24,7 +31,10 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from pipelines import stages
+from pipelines.config import load_config
 from pipelines.orchestration import run_date, run_stage
+
+TARGETS = load_config().targets()
 
 
 @dag(
@@ -71,10 +81,18 @@ def nightly_model_factory():
         return run_stage(stages.make_variants, plan, exported)
 
     @task
-    def summarize(plan: dict, trained: list[dict], exported: list[dict], variant_sets: list[dict]) -> str:
+    def engine(plan: dict, variant_set: dict, precision: str, target: str) -> dict:
+        return run_stage(stages.build_engine, plan, variant_set, precision=precision, target=target)
+
+    @task
+    def summarize(plan: dict, trained: list[dict], exported: list[dict], variant_sets: list[dict],
+                  engines: list) -> str:
         # Index by length: iterating a lazy XCom sequence probes one past its end.
-        return run_stage(stages.summarize, plan, *([seq[i] for i in range(len(seq))]
-                                                   for seq in (trained, exported, variant_sets)))
+        def items(seq):
+            return [seq[i] for i in range(len(seq))]
+
+        built = [e for per_target in engines for e in items(per_target)]
+        return run_stage(stages.summarize, plan, items(trained), items(exported), items(variant_sets), built)
 
     p = plan()
     snap = ingest(p)
@@ -82,7 +100,13 @@ def nightly_model_factory():
     trained = train.partial(plan=p, feature_set=fs).expand(family=families(p))
     exported = export.partial(plan=p).expand(trained=trained)
     variant_sets = variants.partial(plan=p).expand(exported=exported)
-    summarize(p, trained, exported, variant_sets)
+    built = [
+        engine.override(task_id=f"engine_{t.name}", queue=t.queue, pool=t.pool)
+        .partial(plan=p, target=t.name)
+        .expand(variant_set=variant_sets, precision=t.precisions)
+        for t in TARGETS
+    ]
+    summarize(p, trained, exported, variant_sets, built)
 
 
 nightly_model_factory()

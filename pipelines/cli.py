@@ -45,6 +45,16 @@ def prepare_airflow(cfg: FactoryConfig) -> None:
 
     logging.getLogger(__name__).info("airflow: migrating metadata DB at %s", env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     db.initdb()
+    ensure_pools(cfg)
+
+
+def ensure_pools(cfg: FactoryConfig) -> None:
+    """Create (or resize) each target's Airflow pool; a task in a missing pool would never be scheduled."""
+    from airflow.models.pool import Pool
+
+    for t in cfg.targets():
+        Pool.create_or_update_pool(str(t.pool), t.pool_slots, f"model-factory engine builds/benchmarks for {t.name}",
+                                   include_deferred=False)
 
 
 def run_nightly(cfg: FactoryConfig, date: str, config_path: str | None) -> int:
@@ -54,6 +64,10 @@ def run_nightly(cfg: FactoryConfig, date: str, config_path: str | None) -> int:
     from . import orchestration, report
 
     console = Console()
+    # The DAG reads the target matrix when parsed: let it see this run's config and profile.
+    os.environ["FACTORY_PROFILE"] = cfg.profile
+    if config_path:
+        os.environ["FACTORY_CONFIG"] = str(Path(config_path).resolve())
     prepare_airflow(cfg)
     orchestration.clear_failures(cfg, date)
     from airflow.dag_processing.dagbag import DagBag

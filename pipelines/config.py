@@ -4,7 +4,8 @@ Layering, lowest first: the defaults in these models (stated once, here) → a Y
 file (``--config``, ``$FACTORY_CONFIG`` or ``./factory.yaml``) → a named profile
 overlay (``smoke`` or ``default``) → environment overrides.
 
-Environment overrides: ``FACTORY_HOME`` sets ``home``; any ``FACTORY__A__B=value``
+Environment overrides: ``FACTORY_HOME`` sets ``home``; ``FACTORY_PROFILE`` picks the profile
+when none is passed (the CLI sets it so a DAG parsed in its process sees the run's targets); any ``FACTORY__A__B=value``
 sets ``a.b`` (value parsed as YAML, so ``FACTORY__TRAIN__MAX_EPOCHS=3`` is an int).
 An unknown key or a bad value raises :class:`ConfigError` naming the key.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -76,6 +78,19 @@ class FamilyConfig(_Strict):
     layers: int = Field(1, ge=1, le=6)
     threshold: float = Field(0.5, gt=0, lt=1)
     """Decision threshold for precision/recall (market_alert alerts above 0.9)."""
+    opt_batch: int = Field(32, ge=1)
+    """Engine optimization-profile batch TensorRT tunes for (min is 1)."""
+    max_batch: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _batch_order(self) -> "FamilyConfig":
+        if self.opt_batch > self.max_batch:
+            raise ValueError(f"opt_batch {self.opt_batch} exceeds max_batch {self.max_batch}")
+        return self
+
+
+SEQ_RANGE = (30, 120)
+"""market_alert sequence lengths (ticks) an engine must accept: its profile's min and max."""
 
 
 def _default_families() -> dict[Family, FamilyConfig]:
@@ -122,6 +137,96 @@ class QuantizeConfig(_Strict):
     calibration_size: int = Field(1000, ge=16)
 
 
+Precision = Literal["fp32", "fp16", "int8"]
+_TARGET_NAME = re.compile(r"^(cpu|sm_(\d)(\d+))$")
+
+
+class TargetConfig(_Strict):
+    """One build target: ``cpu`` (ONNX Runtime) or a GPU architecture ``sm_XY`` (TensorRT)."""
+
+    name: str
+    backend: Literal["tensorrt", "onnxruntime"] | None = None
+    """Defaults from the name: ``cpu`` → onnxruntime, ``sm_XY`` → tensorrt."""
+    queue: str | None = None
+    """Airflow queue of this target's tasks (Celery/Edge workers); default ``default`` / ``gpu_<name>``."""
+    pool: str | None = None
+    """Airflow pool of this target's tasks; default ``engines_<name>``."""
+    pool_slots: int = Field(1, ge=1)
+    """Size of that pool: concurrent builds/benchmarks (1 on a GPU keeps timings clean)."""
+    required: bool = False
+    """A required target that cannot build fails the night; others record ``skipped``."""
+    hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
+    """TensorRT hardware-compatibility level: ``ampere_plus`` engines build and run on any sm_80+ GPU."""
+    precisions: list[Precision] = Field(default_factory=lambda: ["fp32", "fp16", "int8"], min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_name(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            data = {"name": data}
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return data
+        name = data["name"]
+        if not _TARGET_NAME.match(name):
+            raise ValueError(f"target name {name!r}: expected 'cpu' or 'sm_XY' (e.g. sm_86, sm_90, sm_100)")
+        data = dict(data)
+        gpu = name != "cpu"
+        data.setdefault("backend", "tensorrt" if gpu else "onnxruntime")
+        data.setdefault("queue", f"gpu_{name}" if gpu else "default")
+        data.setdefault("pool", f"engines_{name}")
+        if data["backend"] == "tensorrt" and not gpu:
+            raise ValueError("target cpu cannot use backend tensorrt")
+        if data["backend"] == "onnxruntime" and gpu:
+            raise ValueError(f"target {name}: backend onnxruntime is the cpu target's; use tensorrt")
+        return data
+
+    @property
+    def compute_capability(self) -> tuple[int, int] | None:
+        """(major, minor) for ``sm_XY``: ``sm_86`` → (8, 6), ``sm_100`` → (10, 0)."""
+        m = _TARGET_NAME.match(self.name)
+        if self.name == "cpu" or m is None:
+            return None
+        digits = m.group(2) + m.group(3)
+        return int(digits[:-1]), int(digits[-1])
+
+
+def _default_targets() -> list[TargetConfig]:
+    return [TargetConfig(name="cpu", required=True)] + [TargetConfig(name=f"sm_{cc}") for cc in (80, 86, 89, 90, 100)]
+
+
+class TensorRTConfig(_Strict):
+    workspace_mib: int = Field(1024, ge=16)
+    """Builder workspace memory-pool limit."""
+    builder_optimization_level: int = Field(3, ge=0, le=5)
+    build_timeout_s: int = Field(1800, ge=10)
+
+
+class OnnxRuntimeConfig(_Strict):
+    graph_optimization_level: Literal["basic", "extended", "all"] = "extended"
+    """``extended`` keeps the saved model portable across CPUs; ``all`` adds layout ops for the build host."""
+    intra_op_threads: int = Field(1, ge=1)
+    """Threads per session: 1 serves one request per core with the steadiest p99."""
+    build_timeout_s: int = Field(600, ge=10)
+
+
+class EngineConfig(_Strict):
+    targets: Literal["auto"] | list[TargetConfig] = Field(default_factory=_default_targets)
+    """``auto``: ``cpu`` plus this host's ``sm_XY`` when CUDA and TensorRT are both here."""
+    tensorrt: TensorRTConfig = TensorRTConfig()
+    onnxruntime: OnnxRuntimeConfig = OnnxRuntimeConfig()
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            names = [t.name for t in v]
+            if len(set(names)) != len(names):
+                raise ValueError(f"duplicate target names in {names}")
+            if not v:
+                raise ValueError("at least one target is needed (or 'auto')")
+        return v
+
+
 class FactoryConfig(_Strict):
     home: Path = Path(".factory")
     profile: Literal["smoke", "default"] = "default"
@@ -131,6 +236,7 @@ class FactoryConfig(_Strict):
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
     quantize: QuantizeConfig = QuantizeConfig()
+    engines: EngineConfig = EngineConfig()
 
     @field_validator("home")
     @classmethod
@@ -158,6 +264,28 @@ class FactoryConfig(_Strict):
     def run_dir(self, date: str) -> Path:
         return self.home / "runs" / date
 
+    @property
+    def engine_store(self) -> Path:
+        """Local engine store (timing caches live here too)."""
+        return self.home / "engine_store"
+
+    def targets(self) -> list[TargetConfig]:
+        """The target matrix, with ``auto`` resolved on this host."""
+        if self.engines.targets == "auto":
+            from .availability import local_target_name
+
+            local = local_target_name()
+            return [TargetConfig(name="cpu", required=True)] + ([TargetConfig(name=local)] if local else [])
+        return list(self.engines.targets)
+
+    def target(self, name: str) -> TargetConfig:
+        """The target called ``name``; :class:`ConfigError` naming the known ones otherwise."""
+        targets = self.targets()
+        for t in targets:
+            if t.name == name:
+                return t
+        raise ConfigError(f"engines.targets: unknown target {name!r}; configured: {[t.name for t in targets]}")
+
 
 # Profile overlays. ``default`` is the model defaults above; ``smoke`` shrinks a night
 # to a test-sized one while keeping every stage real.
@@ -174,6 +302,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "export": {"parity_samples": 64},
         "quantize": {"calibration_size": 256},
+        "engines": {"targets": [{"name": "cpu", "required": True}, {"name": "sm_90"}]},
     },
 }
 
@@ -261,7 +390,7 @@ def load_config(
             raise ConfigError(f"config file {cfg_file}: top level must be a mapping, got {type(loaded).__name__}")
         layered = _deep_merge(layered, loaded)
         source = str(cfg_file)
-    chosen = profile or layered.get("profile") or "default"
+    chosen = profile or env.get("FACTORY_PROFILE") or layered.get("profile") or "default"
     if chosen not in PROFILES:
         raise ConfigError(f"profile: unknown profile {chosen!r}; choose one of {sorted(PROFILES)}")
     layered = _deep_merge(layered, PROFILES[chosen])

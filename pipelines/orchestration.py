@@ -35,10 +35,12 @@ def run_date(context: Mapping[str, Any]) -> str:
 
 def _is_bad_input(exc: BaseException) -> bool:
     from .data.validation import DataValidationError
+    from .engines.base import EngineBuildError, TargetUnavailableError
     from .export import ParityError
     from .quantize import CalibrationError
 
-    return isinstance(exc, (DataValidationError, ConfigError, ParityError, CalibrationError))
+    return isinstance(exc, (DataValidationError, ConfigError, ParityError, CalibrationError, EngineBuildError,
+                            TargetUnavailableError))
 
 
 def record_failure(cfg: FactoryConfig, date: str, task: str, exc: BaseException) -> Path:
@@ -61,7 +63,8 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     ctx = get_current_context()
     cfg = config_from_params(ctx["params"])
     ti = ctx["ti"]
-    task = ti.task_id + (f"[{kwargs['family']}]" if "family" in kwargs else "")
+    label = kwargs.get("family") or ("" if getattr(ti, "map_index", -1) in (-1, None) else ti.map_index)
+    task = ti.task_id + (f"[{label}]" if label != "" else "")
     try:
         records = [_to_record(stage, i, a) for i, a in enumerate(args)]
         result = stage(cfg, *records, **kwargs)

@@ -105,16 +105,22 @@ def array_sha256(x: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def onnx_fp32_to_int8(src: Path, dest: Path, calib: np.ndarray, method: str, cache_dir: Path) -> bool:
+def onnx_fp32_to_int8(src: Path, dest: Path, calib: np.ndarray, method: str, cache_dir: Path,
+                      opt_batch: int = 32) -> bool:
     """Write an explicit Q/DQ INT8 graph calibrated by ModelOpt on CPU (ONNX Runtime).
 
+    ModelOpt leaves out GEMMs TensorRT would run as GEMV or with K/N < 16; it judges
+    that at ``opt_batch`` (the engine profile's opt batch), not at batch 1, where every
+    dense layer of a 2-D model looks like a GEMV.
+
     The result is cached under ``cache_dir`` by (ONNX sha256, calibration sha256,
-    method): unchanged data and model reuse the calibrated graph. Returns True on a
-    cache hit.
+    method, opt batch): unchanged data and model reuse the calibrated graph. Returns
+    True on a cache hit.
     """
     from modelopt.onnx.quantization import quantize
 
-    key = hashlib.sha256(f"{sha256_file(src)}|{array_sha256(calib)}|{method}".encode()).hexdigest()[:24]
+    shapes = f"{INPUT_NAME}:" + "x".join(str(d) for d in (opt_batch, *calib.shape[1:]))
+    key = hashlib.sha256(f"{sha256_file(src)}|{array_sha256(calib)}|{method}|{shapes}".encode()).hexdigest()[:24]
     cached = cache_dir / key / "model.int8.onnx"
     if cached.is_file():
         shutil.copyfile(cached, dest)
@@ -127,7 +133,7 @@ def onnx_fp32_to_int8(src: Path, dest: Path, calib: np.ndarray, method: str, cac
         shutil.copyfile(src, work)
         quantize(str(work), quantize_mode="int8", calibration_data={INPUT_NAME: calib}, calibration_method=method,
                  calibration_eps=["cpu"], high_precision_dtype="fp32", op_types_to_quantize=list(INT8_OP_TYPES),
-                 output_path=str(out), log_level="WARNING")
+                 calibration_shapes=shapes, output_path=str(out), log_level="WARNING")
         if not out.is_file():
             raise RuntimeError(f"ModelOpt produced no output for {src}")
         cached.parent.mkdir(parents=True, exist_ok=True)

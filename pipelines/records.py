@@ -90,3 +90,19 @@ class VariantSet(Record):
     calibration_sha256: str
     calibration_method: str
     variants: list[Variant]
+
+
+class EngineResult(Record):
+    """One (family, precision, target) build: ``ok`` with its manifest, or ``skipped`` with the reason."""
+
+    family: str
+    precision: str
+    target: str
+    backend: str
+    status: Status
+    reason: str = ""
+    engine_dir: str = ""
+    engine_sha256: str = ""
+    backend_version: str = ""
+    seconds: float = 0.0
+    required: bool = False

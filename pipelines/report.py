@@ -35,6 +35,7 @@ def print_nightly_summary(summary: dict[str, Any], console=None) -> None:
         )
     console.print(table)
     print_variants(summary, console)
+    print_engines(summary, console)
 
 
 def print_variants(summary: dict[str, Any], console) -> None:
@@ -58,4 +59,22 @@ def print_variants(summary: dict[str, Any], console) -> None:
                 note = ", ".join(v["kept_fp32"]) if v["kept_fp32"] else ""
             table.add_row(row["family"], v["precision"], _fmt(m["auc"], 4), f"{m['auc'] - base:+.4f}",
                           _fmt(m["accuracy"], 4), note, _fmt(v["seconds"], 1))
+    console.print(table)
+
+
+def print_engines(summary: dict[str, Any], console) -> None:
+    """One row per family x target x precision: built (backend, seconds, sha256) or why not."""
+    from rich.table import Table
+
+    table = Table(title="Engines · family × target × precision")
+    for col in ("family", "target", "precision", "status", "backend", "build s", "engine sha256 / reason"):
+        table.add_column(col, justify="right" if col == "build s" else "left", overflow="fold")
+    styles = {"ok": "green", "skipped": "yellow", "failed": "red"}
+    for row in summary["families"]:
+        for e in row.get("engines") or []:
+            status = f"[{styles.get(e['status'], 'white')}]{e['status']}[/]"
+            backend = f"{e['backend']} {e['backend_version']}".strip()
+            detail = e["engine_sha256"][:16] if e["status"] == "ok" else e["reason"]
+            table.add_row(row["family"], e["target"], e["precision"], status, backend,
+                          _fmt(e["seconds"], 2) if e["status"] == "ok" else "—", detail)
     console.print(table)

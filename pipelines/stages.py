@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .config import Family, FactoryConfig
 from .fsutil import committed_dir, write_json
-from .records import ExportResult, FeatureSet, LakeSnapshot, Plan, Status, TrainResult, Variant, VariantSet
+from .records import (EngineResult, ExportResult, FeatureSet, LakeSnapshot, Plan, Status, TrainResult, Variant,
+                      VariantSet)
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,8 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
                 kept = onnx_fp32_to_fp16(src, out)
             else:
                 check_calibration(calib, pool.x.shape[-1])
-                hit = onnx_fp32_to_int8(src, out, calib, cfg.quantize.calibration_method, cfg.home / "cache" / "calib")
+                hit = onnx_fp32_to_int8(src, out, calib, cfg.quantize.calibration_method, cfg.home / "cache" / "calib",
+                                        cfg.families[fam].opt_batch)
                 cov = quantization_coverage(out)
                 coverage = {"quantized": cov.quantized, "not_quantized": cov.not_quantized,
                             "qdq_pairs": {"QuantizeLinear": cov.qdq_pairs}}
@@ -226,9 +228,61 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
     return result
 
 
+def engine_version(p: Plan, vs: VariantSet) -> str:
+    """The night's model version: logical date plus the FP32 graph's hash (same date, same model → same version)."""
+    fp32 = next(v for v in vs.variants if v.precision == "fp32")
+    return f"{p.date.replace('-', '')}.{fp32.sha256[:8]}"
+
+
+def build_engine(cfg: FactoryConfig, p: Plan, vs: VariantSet, precision: str, target: str) -> EngineResult:
+    """Build one variant for one target into ``runs/<date>/<family>/engines/<target>/<precision>/``.
+
+    A target this worker cannot build (no TensorRT, no GPU, another architecture)
+    returns a ``skipped`` record with the reason, or raises
+    :class:`~pipelines.engines.base.TargetUnavailableError` when the target is ``required``.
+    """
+    from . import engines
+    from .availability import host_facts
+    from .engines.base import BuildSpec, TargetUnavailableError, build_engine as build, onnx_io
+
+    tgt = cfg.target(target)
+    fam = Family(vs.family)
+
+    def skipped(reason: str) -> EngineResult:
+        log.warning("%s/%s for %s skipped: %s", fam, precision, target, reason)
+        return EngineResult(family=fam, precision=precision, target=target, backend=str(tgt.backend),
+                            status=Status.SKIPPED, reason=reason, required=tgt.required)
+
+    variant = next((v for v in vs.variants if v.precision == precision), None)
+    if precision not in tgt.precisions:
+        return skipped(f"precision {precision} is not enabled for target {target}")
+    if variant is None:
+        return skipped(f"no {precision} variant this run (quantize.precisions: {cfg.quantize.precisions})")
+    builder = engines.builder_for(str(tgt.backend), cfg.engine_store)
+    reason = builder.unavailable_reason(tgt)
+    if reason:
+        if tgt.required:
+            raise TargetUnavailableError(f"required target {target} cannot be built on this worker: {reason}")
+        return skipped(reason)
+    options = (cfg.engines.tensorrt if tgt.backend == "tensorrt" else cfg.engines.onnxruntime).model_dump()
+    options["timeout_s"] = options.pop("build_timeout_s")
+    inputs, outputs, profile = onnx_io(Path(variant.onnx_uri), cfg.families[fam])
+    spec = BuildSpec(family=fam, version=engine_version(p, vs), precision=precision, target=tgt,
+                     onnx=Path(variant.onnx_uri), profile=profile, options=options,
+                     calibration_sha256=vs.calibration_sha256 if precision == "int8" else None)
+    dest = Path(p.run_dir) / fam / "engines" / target / precision
+    manifest = build(builder, spec, dest, inputs, outputs, host_facts())
+    log.info("%s/%s for %s: %s %s engine in %.1fs", fam, precision, target, manifest.backend,
+             manifest.backend_version, manifest.build["seconds"])
+    return EngineResult(family=fam, precision=precision, target=target, backend=manifest.backend, status=Status.OK,
+                        engine_dir=str(dest), engine_sha256=manifest.sha256["engine"] or "",
+                        backend_version=manifest.backend_version, seconds=manifest.build["seconds"],
+                        required=tgt.required)
+
+
 def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported: list[ExportResult],
-              variants: list[VariantSet] | None = None) -> Path:
-    """Write ``summary.json`` for the night: one row per family."""
+              variants: list[VariantSet] | None = None, built: list[EngineResult] | None = None) -> Path:
+    """Write ``summary.json`` for the night: one row per family, with its engines per target and precision."""
     by_family = {e.family: e for e in exported}
     var_by_family = {v.family: v for v in variants or []}
     rows = []
@@ -237,5 +291,7 @@ def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported:
         v = var_by_family.get(t.family)
         rows.append({"family": t.family, "status": t.status, "train": t.model_dump(mode="json"),
                      "export": e.model_dump(mode="json") if e else None,
-                     "variants": v.model_dump(mode="json") if v else None})
+                     "variants": v.model_dump(mode="json") if v else None,
+                     "engines": [b.model_dump(mode="json") for b in sorted(built or [], key=lambda b: (b.target,
+                                 b.precision)) if b.family == t.family]})
     return write_json(Path(p.run_dir) / "summary.json", {"date": p.date, "profile": cfg.profile, "families": rows})

@@ -12,7 +12,7 @@ def factory_home(tmp_path, monkeypatch):
     home = tmp_path / "factory"
     monkeypatch.setenv("FACTORY_HOME", str(home))
     for key in list(__import__("os").environ):
-        if key.startswith("FACTORY__") or key == "FACTORY_CONFIG":
+        if key.startswith("FACTORY__") or key in ("FACTORY_CONFIG", "FACTORY_PROFILE"):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
     return home

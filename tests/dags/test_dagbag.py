@@ -21,16 +21,18 @@ dag = bag.dags.get("nightly_model_factory")
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": sorted(bag.dag_ids),
                   "parse_s": parse, "heavy": heavy, "schedule": dag.timetable.expression if dag else None,
                   "catchup": dag.catchup if dag else None, "retries": dag.default_args.get("retries") if dag else None,
-                  "tasks": sorted(dag.task_ids) if dag else [], "doc": bool(dag and dag.doc_md)}))
+                  "tasks": sorted(dag.task_ids) if dag else [], "doc": bool(dag and dag.doc_md),
+                  "engines": {t.task_id: [t.queue, t.pool] for t in dag.tasks if t.task_id.startswith("engine_")}
+                  if dag else {}}))
 """
 
 
-def _probe(tmp_path):
+def _probe(tmp_path, **extra_env):
     env = {"AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
-           "PATH": "/usr/bin:/bin", "FACTORY_HOME": str(tmp_path / "factory")}
+           "PATH": "/usr/bin:/bin", "FACTORY_HOME": str(tmp_path / "factory"), **extra_env}
     out = subprocess.run([sys.executable, "-c", PROBE, str(DAGS), json.dumps(HEAVY)], env=env, capture_output=True,
-                         text=True, timeout=300, check=True)
+                         text=True, timeout=300, check=True, cwd=tmp_path)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -48,3 +50,16 @@ def test_nightly_dag_shape(tmp_path):
     assert r["schedule"] == "0 2 * * *"
     assert r["catchup"] is False and r["retries"] >= 1 and r["doc"]
     assert {"plan", "ingest", "features", "train", "export", "summarize"} <= set(r["tasks"])
+
+
+def test_one_engine_task_per_target_on_its_queue_and_pool(tmp_path):
+    r = _probe(tmp_path)
+    assert set(r["engines"]) == {f"engine_{t}" for t in ("cpu", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100")}
+    assert r["engines"]["engine_sm_86"] == ["gpu_sm_86", "engines_sm_86"]
+    assert r["engines"]["engine_cpu"] == ["default", "engines_cpu"]
+    assert set(_probe(tmp_path, FACTORY_PROFILE="smoke")["engines"]) == {"engine_cpu", "engine_sm_90"}
+    cfg = tmp_path / "factory.yaml"
+    cfg.write_text("engines:\n  targets:\n    - {name: cpu, queue: cpu_builds}\n"
+                   "    - {name: sm_89, queue: l40s, pool: l40s_gpus}\n")
+    assert _probe(tmp_path, FACTORY_CONFIG=str(cfg))["engines"] == {"engine_cpu": ["cpu_builds", "engines_cpu"],
+                                                                    "engine_sm_89": ["l40s", "l40s_gpus"]}

@@ -74,6 +74,25 @@ def test_fp32_fp16_int8_variants_for_every_family(night):
     assert "Precision variants" in proc.stdout
 
 
+def test_cpu_engines_with_manifests_and_gpu_targets_skipped_with_reason(night):
+    from pipelines.engines.base import verify_manifest
+
+    home, proc = night
+    summary = json.loads((home / "runs" / DATE / "summary.json").read_text())
+    for row in summary["families"]:
+        by = {(e["target"], e["precision"]): e for e in row["engines"]}
+        assert set(by) == {(t, p) for t in ("cpu", "sm_90") for p in ("fp32", "fp16", "int8")}
+        for p in ("fp32", "fp16", "int8"):
+            cpu = by[("cpu", p)]
+            assert cpu["status"] == "ok"
+            m = verify_manifest(Path(cpu["engine_dir"]))  # hashes match the bytes
+            assert (m.family, m.target, m.precision, m.backend) == (row["family"], "cpu", p, "onnxruntime")
+            assert (m.sha256["calibration"] == row["variants"]["calibration_sha256"]) == (p == "int8")
+            gpu = by[("sm_90", p)]
+            assert gpu["status"] == "skipped" and "TensorRT" in gpu["reason"]  # no TensorRT on this machine
+    assert "Engines" in proc.stdout and "skipped" in proc.stdout
+
+
 def test_rerun_same_date_is_idempotent(night):
     home, _ = night
     lake_files = sorted((home / "lake").rglob("*.parquet"))

@@ -1,0 +1,252 @@
+"""The engine-builder interface, the manifest, and the one build routine every backend shares.
+
+A backend says whether it can build a target on this worker (and why not), which
+plain command line builds it, and which file it produces. :func:`build_engine` does
+the rest the same way for all: copy the variant's ONNX in, write ``reproduce.sh``,
+run the command as a subprocess (log beside it), hash, write ``manifest.json``, and
+commit the directory only when all of it is there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..config import SEQ_RANGE, FamilyConfig, TargetConfig
+from ..fsutil import committed_dir, sha256_file, write_json
+from ..records import Record
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SOURCE_ONNX = "model.onnx"
+REPRODUCE = "reproduce.sh"
+BUILD_LOG = "build.log"
+RESULT = "build_result.json"
+
+
+class EngineBuildError(RuntimeError):
+    """A build failed on input it was given (e.g. an ONNX the parser rejects); names the file and target."""
+
+
+class TargetUnavailableError(RuntimeError):
+    """A ``required`` target cannot be built on this worker; names the target and why."""
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """One input's optimization profile: shapes at min, opt and max."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    family: str
+    version: str
+    precision: str
+    target: TargetConfig
+    onnx: Path
+    calibration_sha256: str | None
+    profile: dict[str, Shapes]
+    options: dict[str, Any] = field(default_factory=dict)
+    """Backend options from config (workspace, optimization level, threads…)."""
+
+
+class TensorInfo(Record):
+    name: str
+    dtype: str
+    shape: list[int | str]
+    profile: dict[str, list[int]] | None = None
+
+
+class Manifest(Record):
+    """Everything needed to trust, run or rebuild one engine."""
+
+    family: str
+    version: str
+    target: str
+    compute_capability: str | None
+    backend: str
+    backend_version: str
+    precision: str
+    engine_file: str
+    onnx_file: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    sha256: dict[str, str | None]
+    """``engine``, ``onnx`` (the variant built from) and ``calibration`` (INT8 only)."""
+    build: dict[str, Any]
+    """``seconds``, ``started_at``, ``command``, backend ``options``, ``hardware_compatibility``."""
+    host: dict[str, Any]
+    """Build host: hostname, CPU, GPU name, driver."""
+    versions: dict[str, str]
+
+
+class EngineBuilder(Protocol):
+    backend: str
+    engine_file: str
+
+    def unavailable_reason(self, target: TargetConfig) -> str | None:
+        """Why this worker cannot build ``target``; None when it can."""
+
+    def backend_version(self) -> str: ...
+
+    def compute_capability(self, target: TargetConfig) -> str | None: ...
+
+    def command(self, spec: BuildSpec) -> list[str]:
+        """The build as plain arguments, run from inside the engine directory."""
+
+
+def onnx_io(onnx_path: Path, family_cfg: FamilyConfig) -> tuple[list[TensorInfo], list[TensorInfo], dict[str, Shapes]]:
+    """Inputs/outputs of an ONNX graph and the optimization profile for its dynamic dims.
+
+    Dim 0 is the batch (1 / ``opt_batch`` / ``max_batch``); any other dynamic dim is the
+    sequence (market_alert: ``SEQ_RANGE`` with the trained window as opt). Static dims
+    stay as they are.
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+
+    def info(v: Any) -> tuple[str, list[int | str]]:
+        t = v.type.tensor_type
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        return dtype, [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+
+    inputs, outputs, profile = [], [], {}
+    for v in model.graph.input:
+        if v.name in inits:
+            continue
+        dtype, shape = info(v)
+        lo, mid, hi = [], [], []
+        for i, d in enumerate(shape):
+            if isinstance(d, int) and d > 0:
+                lo.append(d), mid.append(d), hi.append(d)
+            elif i == 0:
+                lo.append(1), mid.append(family_cfg.opt_batch), hi.append(family_cfg.max_batch)
+            else:
+                lo.append(SEQ_RANGE[0]), mid.append(family_cfg.window), hi.append(SEQ_RANGE[1])
+        profile[v.name] = Shapes(tuple(lo), tuple(mid), tuple(hi))
+        inputs.append(TensorInfo(name=v.name, dtype=dtype, shape=shape,
+                                 profile={"min": lo, "opt": mid, "max": hi}))
+    for v in model.graph.output:
+        dtype, shape = info(v)
+        outputs.append(TensorInfo(name=v.name, dtype=dtype, shape=shape))
+    return inputs, outputs, profile
+
+
+def shape_arg(name: str, shape: tuple[int, ...]) -> str:
+    """``features:1x60x16``, the plain form the build scripts take."""
+    return f"{name}:{'x'.join(str(d) for d in shape)}"
+
+
+def parse_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    name, _, dims = text.rpartition(":")
+    if not name or not dims:
+        raise ValueError(f"shape {text!r}: expected NAME:D0xD1x…")
+    return name, tuple(int(d) for d in dims.split("x"))
+
+
+def _write_reproduce(path: Path, cmd: list[str], note: str) -> None:
+    body = ["#!/usr/bin/env bash",
+            "# Rebuilds this engine from model.onnx in this directory (needs the model-factory package",
+            "# installed, and for TensorRT the same TensorRT version on the same GPU architecture).",
+            *(f"# {line}" for line in note.splitlines() if line),
+            "set -euo pipefail",
+            'cd "$(dirname "$0")"',
+            " ".join(shlex.quote(c) for c in ["python", *cmd[1:]]) + ' "$@"', ""]
+    path.write_text("\n".join(body))
+    path.chmod(0o755)
+
+
+def run_logged(cmd: list[str], cwd: Path, log_path: Path, timeout_s: int, what: str) -> None:
+    """Run ``cmd`` with its output in ``log_path``; raise :class:`EngineBuildError` with the log's tail on failure."""
+    log.info("building %s", what)
+    with open(log_path, "w") as logf:
+        try:
+            rc = subprocess.run(cmd, cwd=cwd, stdout=logf, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            raise EngineBuildError(f"{what}: build timed out after {timeout_s}s") from None
+    if rc != 0:
+        tail = log_path.read_text().strip().splitlines()[-15:]
+        raise EngineBuildError(f"{what}: build exited with code {rc}; last lines of {log_path.name}:\n  "
+                               + "\n  ".join(tail))
+
+
+def build_engine(builder: EngineBuilder, spec: BuildSpec, dest: Path, inputs: list[TensorInfo],
+                 outputs: list[TensorInfo], host: dict[str, Any], note: str = "") -> Manifest:
+    """Build ``spec`` with ``builder`` into ``dest`` (committed only when complete) and return its manifest."""
+    import json
+
+    what = f"{spec.family}/{spec.precision} for {spec.target.name} ({builder.backend}) from {spec.onnx.name}"
+    started = dt.datetime.now(dt.timezone.utc)
+    with committed_dir(dest) as tmp:
+        shutil.copyfile(spec.onnx, tmp / SOURCE_ONNX)
+        cmd = builder.command(spec)
+        _write_reproduce(tmp / REPRODUCE, cmd, note)
+        t0 = time.perf_counter()
+        run_logged(cmd, tmp, tmp / BUILD_LOG, int(spec.options.get("timeout_s", 1800)), what)
+        seconds = time.perf_counter() - t0
+        engine = tmp / builder.engine_file
+        if not engine.is_file() or engine.stat().st_size == 0:
+            raise EngineBuildError(f"{what}: the build exited 0 but wrote no {builder.engine_file}")
+        result = json.loads((tmp / RESULT).read_text()) if (tmp / RESULT).is_file() else {}
+        manifest = Manifest(
+            family=spec.family, version=spec.version, target=spec.target.name,
+            compute_capability=builder.compute_capability(spec.target), backend=builder.backend,
+            backend_version=builder.backend_version(), precision=spec.precision, engine_file=builder.engine_file,
+            onnx_file=SOURCE_ONNX, inputs=inputs, outputs=outputs,
+            sha256={"engine": sha256_file(engine), "onnx": sha256_file(tmp / SOURCE_ONNX),
+                    "calibration": spec.calibration_sha256},
+            build={"seconds": round(seconds, 3), "started_at": started.isoformat(),
+                   "command": shlex.join(["python", *cmd[1:]]), "options": {**spec.options, **result},
+                   "hardware_compatibility": spec.target.hardware_compatibility},
+            host=host, versions=_versions(builder))
+        write_json(tmp / MANIFEST, manifest.to_xcom())
+    return manifest
+
+
+def _versions(builder: EngineBuilder) -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0], builder.backend: builder.backend_version()}
+    for dist in ("onnx", "onnxruntime", "polygraphy", "nvidia-modelopt", "torch", "model-factory"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def verify_manifest(engine_dir: Path) -> Manifest:
+    """Read ``manifest.json`` and check the engine and ONNX bytes against its sha256s.
+
+    Raises:
+        EngineBuildError: a file is missing or its hash differs (names which).
+    """
+    import json
+
+    path = Path(engine_dir) / MANIFEST
+    if not path.is_file():
+        raise EngineBuildError(f"{engine_dir}: no {MANIFEST}")
+    m = Manifest.model_validate(json.loads(path.read_text()))
+    for key, name in (("engine", m.engine_file), ("onnx", m.onnx_file)):
+        f = Path(engine_dir) / name
+        if not f.is_file():
+            raise EngineBuildError(f"{engine_dir}: {name} listed in the manifest is missing")
+        if sha256_file(f) != m.sha256[key]:
+            raise EngineBuildError(f"{engine_dir}: sha256 of {name} does not match the manifest")
+    return m
