@@ -227,6 +227,58 @@ class EngineConfig(_Strict):
         return v
 
 
+class FamilyGates(_Strict):
+    """Acceptance bounds for one family's candidates, against the FP32 PyTorch reference on the test split."""
+
+    auc_drop_max: float = Field(0.005, ge=0)
+    """The seeds' rule: AUC drop < 0.5 % (absolute 0.005)."""
+    accuracy_drop_max: float = Field(0.005, ge=0)
+    precision_drop_max: float | None = Field(None, ge=0)
+    """At the family threshold (market_alert: 0.9)."""
+    recall_drop_max: float | None = Field(None, ge=0)
+    sharpe_rel_tol: float | None = Field(None, ge=0)
+    """price_direction: backtest Sharpe within ±this fraction of FP32's."""
+    tail_brier_increase_max: float = Field(0.01, ge=0)
+    """On the extreme-move subset, Brier score may worsen by at most this much."""
+    p99_budget_ms: dict[Literal["cpu", "gpu"], float] = Field(default_factory=lambda: {"cpu": 20.0, "gpu": 20.0})
+    """Batch-1 p99 latency budget per target class."""
+
+
+def _default_family_gates() -> dict[Family, FamilyGates]:
+    return {
+        # a few-ms share of a 10 ms tick-to-alert budget; the seeds' GRU runs 3.2 ms FP16 / 2.1 ms INT8
+        Family.MARKET_ALERT: FamilyGates(precision_drop_max=0.05, recall_drop_max=0.05,
+                                         p99_budget_ms={"cpu": 5.0, "gpu": 3.0}),
+        # ticks arrive every 5-10 ms and the opportunity lasts 100 ms
+        Family.PRICE_DIRECTION: FamilyGates(sharpe_rel_tol=0.05, p99_budget_ms={"cpu": 10.0, "gpu": 2.0}),
+        # the seeds alert on P99 > 20 ms (SLA 50 ms)
+        Family.FRAUD_RISK: FamilyGates(p99_budget_ms={"cpu": 20.0, "gpu": 20.0}),
+    }
+
+
+class GateConfig(_Strict):
+    families: dict[Family, FamilyGates] = Field(default_factory=_default_family_gates)
+    parity: dict[Precision, tuple[float, float]] = Field(default_factory=lambda: {
+        "fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "int8": (5e-2, 5e-2)})
+    """Engine vs its own ONNX variant: (atol, rtol) per precision, on a validation slice."""
+    parity_samples: int = Field(512, ge=8)
+    latency_regression_max: float = Field(0.10, ge=0)
+    """p99 may exceed the champion's (same target, same harness, same run) by at most this fraction."""
+    tie_tolerance: float = Field(0.03, ge=0)
+    """p99s within this fraction are a tie; the higher precision wins a tie."""
+    auto_promote: bool = True
+    """A selection that passed every gate becomes the target's champion without a person."""
+
+
+class BenchmarkConfig(_Strict):
+    warmup: int = Field(50, ge=0)
+    iters: int = Field(1000, ge=20)
+    """Timed iterations per (engine, batch): 1000 puts 10 samples above the p99."""
+    max_seconds: float = Field(5.0, gt=0)
+    """Cap per (engine, batch); fewer iterations are recorded when it is hit."""
+    cuda_graphs: bool = True
+
+
 class FactoryConfig(_Strict):
     home: Path = Path(".factory")
     profile: Literal["smoke", "default"] = "default"
@@ -237,6 +289,8 @@ class FactoryConfig(_Strict):
     export: ExportConfig = ExportConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     engines: EngineConfig = EngineConfig()
+    gates: GateConfig = GateConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
 
     @field_validator("home")
     @classmethod
@@ -303,6 +357,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "export": {"parity_samples": 64},
         "quantize": {"calibration_size": 256},
         "engines": {"targets": [{"name": "cpu", "required": True}, {"name": "sm_90"}]},
+        "benchmark": {"warmup": 20, "iters": 300, "max_seconds": 1.0},
     },
 }
 
@@ -379,7 +434,10 @@ def load_config(
     """
     env = os.environ if env is None else env
     cfg_file = find_config_file(path, env)
-    layered: dict[str, Any] = {"families": _family_defaults_as_dict()}
+    # Per-family defaults differ by family, so they are layered as data: a file that sets one
+    # key of one family keeps that family's other defaults.
+    layered: dict[str, Any] = {"families": _family_defaults_as_dict(), "gates": {"families": {
+        f.value: g.model_dump() for f, g in _default_family_gates().items()}}}
     source = "defaults"
     if cfg_file is not None:
         try:

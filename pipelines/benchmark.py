@@ -1,0 +1,270 @@
+"""The latency harness: warm-up, then timed iterations on the target's own hardware.
+
+Reports p50/p90/p99/max at batch 1 and at the profile's opt batch, and throughput.
+CPU runners fix and record their thread count. GPU runners time with CUDA events on
+their own stream, stage inputs in pinned host memory, and can replay a CUDA graph;
+NVML telemetry is sampled during GPU runs. Timing is a runner method, so a test can
+drive the statistics with a synthetic clock.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    batch: int
+    iters: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    throughput: float
+    """Samples per second at this batch (batch / mean latency)."""
+
+    @classmethod
+    def from_samples(cls, batch: int, samples_ns: list[int] | np.ndarray) -> "LatencyStats":
+        ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+        if ms.size == 0:
+            raise ValueError("no timed iterations")
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        mean = float(ms.mean())
+        return cls(batch=batch, iters=int(ms.size), p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
+                   max_ms=float(ms.max()), mean_ms=mean, throughput=batch / (mean / 1e3) if mean > 0 else float("inf"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def time_calls(fn: Callable[[], object], warmup: int, iters: int, max_seconds: float,
+               clock: Callable[[], int] = time.perf_counter_ns) -> list[int]:
+    """Call ``fn`` ``warmup`` times, then time up to ``iters`` calls (fewer once ``max_seconds`` is spent)."""
+    for _ in range(warmup):
+        fn()
+    samples: list[int] = []
+    budget = int(max_seconds * 1e9)
+    spent = 0
+    for _ in range(iters):
+        t0 = clock()
+        fn()
+        dt = clock() - t0
+        samples.append(dt)
+        spent += dt
+        if spent >= budget and len(samples) >= 20:
+            break
+    return samples
+
+
+class Runner(Protocol):
+    name: str
+    info: dict[str, Any]
+    """What the numbers depend on: threads, provider, device, CUDA graphs…"""
+
+    def infer(self, x: np.ndarray) -> np.ndarray: ...
+
+    def latencies(self, x: np.ndarray, warmup: int, iters: int, max_seconds: float) -> list[int]: ...
+
+
+class OnnxRuntimeRunner:
+    """An ONNX Runtime CPU session with a fixed thread count (the ``cpu`` target's engine, or any ONNX)."""
+
+    def __init__(self, path: Path, threads: int = 1, output: str = "prob"):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.output = output
+        self.name = f"onnxruntime:{Path(path).name}"
+        self.info = {"backend": "onnxruntime", "threads": threads, "provider": "CPUExecutionProvider"}
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output], {self.input: x})[0]
+
+    def latencies(self, x: np.ndarray, warmup: int, iters: int, max_seconds: float) -> list[int]:
+        return time_calls(lambda: self.infer(x), warmup, iters, max_seconds)
+
+
+class TorchRunner:
+    """PyTorch eager (the baseline), on CPU or CUDA; on CUDA optionally replaying a captured CUDA graph."""
+
+    def __init__(self, model: Any, device: str = "cpu", threads: int = 1, cuda_graph: bool = False):
+        import torch
+
+        self.torch, self.device = torch, torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)
+        self.name = f"torch-{'cudagraph' if self.cuda_graph else 'eager'}:{self.device.type}"
+        self.info = {"backend": "torch", "device": str(self.device), "threads": threads if self.device.type == "cpu"
+                     else None, "cuda_graph": self.cuda_graph, "torch": torch.__version__}
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+
+    def latencies(self, x: np.ndarray, warmup: int, iters: int, max_seconds: float) -> list[int]:
+        if self.device.type == "cpu":
+            with self.torch.inference_mode():
+                xt = self.torch.from_numpy(x)
+                return time_calls(lambda: self.model(xt), warmup, iters, max_seconds)
+        return _cuda_latencies(self.torch, self._cuda_step(x), warmup, iters, max_seconds)
+
+    def _cuda_step(self, x: np.ndarray) -> Callable[[Any], None]:
+        """One request on ``stream``: pinned host → device, forward (or graph replay), device → pinned host."""
+        torch = self.torch
+        host_in = torch.from_numpy(x).pin_memory()
+        dev_in = torch.empty_like(host_in, device=self.device)
+        with torch.inference_mode():
+            dev_in.copy_(host_in)
+            out = self.model(dev_in)
+            host_out = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            graph = None
+            if self.cuda_graph:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        self.model(dev_in)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    out = self.model(dev_in)
+
+        def step(stream: Any) -> None:
+            with torch.inference_mode(), torch.cuda.stream(stream):
+                dev_in.copy_(host_in, non_blocking=True)
+                if graph is not None:
+                    graph.replay()
+                    res = out
+                else:
+                    res = self.model(dev_in)
+                host_out.copy_(res, non_blocking=True)
+
+        return step
+
+
+def _cuda_latencies(torch: Any, step: Callable[[Any], None], warmup: int, iters: int, max_seconds: float) -> list[int]:
+    """Time ``step(stream)`` with CUDA events on a dedicated stream, one request at a time."""
+    stream = torch.cuda.Stream()
+    for _ in range(warmup):
+        step(stream)
+    stream.synchronize()
+    samples, spent = [], 0.0
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(iters):
+        start.record(stream)
+        step(stream)
+        end.record(stream)
+        end.synchronize()
+        ms = start.elapsed_time(end)
+        samples.append(int(ms * 1e6))
+        spent += ms / 1e3
+        if spent >= max_seconds and len(samples) >= 20:
+            break
+    return samples
+
+
+class TensorRTRunner:
+    """A TensorRT engine: one execution context, device buffers and pinned host buffers from torch,
+    ``execute_async_v3`` on a dedicated stream, optionally captured in a CUDA graph. Needs TensorRT and CUDA."""
+
+    def __init__(self, plan: Path, cuda_graph: bool = False, output: str = "prob"):
+        import tensorrt as trt
+        import torch
+
+        self.torch, self.trt = torch, trt
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(plan).read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"TensorRT could not deserialize {plan} (built for another GPU or TensorRT version?)")
+        self.context = self.engine.create_execution_context()
+        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input = next(n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output, self.cuda_graph = output, cuda_graph
+        self.name = f"tensorrt:{Path(plan).name}"
+        self.info = {"backend": "tensorrt", "tensorrt": trt.__version__, "cuda_graph": cuda_graph,
+                     "device": torch.cuda.get_device_name()}
+
+    def _bind(self, x: np.ndarray) -> tuple[Any, Any, Any, Any]:
+        torch = self.torch
+        self.context.set_input_shape(self.input, tuple(x.shape))
+        host_in = torch.from_numpy(np.ascontiguousarray(x)).pin_memory()
+        dev_in = host_in.to("cuda")
+        shape = tuple(self.context.get_tensor_shape(self.output))
+        dev_out = torch.empty(shape, dtype=torch.float32, device="cuda")
+        host_out = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        self.context.set_tensor_address(self.input, dev_in.data_ptr())
+        self.context.set_tensor_address(self.output, dev_out.data_ptr())
+        return host_in, dev_in, dev_out, host_out
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        host_in, dev_in, dev_out, host_out = self._bind(x)
+        stream = self.torch.cuda.Stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        host_out.copy_(dev_out, non_blocking=True)
+        stream.synchronize()
+        return host_out.numpy().copy()
+
+    def latencies(self, x: np.ndarray, warmup: int, iters: int, max_seconds: float) -> list[int]:
+        torch = self.torch
+        host_in, dev_in, dev_out, host_out = self._bind(x)
+        graph = None
+        if self.cuda_graph:
+            s = torch.cuda.Stream()
+            self.context.execute_async_v3(s.cuda_stream)  # the first enqueue after a shape change is not capturable
+            s.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=s):
+                self.context.execute_async_v3(s.cuda_stream)
+
+        def step(stream: Any) -> None:
+            with torch.cuda.stream(stream):
+                dev_in.copy_(host_in, non_blocking=True)
+                if graph is not None:
+                    graph.replay()
+                else:
+                    self.context.execute_async_v3(stream.cuda_stream)
+                host_out.copy_(dev_out, non_blocking=True)
+
+        return _cuda_latencies(torch, step, warmup, iters, max_seconds)
+
+
+def measure(runner: Runner, x: np.ndarray, warmup: int, iters: int, max_seconds: float) -> LatencyStats:
+    return LatencyStats.from_samples(len(x), runner.latencies(x, warmup, iters, max_seconds))
+
+
+def benchmark_runner(runner: Runner, x_pool: np.ndarray, opt_batch: int, warmup: int, iters: int,
+                     max_seconds: float, gpu: bool = False) -> dict[str, Any]:
+    """p50/p90/p99/max at batch 1 and at ``opt_batch`` (+ NVML telemetry on GPU), as a JSON-able dict."""
+    from monitoring.nvml import TelemetrySampler
+
+    reps = -(-opt_batch // len(x_pool))
+    x_opt = np.ascontiguousarray(np.concatenate([x_pool] * reps)[:opt_batch])
+    x_one = np.ascontiguousarray(x_pool[:1])
+    with TelemetrySampler() if gpu else _Null() as sampler:
+        b1 = measure(runner, x_one, warmup, iters, max_seconds)
+        opt = measure(runner, x_opt, warmup, iters, max_seconds)
+    out = {"runner": runner.name, **runner.info, "batch1": b1.to_dict(), "opt": opt.to_dict()}
+    if gpu:
+        out["telemetry"] = sampler.summary()
+    return out
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
