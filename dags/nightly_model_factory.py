@@ -9,7 +9,13 @@ ONNX Runtime on validation → **engine_<target>**: one task per target of the m
 (`engines.targets`), on that target's queue and pool, mapped over family × precision:
 ONNX Runtime for `cpu`, TensorRT through Polygraphy for `sm_XY`. A target whose
 hardware or backend this worker lacks records `skipped` with the reason (a failure
-when the target is `required`) → **summarize**.
+when the target is `required`) → **accuracy** per family: every variant against the
+FP32 PyTorch reference on the test split (AUC, accuracy, precision/recall, Sharpe,
+tail-regime Brier, NaN) → **gate_<target>** per family, on the target's queue and
+pool: engine parity vs its ONNX (Polygraphy comparator), latency (p50/p90/p99 at
+batch 1 and opt batch), the champion measured beside it, and the selection →
+**gate_report**: promotion, `gates/report.json` and the accuracy-vs-p99 plot →
+**summarize**.
 
 The target matrix is read from the factory config when the DAG is parsed
 (`$FACTORY_CONFIG` or `./factory.yaml`, profile `$FACTORY_PROFILE`).
@@ -85,14 +91,23 @@ def nightly_model_factory():
         return run_stage(stages.build_engine, plan, variant_set, precision=precision, target=target)
 
     @task
-    def summarize(plan: dict, trained: list[dict], exported: list[dict], variant_sets: list[dict],
-                  engines: list) -> str:
-        # Index by length: iterating a lazy XCom sequence probes one past its end.
-        def items(seq):
-            return [seq[i] for i in range(len(seq))]
+    def accuracy(plan: dict, variant_set: dict) -> dict:
+        return run_stage(stages.gate_accuracy, plan, variant_set)
 
-        built = [e for per_target in engines for e in items(per_target)]
-        return run_stage(stages.summarize, plan, items(trained), items(exported), items(variant_sets), built)
+    @task
+    def gate(plan: dict, accuracy: dict, target: str) -> dict:
+        return run_stage(stages.gate_target, plan, accuracy, target=target)
+
+    @task
+    def gate_report(plan: dict, accuracy: list[dict], gates: list) -> str:
+        return run_stage(stages.gate_report, plan, _items(accuracy), [g for seq in gates for g in _items(seq)])
+
+    @task
+    def summarize(plan: dict, trained: list[dict], exported: list[dict], variant_sets: list[dict],
+                  engines: list, report: str) -> str:
+        built = [e for per_target in engines for e in _items(per_target)]
+        return run_stage(stages.summarize, plan, _items(trained), _items(exported), _items(variant_sets), built,
+                         report)
 
     p = plan()
     snap = ingest(p)
@@ -106,7 +121,19 @@ def nightly_model_factory():
         .expand(variant_set=variant_sets, precision=t.precisions)
         for t in TARGETS
     ]
-    summarize(p, trained, exported, variant_sets, built)
+    acc = accuracy.partial(plan=p).expand(variant_set=variant_sets)
+    gated = []
+    for t, built_for_target in zip(TARGETS, built):
+        g = gate.override(task_id=f"gate_{t.name}", queue=t.queue, pool=t.pool).partial(plan=p, target=t.name)
+        g = g.expand(accuracy=acc)
+        built_for_target >> g
+        gated.append(g)
+    summarize(p, trained, exported, variant_sets, built, gate_report(p, acc, gated))
+
+
+def _items(seq) -> list:
+    # Index by length: iterating a lazy XCom sequence probes one past its end.
+    return [seq[i] for i in range(len(seq))]
 
 
 nightly_model_factory()

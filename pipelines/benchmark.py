@@ -268,3 +268,17 @@ class _Null:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def engine_runner(engine_dir: Path, backend: str, engine_file: str, threads: int = 1,
+                  cuda_graph: bool = False) -> Runner:
+    """The timing runner for a built engine on its own target's hardware."""
+    if backend == "onnxruntime":
+        return OnnxRuntimeRunner(Path(engine_dir) / engine_file, threads=threads)
+    if backend == "tensorrt":
+        return TensorRTRunner(Path(engine_dir) / engine_file, cuda_graph=cuda_graph)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def infer_batched(runner: Runner, x: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([runner.infer(np.ascontiguousarray(x[i:i + batch])) for i in range(0, len(x), batch)])

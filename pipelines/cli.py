@@ -87,7 +87,12 @@ def run_nightly(cfg: FactoryConfig, date: str, config_path: str | None) -> int:
     failures = orchestration.read_failures(cfg, date)
     summary = cfg.run_dir(date) / "summary.json"
     if summary.is_file() and state.endswith("success"):
-        report.print_nightly_summary(json.loads(summary.read_text()), console)
+        data = json.loads(summary.read_text())
+        report.print_nightly_summary(data, console)
+        if data.get("gate_report"):
+            report.print_gates(json.loads(Path(data["gate_report"]).read_text()), console)
+            console.print(f"gate report: {data['gate_report']} · plot: "
+                          f"{Path(data['gate_report']).with_name('accuracy_vs_p99.png')}")
     console.print(f"run state: [bold]{state}[/bold] in {elapsed:.1f}s · outputs under {cfg.run_dir(date)}")
     if not state.endswith("success"):
         for f in failures:

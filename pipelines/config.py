@@ -263,7 +263,9 @@ class GateConfig(_Strict):
     """Engine vs its own ONNX variant: (atol, rtol) per precision, on a validation slice."""
     parity_samples: int = Field(512, ge=8)
     latency_regression_max: float = Field(0.10, ge=0)
-    """p99 may exceed the champion's (same target, same harness, same run) by at most this fraction."""
+    """p99 may exceed the champion's (same target, same harness, same run) by at most this fraction..."""
+    latency_noise_floor_ms: float = Field(0.05, ge=0)
+    """...and a regression must also exceed this many ms: sub-0.1 ms CPU p99s jitter by more than 10 %."""
     tie_tolerance: float = Field(0.03, ge=0)
     """p99s within this fraction are a tie; the higher precision wins a tie."""
     auto_promote: bool = True

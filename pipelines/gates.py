@@ -155,16 +155,21 @@ def onnx_runner(path: Path) -> Any:
     return OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]))
 
 
-def latency_checks(p99_ms: float, budget_ms: float, champion_p99_ms: float | None, max_regression: float) -> list[Check]:
-    """Batch-1 p99 within the family's budget, and within ``max_regression`` of the champion's (same run)."""
+def latency_checks(p99_ms: float, budget_ms: float, champion_p99_ms: float | None, max_regression: float,
+                   noise_floor_ms: float = 0.0) -> list[Check]:
+    """Batch-1 p99 within the family's budget, and within ``max_regression`` of the champion's (same run).
+
+    A regression counts only when it also exceeds ``noise_floor_ms`` in absolute terms.
+    """
     checks = [Check(name="p99_budget", ok=p99_ms <= budget_ms, value=p99_ms, bound=budget_ms,
                     detail=f"p99 {p99_ms:.3f} ms over the {budget_ms} ms budget")]
     if champion_p99_ms is not None:
-        limit = champion_p99_ms * (1 + max_regression)
+        limit = max(champion_p99_ms * (1 + max_regression), champion_p99_ms + noise_floor_ms)
         checks.append(Check(name="p99_vs_champion", ok=p99_ms <= limit, value=p99_ms / champion_p99_ms - 1,
                             bound=max_regression,
                             detail=f"p99 {p99_ms:.3f} ms is {p99_ms / champion_p99_ms - 1:+.1%} vs the champion's "
-                                   f"{champion_p99_ms:.3f} ms (bound +{max_regression:.0%})"))
+                                   f"{champion_p99_ms:.3f} ms (bound +{max_regression:.0%}, at least "
+                                   f"+{noise_floor_ms} ms)"))
     return checks
 
 

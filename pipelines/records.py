@@ -106,3 +106,28 @@ class EngineResult(Record):
     backend_version: str = ""
     seconds: float = 0.0
     required: bool = False
+
+
+class AccuracyReport(Record):
+    """Accuracy verdicts of one family's variants against the FP32 PyTorch reference (test split)."""
+
+    family: str
+    reference: dict[str, float]
+    verdicts: list[Any]
+    """:class:`pipelines.gates.Verdict` as dicts, one per precision."""
+
+
+class TargetGate(Record):
+    """Parity + latency of one family's engines on one target, champion comparison, and the selection."""
+
+    family: str
+    target: str
+    status: Status
+    """``ok`` when a candidate was selected, ``rejected`` when none passed, ``skipped`` when none was built."""
+    reason: str = ""
+    candidates: list[Any] = []
+    """:class:`pipelines.gates.Candidate` as dicts."""
+    selected: str | None = None
+    champion: dict[str, Any] | None = None
+    """The champion before this run and its figures measured in this run."""
+    promoted: bool = False

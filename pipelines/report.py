@@ -78,3 +78,85 @@ def print_engines(summary: dict[str, Any], console) -> None:
             table.add_row(row["family"], e["target"], e["precision"], status, backend,
                           _fmt(e["seconds"], 2) if e["status"] == "ok" else "—", detail)
     console.print(table)
+
+
+def _short_outcome(c: dict[str, Any]) -> str:
+    """The table's word for a candidate's outcome; the report JSON has the full sentence."""
+    o = c["outcome"]
+    if o == "selected":
+        return "★ selected"
+    if o.startswith("rejected"):
+        return "rejected: " + ", ".join(k["name"] for k in c["checks"] if not k["ok"])
+    if o.startswith("tie"):
+        return "tie → higher precision"
+    return "slower"
+
+
+def plot_accuracy_vs_p99(report: dict[str, Any], dest) -> None:
+    """One panel per target: test AUC against batch-1 p99 for every (family, precision) engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = sorted({t["target"] for t in report["targets"] if t["candidates"]})
+    fig, axes = plt.subplots(1, max(len(targets), 1), figsize=(6 * max(len(targets), 1), 4.5), squeeze=False)
+    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
+    colors = {"market_alert": "tab:red", "price_direction": "tab:blue", "fraud_risk": "tab:green"}
+    for ax, target in zip(axes[0], targets):
+        for g in (t for t in report["targets"] if t["target"] == target):
+            for c in g["candidates"]:
+                if c["p99_ms"] is None or c["auc"] is None:
+                    continue
+                ok = c["status"] == "ok"
+                ax.scatter(c["p99_ms"], c["auc"], marker=markers.get(c["precision"], "x"), s=80 if ok else 60,
+                           facecolors=colors.get(g["family"], "k") if ok else "none",
+                           edgecolors=colors.get(g["family"], "k"), linewidths=2 if c["outcome"] == "selected" else 1)
+                ax.annotate(f"{g['family'].split('_')[0]}/{c['precision']}" + (" ★" if c["outcome"] == "selected"
+                                                                               else ""),
+                            (c["p99_ms"], c["auc"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("p99 latency, batch 1 (ms, log)")
+        ax.set_ylabel("test AUC")
+        ax.set_title(f"{target}: accuracy vs p99 (hollow = rejected, ★ = selected)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+
+
+def print_gates(report: dict[str, Any], console=None) -> None:
+    """One row per family x target x precision: accuracy, parity, latency and the verdict."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    acc = {(a["family"], v["precision"]): v for a in report["accuracy"] for v in a["verdicts"]}
+    table = Table(title=f"Gates {report['date']} · test split vs FP32 PyTorch · latency on the target")
+    for col in ("family", "target", "prec", "AUC", "ΔAUC", "tail ΔBrier", "parity |Δ|", "p50 b1", "p99 b1",
+                "p99 opt", "thrpt/s", "champion p99", "outcome"):
+        table.add_column(col, justify="left" if col in ("family", "target", "prec", "outcome") else "right",
+                         overflow="fold")
+    for g in report["targets"]:
+        if not g["candidates"]:
+            table.add_row(g["family"], g["target"], "—", *["—"] * 9, f"[yellow]{g['status']}[/]")
+            continue
+        champ = g.get("champion") or {}
+        for c in g["candidates"]:
+            v = acc.get((g["family"], c["precision"]), {})
+            m = v.get("metrics", {})
+            checks = {k["name"]: k for k in c["checks"]}
+            tail = next((k for k in v.get("checks", []) if k["name"] == "tail_brier"), {})
+            b = c.get("benchmark") or {}
+            style = "green" if c["outcome"] == "selected" else ("red" if c["status"] != "ok" else "white")
+            outcome = _short_outcome(c) + (" · promoted" if c["outcome"] == "selected" and g.get("promoted") else "")
+            table.add_row(
+                g["family"], g["target"], c["precision"], _fmt(m.get("auc"), 4),
+                f"{m['auc'] - m['ref_auc']:+.4f}" if "auc" in m else "—", _fmt(tail.get("value"), 4),
+                f"{checks['parity']['value']:.1e}" if checks.get("parity", {}).get("value") is not None else "—",
+                _fmt(b.get("batch1", {}).get("p50_ms"), 3), _fmt(c.get("p99_ms"), 3),
+                _fmt(b.get("opt", {}).get("p99_ms"), 3), _fmt(b.get("opt", {}).get("throughput"), 0),
+                _fmt(champ.get("p99_ms"), 3) if champ.get("comparable") else "—", f"[{style}]{outcome}[/]")
+    console.print(table)

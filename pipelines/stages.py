@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .config import Family, FactoryConfig
 from .fsutil import committed_dir, write_json
-from .records import (EngineResult, ExportResult, FeatureSet, LakeSnapshot, Plan, Status, TrainResult, Variant,
-                      VariantSet)
+from .records import (AccuracyReport, EngineResult, ExportResult, FeatureSet, LakeSnapshot, Plan, Status,
+                      TargetGate, TrainResult, Variant, VariantSet)
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +280,136 @@ def build_engine(cfg: FactoryConfig, p: Plan, vs: VariantSet, precision: str, ta
                         required=tgt.required)
 
 
+def gate_accuracy(cfg: FactoryConfig, p: Plan, vs: VariantSet) -> AccuracyReport:
+    """Accuracy verdict per precision: each variant in ONNX Runtime against FP32 PyTorch on the test split."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from .datasets import load_splits
+    from .export import INPUT_NAME, OUTPUT_NAME
+    from .gates import accuracy_verdict
+    from .train import evaluate_split, predict
+
+    fam = Family(vs.family)
+    base = Path(p.run_dir) / fam / "train"
+    test = load_splits(base / "splits.npz")["test"]
+    prob_ref = predict(load_model(str(base / "model.pt")), test.x)
+    threshold = cfg.families[fam].threshold
+    verdicts = []
+    for v in vs.variants:
+        sess = ort.InferenceSession(v.onnx_uri, providers=["CPUExecutionProvider"])
+        prob = np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: test.x[i:i + 4096]})[0]
+                               for i in range(0, len(test.x), 4096)])
+        verdict = accuracy_verdict(fam, v.precision, test, prob_ref, prob, cfg.gates.families[fam], threshold)
+        log.info("%s/%s accuracy gate: %s %s", fam, v.precision, verdict.status, "; ".join(verdict.reasons))
+        verdicts.append(verdict.to_xcom())
+    return AccuracyReport(family=fam, reference=evaluate_split(fam, prob_ref, test, threshold), verdicts=verdicts)
+
+
+def gate_target(cfg: FactoryConfig, p: Plan, acc: AccuracyReport, target: str) -> TargetGate:
+    """Parity and latency of one family's engines on ``target`` (run on that target's worker), the champion
+    measured beside them, and the selection: lowest batch-1 p99 among candidates that pass every gate."""
+    import numpy as np
+
+    from .benchmark import benchmark_runner, engine_runner, infer_batched
+    from .champions import read_champion
+    from .datasets import load_splits
+    from .engines.base import MANIFEST, verify_manifest
+    from .gates import Candidate, Check, Verdict, latency_checks, onnx_runner, parity_check, polygraphy_runner, select
+    from .train import evaluate_split
+
+    tgt = cfg.target(target)
+    fam = Family(acc.family)
+    root = Path(p.run_dir) / fam / "engines" / target
+    dirs = sorted(d for d in root.iterdir() if (d / MANIFEST).is_file()) if root.is_dir() else []
+    if not dirs:
+        return TargetGate(family=fam, target=target, status=Status.SKIPPED,
+                          reason=f"no {target} engines were built this run (see the engine records)")
+    splits = load_splits(Path(p.run_dir) / fam / "train" / "splits.npz")
+    val, test = splits["val"], splits["test"]
+    bounds, gpu = cfg.gates.families[fam], tgt.backend == "tensorrt"
+    budget = bounds.p99_budget_ms["gpu" if gpu else "cpu"]
+    bench_args = dict(opt_batch=cfg.families[fam].opt_batch, warmup=cfg.benchmark.warmup, iters=cfg.benchmark.iters,
+                      max_seconds=cfg.benchmark.max_seconds, gpu=gpu)
+    threshold = cfg.families[fam].threshold
+    pool = val.x[:64]
+
+    def runner(d: Path, m) -> object:
+        threads = m.build.get("options", {}).get("intra_op_threads", 1)
+        return engine_runner(d, m.backend, m.engine_file, threads=threads, cuda_graph=cfg.benchmark.cuda_graphs)
+
+    champion, champ_p99, champ_auc = read_champion(cfg, fam, target), None, None
+    if champion:
+        try:  # the champion, measured on this host in this run, on today's test window
+            cm = verify_manifest(Path(champion["engine_dir"]))
+            cr = runner(Path(champion["engine_dir"]), cm)
+            cb = benchmark_runner(cr, pool, **bench_args)
+            champ_auc = evaluate_split(fam, infer_batched(cr, test.x, 1024), test, threshold)["auc"]
+            champ_p99 = cb["batch1"]["p99_ms"]
+            champion = {**champion, "comparable": True, "p99_ms": champ_p99, "auc": champ_auc, "benchmark": cb}
+        except Exception as exc:  # another input shape, a corrupted copy, a foreign engine
+            champion = {**champion, "comparable": False, "reason": f"{type(exc).__name__}: {exc}"}
+            log.warning("%s/%s: champion %s not comparable: %s", fam, target, champion.get("version"), exc)
+
+    verdicts = {v["precision"]: Verdict.model_validate(v) for v in acc.verdicts}
+    x_par = val.x[: cfg.gates.parity_samples]
+    batches = [np.ascontiguousarray(x_par[i:i + 128]) for i in range(0, len(x_par), 128)]
+    candidates = []
+    for d in dirs:
+        m = verify_manifest(d)
+        verdict = verdicts.get(m.precision)
+        checks = [Check(name="accuracy", ok=verdict is not None and verdict.status is Status.OK,
+                        detail="accuracy gate: " + ("; ".join(verdict.reasons) if verdict else "no verdict"))]
+        atol, rtol = cfg.gates.parity[m.precision]
+        checks.append(parity_check(polygraphy_runner(d, m.backend, m.engine_file), onnx_runner(d / m.onnx_file),
+                                   batches, atol, rtol))
+        bench = benchmark_runner(runner(d, m), pool, **bench_args)
+        p99 = bench["batch1"]["p99_ms"]
+        checks += latency_checks(p99, budget, champ_p99, cfg.gates.latency_regression_max,
+                                 cfg.gates.latency_noise_floor_ms)
+        auc = verdict.metrics.get("auc") if verdict else None
+        if champ_auc is not None and auc is not None:
+            checks.append(Check(name="auc_vs_champion", ok=auc >= champ_auc - bounds.auc_drop_max, value=champ_auc - auc,
+                                bound=bounds.auc_drop_max,
+                                detail=f"test AUC {auc:.4f} vs the champion's {champ_auc:.4f} on the same window"))
+        status = Status.OK if all(c.ok for c in checks) else Status.REJECTED
+        candidates.append(Candidate(precision=m.precision, engine_dir=str(d), version=m.version, status=status,
+                                    checks=checks, auc=auc, p99_ms=p99, benchmark=bench))
+        log.info("%s/%s/%s: p99 %.3f ms (batch 1), %s", fam, target, m.precision, p99, status)
+    winner, candidates = select(candidates, cfg.gates.tie_tolerance)
+    return TargetGate(family=fam, target=target, status=Status.OK if winner else Status.REJECTED,
+                      reason="" if winner else "no candidate passed every gate",
+                      candidates=[c.to_xcom() for c in candidates], selected=winner.precision if winner else None,
+                      champion=champion)
+
+
+def gate_report(cfg: FactoryConfig, p: Plan, accuracy: list[AccuracyReport], gated: list[TargetGate]) -> Path:
+    """Promote passing selections (``gates.auto_promote``), then write the gate report JSON and its plot."""
+    from .champions import promote
+    from .report import plot_accuracy_vs_p99
+
+    rows = []
+    for g in gated:
+        if g.selected and cfg.gates.auto_promote:
+            win = next(c for c in g.candidates if c["precision"] == g.selected)
+            current = g.champion or {}
+            if current.get("version") != win["version"] or current.get("precision") != g.selected:
+                promote(cfg, g.family, g.target, Path(win["engine_dir"]), win["version"], g.selected,
+                        by="policy:auto_promote", why=f"nightly {p.date}: passed every gate, lowest p99 "
+                                                      f"{win['p99_ms']:.3f} ms", facts={"p99_ms": win["p99_ms"],
+                                                                                        "auc": win["auc"]})
+                g = g.model_copy(update={"promoted": True})
+        rows.append(g.to_xcom())
+    dest = Path(p.run_dir) / "gates"
+    report = {"date": p.date, "profile": cfg.profile, "accuracy": [a.to_xcom() for a in accuracy], "targets": rows}
+    write_json(dest / "report.json", report)
+    plot_accuracy_vs_p99(report, dest / "accuracy_vs_p99.png")
+    return dest / "report.json"
+
+
 def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported: list[ExportResult],
-              variants: list[VariantSet] | None = None, built: list[EngineResult] | None = None) -> Path:
+              variants: list[VariantSet] | None = None, built: list[EngineResult] | None = None,
+              gates: str | None = None) -> Path:
     """Write ``summary.json`` for the night: one row per family, with its engines per target and precision."""
     by_family = {e.family: e for e in exported}
     var_by_family = {v.family: v for v in variants or []}
@@ -294,4 +422,5 @@ def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported:
                      "variants": v.model_dump(mode="json") if v else None,
                      "engines": [b.model_dump(mode="json") for b in sorted(built or [], key=lambda b: (b.target,
                                  b.precision)) if b.family == t.family]})
-    return write_json(Path(p.run_dir) / "summary.json", {"date": p.date, "profile": cfg.profile, "families": rows})
+    return write_json(Path(p.run_dir) / "summary.json", {"date": p.date, "profile": cfg.profile, "families": rows,
+                                                         "gate_report": gates})
