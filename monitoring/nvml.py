@@ -26,7 +26,10 @@ FIELDS: dict[str, str] = {
 def read_device(pynvml: Any, handle: Any) -> dict[str, float]:
     """One reading of :data:`FIELDS` from an NVML device handle."""
     util = pynvml.nvmlDeviceGetUtilizationRates(handle)
-    mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    try:  # v2 excludes driver-reserved memory from "used", as nvidia-smi and dcgm-exporter report it
+        mem = pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
+    except (AttributeError, TypeError, pynvml.NVMLError):
+        mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
     return {
         "DCGM_FI_DEV_GPU_UTIL": float(util.gpu),
         "DCGM_FI_DEV_MEM_COPY_UTIL": float(util.memory),

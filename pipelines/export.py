@@ -43,12 +43,30 @@ def torch_to_onnx(model, family: Family, example: np.ndarray, dest: Path, opset:
     torch 2.13, a second dynamo export of the GRU in one process pins its sequence axis
     to the example's length.
     """
-    import concurrent.futures
-    import multiprocessing
+    import subprocess
+    import sys
 
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        return pool.submit(_export, model.eval().cpu(), family, example, dest, opset).result()
+    import torch
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        torch.save(model.eval().cpu(), Path(tmp) / "model.pt")
+        np.save(Path(tmp) / "example.npy", np.ascontiguousarray(example[:2]))
+        proc = subprocess.run([sys.executable, "-m", __name__, tmp, str(family), str(dest), str(opset)],
+                              capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n  ".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])
+        raise RuntimeError(f"{family}: ONNX export failed (exit {proc.returncode}):\n  {tail}")
+    return dest
+
+
+def _export_main(argv: list[str]) -> None:
+    import torch
+
+    folder, family, dest, opset = Path(argv[0]), Family(argv[1]), Path(argv[2]), int(argv[3])
+    model = torch.load(folder / "model.pt", weights_only=False)  # written by the parent process just now
+    _export(model, family, np.load(folder / "example.npy"), dest, opset)
 
 
 def _export(model, family: Family, example: np.ndarray, dest: Path, opset: int) -> Path:
@@ -95,3 +113,9 @@ def onnx_parity(model, onnx_path: Path, x: np.ndarray, atol: float, rtol: float)
     rel_err = abs_err / np.maximum(np.abs(ref), 1e-6)
     ok = bool(np.isfinite(got).all() and (abs_err <= atol + rtol * np.abs(ref)).all())
     return Parity(float(abs_err.max()), float(rel_err.max()), len(x), ok)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _export_main(sys.argv[1:])

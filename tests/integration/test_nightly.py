@@ -93,6 +93,28 @@ def test_cpu_engines_with_manifests_and_gpu_targets_skipped_with_reason(night):
     assert "Engines" in proc.stdout and "skipped" in proc.stdout
 
 
+def test_gates_select_and_promote_a_healthy_cpu_engine_per_family(night):
+    home, proc = night
+    report = json.loads((home / "runs" / DATE / "gates" / "report.json").read_text())
+    for a in report["accuracy"]:  # FP32 and FP16 are healthy: they must pass the accuracy gate
+        by = {v["precision"]: v for v in a["verdicts"]}
+        assert by["fp32"]["status"] == "ok" and by["fp16"]["status"] == "ok", (a["family"], by)
+    for g in report["targets"]:
+        if g["target"] == "sm_90":
+            assert g["status"] == "skipped" and not g["candidates"]
+            continue
+        assert g["status"] == "ok" and g["selected"] in ("fp32", "fp16", "int8") and g["promoted"]
+        assert sorted(c["precision"] for c in g["candidates"]) == ["fp16", "fp32", "int8"]
+        for c in g["candidates"]:
+            b1 = c["benchmark"]["batch1"]
+            assert b1["p50_ms"] <= b1["p90_ms"] <= b1["p99_ms"] <= b1["max_ms"] and c["benchmark"]["threads"] == 1
+            assert c["outcome"] == "selected" or c["outcome"].startswith(("slower: p99", "tie with", "rejected: "))
+        champ = json.loads((home / "champions" / g["family"] / "cpu.json").read_text())
+        assert champ["precision"] == g["selected"] and Path(champ["engine_dir"]).is_dir()
+    assert (home / "runs" / DATE / "gates" / "accuracy_vs_p99.png").stat().st_size > 10_000
+    assert "Gates" in proc.stdout and "selected" in proc.stdout
+
+
 def test_rerun_same_date_is_idempotent(night):
     home, _ = night
     lake_files = sorted((home / "lake").rglob("*.parquet"))
@@ -104,6 +126,10 @@ def test_rerun_same_date_is_idempotent(night):
     second = json.loads((home / "runs" / DATE / "summary.json").read_text())
     for a, b in zip(first["families"], second["families"]):
         assert a["train"]["metrics"]["auc"] == pytest.approx(b["train"]["metrics"]["auc"], abs=1e-6)
+    # the second night measured the first night's champion beside its candidates
+    report = json.loads((home / "runs" / DATE / "gates" / "report.json").read_text())
+    cpu = [g for g in report["targets"] if g["target"] == "cpu"]
+    assert all(g["champion"] and g["champion"]["comparable"] and g["champion"]["p99_ms"] > 0 for g in cpu)
     leftovers = [p for p in (home / "runs").rglob(".tmp-*")] + [p for p in (home / "runs").rglob(".old-*")]
     assert leftovers == []
 
