@@ -14,8 +14,11 @@ FP32 PyTorch reference on the test split (AUC, accuracy, precision/recall, Sharp
 tail-regime Brier, NaN) → **gate_<target>** per family, on the target's queue and
 pool: engine parity vs its ONNX (Polygraphy comparator), latency (p50/p90/p99 at
 batch 1 and opt batch), the champion measured beside it, and the selection →
-**gate_report**: promotion, `gates/report.json` and the accuracy-vs-p99 plot →
-**summarize**.
+**gate_report**: `gates/report.json` and the accuracy-vs-p99 plot → **publish** per
+family: an MLflow run (params, metrics, PyTorch and ONNX models, gate report), each
+selected engine pushed to the engine store and registered as a version of
+`<family>.<target>` with alias `challenger` (and `champion` under `gates.auto_promote`)
+→ **summarize**.
 
 The target matrix is read from the factory config when the DAG is parsed
 (`$FACTORY_CONFIG` or `./factory.yaml`, profile `$FACTORY_PROFILE`).
@@ -103,11 +106,15 @@ def nightly_model_factory():
         return run_stage(stages.gate_report, plan, _items(accuracy), [g for seq in gates for g in _items(seq)])
 
     @task
+    def publish(plan: dict, family: str, report: str) -> dict:
+        return run_stage(stages.publish, plan, family=family, report_uri=report)
+
+    @task
     def summarize(plan: dict, trained: list[dict], exported: list[dict], variant_sets: list[dict],
-                  engines: list, report: str) -> str:
+                  engines: list, report: str, published: list[dict]) -> str:
         built = [e for per_target in engines for e in _items(per_target)]
         return run_stage(stages.summarize, plan, _items(trained), _items(exported), _items(variant_sets), built,
-                         report)
+                         report, _items(published))
 
     p = plan()
     snap = ingest(p)
@@ -128,7 +135,9 @@ def nightly_model_factory():
         g = g.expand(accuracy=acc)
         built_for_target >> g
         gated.append(g)
-    summarize(p, trained, exported, variant_sets, built, gate_report(p, acc, gated))
+    report = gate_report(p, acc, gated)
+    published = publish.partial(plan=p, report=report).expand(family=families(p))
+    summarize(p, trained, exported, variant_sets, built, report, published)
 
 
 def _items(seq) -> list:

@@ -93,6 +93,7 @@ def run_nightly(cfg: FactoryConfig, date: str, config_path: str | None) -> int:
             report.print_gates(json.loads(Path(data["gate_report"]).read_text()), console)
             console.print(f"gate report: {data['gate_report']} · plot: "
                           f"{Path(data['gate_report']).with_name('accuracy_vs_p99.png')}")
+        report.print_published(data, console)
     console.print(f"run state: [bold]{state}[/bold] in {elapsed:.1f}s · outputs under {cfg.run_dir(date)}")
     if not state.endswith("success"):
         for f in failures:
@@ -110,6 +111,72 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
     return run_nightly(cfg, args.date, args.config)
 
 
+def _whoami() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from model_registry.registry import Registry
+
+    cfg = load_config(args.config, args.profile)
+    v = Registry(cfg.tracking_uri).promote(args.family, args.target, str(args.version), by=f"cli:{_whoami()}",
+                                           why=args.why)
+    print(f"{args.family}.{args.target}: champion -> v{v} (by {_whoami()}: {args.why})")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from model_registry.registry import Registry
+
+    cfg = load_config(args.config, args.profile)
+    v = Registry(cfg.tracking_uri).rollback(args.family, args.target, by=f"cli:{_whoami()}", why=args.why)
+    print(f"{args.family}.{args.target}: champion rolled back to v{v} (by {_whoami()}: {args.why})")
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from model_registry.pull import pull, watch
+
+    cfg = load_config(args.config, args.profile)
+    if args.watch:
+        watch(cfg, args.family, args.target, args.alias, Path(args.dest), args.interval,
+              on_change=lambda i: print(f"installed {i.family}/{i.target} v{i.registry_version} ({i.version}) "
+                                        f"at {i.path}", flush=True))
+        return 0
+    inst = pull(cfg, args.family, args.target, args.alias, Path(args.dest))
+    print(f"{'installed' if inst.changed else 'already current'}: {inst.family}/{inst.target} {inst.alias} "
+          f"v{inst.registry_version} ({inst.version}) at {inst.path}")
+    return 0
+
+
+def _cmd_triton(args: argparse.Namespace) -> int:
+    from model_registry.triton import write_repository
+
+    cfg = load_config(args.config, args.profile)
+    print(f"wrote {write_repository(cfg, args.family, Path(args.dest))}")
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    cfg = load_config(args.config, args.profile)
+    (cfg.home / "mlflow").mkdir(parents=True, exist_ok=True)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (backend {cfg.tracking_uri})", flush=True)
+    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", cfg.tracking_uri,
+                            "--host", "127.0.0.1", "--port", str(args.port)])
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="factory.yaml (default: $FACTORY_CONFIG or ./factory.yaml)")
+    p.add_argument("--profile", choices=["smoke", "default"], default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factory", description=__doc__ or "model factory")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -121,6 +188,39 @@ def build_parser() -> argparse.ArgumentParser:
                          help="smoke: test-sized night; default: a realistic night for a small machine")
     nightly.add_argument("--config", default=None, help="factory.yaml (default: $FACTORY_CONFIG or ./factory.yaml)")
     nightly.set_defaults(func=_cmd_nightly)
+
+    fams = ["market_alert", "price_direction", "fraud_risk"]
+    promote = sub.add_parser("promote", help="point the champion alias of FAMILY.TARGET at VERSION")
+    promote.add_argument("family", choices=fams)
+    promote.add_argument("--target", required=True)
+    promote.add_argument("--version", required=True, type=int)
+    promote.add_argument("--why", required=True, help="recorded on the version")
+    _common(promote)
+    promote.set_defaults(func=_cmd_promote)
+    rollback = sub.add_parser("rollback", help="point the champion alias back at the version it replaced")
+    rollback.add_argument("family", choices=fams)
+    rollback.add_argument("--target", required=True)
+    rollback.add_argument("--why", required=True)
+    _common(rollback)
+    rollback.set_defaults(func=_cmd_rollback)
+    pull = sub.add_parser("pull", help="install the engine an alias points at, verified, atomically")
+    pull.add_argument("family", choices=fams)
+    pull.add_argument("--target", default="auto", help="auto (NVML: sm_XY, or cpu) | cpu | sm_XY")
+    pull.add_argument("--alias", default="champion")
+    pull.add_argument("--dest", required=True)
+    pull.add_argument("--watch", action="store_true", help="keep polling the alias")
+    pull.add_argument("--interval", type=float, default=30.0)
+    _common(pull)
+    pull.set_defaults(func=_cmd_pull)
+    triton = sub.add_parser("triton-repo", help="write a Triton model repository for FAMILY's champions")
+    triton.add_argument("family", choices=fams)
+    triton.add_argument("--dest", required=True)
+    _common(triton)
+    triton.set_defaults(func=_cmd_triton)
+    ui = sub.add_parser("ui", help="the MLflow UI on localhost")
+    ui.add_argument("--port", type=int, default=5000)
+    _common(ui)
+    ui.set_defaults(func=_cmd_ui)
     return parser
 
 
@@ -140,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"factory: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from model_registry.registry import RegistryError
+        from model_registry.store import StoreError
+
+        if isinstance(exc, (RegistryError, StoreError)):
+            print(f"factory: {exc}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

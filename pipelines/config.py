@@ -281,6 +281,16 @@ class BenchmarkConfig(_Strict):
     cuda_graphs: bool = True
 
 
+class RegistryConfig(_Strict):
+    tracking_uri: str | None = None
+    """MLflow tracking/registry URI; default ``sqlite:///<home>/mlflow/mlflow.db`` (embedded)."""
+    experiment: str = "model-factory"
+    store_uri: str | None = None
+    """Engine store: a path or ``s3://bucket/prefix``; default ``<home>/engine_store``."""
+    s3_endpoint_url: str | None = None
+    """For MinIO or another S3-compatible endpoint; AWS when unset. Credentials: the AWS chain, never config."""
+
+
 class FactoryConfig(_Strict):
     home: Path = Path(".factory")
     profile: Literal["smoke", "default"] = "default"
@@ -293,6 +303,7 @@ class FactoryConfig(_Strict):
     engines: EngineConfig = EngineConfig()
     gates: GateConfig = GateConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    registry: RegistryConfig = RegistryConfig()
 
     @field_validator("home")
     @classmethod
@@ -324,6 +335,14 @@ class FactoryConfig(_Strict):
     def engine_store(self) -> Path:
         """Local engine store (timing caches live here too)."""
         return self.home / "engine_store"
+
+    @property
+    def store_uri(self) -> str:
+        return self.registry.store_uri or str(self.engine_store)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.registry.tracking_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
 
     def targets(self) -> list[TargetConfig]:
         """The target matrix, with ``auto`` resolved on this host."""

@@ -130,4 +130,11 @@ class TargetGate(Record):
     selected: str | None = None
     champion: dict[str, Any] | None = None
     """The champion before this run and its figures measured in this run."""
-    promoted: bool = False
+
+
+class PublishResult(Record):
+    """A family's MLflow run and the engine versions registered (and pushed) this night."""
+
+    family: str
+    run_id: str
+    versions: list[dict[str, Any]]

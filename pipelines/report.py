@@ -151,7 +151,7 @@ def print_gates(report: dict[str, Any], console=None) -> None:
             tail = next((k for k in v.get("checks", []) if k["name"] == "tail_brier"), {})
             b = c.get("benchmark") or {}
             style = "green" if c["outcome"] == "selected" else ("red" if c["status"] != "ok" else "white")
-            outcome = _short_outcome(c) + (" · promoted" if c["outcome"] == "selected" and g.get("promoted") else "")
+            outcome = _short_outcome(c)
             table.add_row(
                 g["family"], g["target"], c["precision"], _fmt(m.get("auc"), 4),
                 f"{m['auc'] - m['ref_auc']:+.4f}" if "auc" in m else "—", _fmt(tail.get("value"), 4),
@@ -159,4 +159,19 @@ def print_gates(report: dict[str, Any], console=None) -> None:
                 _fmt(b.get("batch1", {}).get("p50_ms"), 3), _fmt(c.get("p99_ms"), 3),
                 _fmt(b.get("opt", {}).get("p99_ms"), 3), _fmt(b.get("opt", {}).get("throughput"), 0),
                 _fmt(champ.get("p99_ms"), 3) if champ.get("comparable") else "—", f"[{style}]{outcome}[/]")
+    console.print(table)
+
+
+def print_published(summary: dict[str, Any], console) -> None:
+    """One row per registered engine: MLflow version, aliases set, and where the store holds it."""
+    from rich.table import Table
+
+    table = Table(title="Registered in MLflow and pushed to the engine store")
+    for col in ("model", "version", "precision", "aliases", "store"):
+        table.add_column(col, overflow="fold")
+    for pub in summary.get("published") or []:
+        for v in pub["versions"]:
+            aliases = "challenger" + (", champion" if v["promoted"] else "")
+            table.add_row(f"{pub['family']}.{v['target']}", v["registry_version"], v["precision"], aliases,
+                          v["store_uri"])
     console.print(table)

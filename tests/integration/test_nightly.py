@@ -20,17 +20,29 @@ FAMILIES = ("market_alert", "price_direction", "fraud_risk")
 MIN_AUC = {"market_alert": 0.75, "price_direction": 0.55, "fraud_risk": 0.85}
 
 
-def _factory(home: Path, *args: str) -> subprocess.CompletedProcess:
+def _factory(home: Path, *args: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FACTORY", "AIRFLOW"))}
-    env.update({"FACTORY_HOME": str(home), "COLUMNS": "200"})
+    env.update({"FACTORY_HOME": str(home), "COLUMNS": "200", **(extra_env or {})})
     cmd = [str(Path(sys.executable).with_name("factory")), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=home.parent)
 
 
 @pytest.fixture(scope="module")
-def night(tmp_path_factory):
+def services(mlflow_server, s3_server):
+    """The smoke night registers in a real MLflow server and pushes to a real S3 server (moto) over HTTP."""
+    from .conftest import make_bucket
+
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(env)
+    make_bucket(s3_server, "nightly")
+    return {**env, "FACTORY__REGISTRY__TRACKING_URI": mlflow_server.uri,
+            "FACTORY__REGISTRY__STORE_URI": "s3://nightly/engines", "FACTORY__REGISTRY__S3_ENDPOINT_URL": s3_server}
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory, services):
     home = tmp_path_factory.mktemp("nightly") / "factory"
-    proc = _factory(home, "nightly", "--profile", "smoke", "--date", DATE)
+    proc = _factory(home, "nightly", "--profile", "smoke", "--date", DATE, extra_env=services)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return home, proc
 
@@ -93,7 +105,7 @@ def test_cpu_engines_with_manifests_and_gpu_targets_skipped_with_reason(night):
     assert "Engines" in proc.stdout and "skipped" in proc.stdout
 
 
-def test_gates_select_and_promote_a_healthy_cpu_engine_per_family(night):
+def test_gates_select_a_healthy_cpu_engine_per_family(night):
     home, proc = night
     report = json.loads((home / "runs" / DATE / "gates" / "report.json").read_text())
     for a in report["accuracy"]:  # FP32 and FP16 are healthy: they must pass the accuracy gate
@@ -103,24 +115,52 @@ def test_gates_select_and_promote_a_healthy_cpu_engine_per_family(night):
         if g["target"] == "sm_90":
             assert g["status"] == "skipped" and not g["candidates"]
             continue
-        assert g["status"] == "ok" and g["selected"] in ("fp32", "fp16", "int8") and g["promoted"]
+        assert g["status"] == "ok" and g["selected"] in ("fp32", "fp16", "int8")
         assert sorted(c["precision"] for c in g["candidates"]) == ["fp16", "fp32", "int8"]
         for c in g["candidates"]:
             b1 = c["benchmark"]["batch1"]
             assert b1["p50_ms"] <= b1["p90_ms"] <= b1["p99_ms"] <= b1["max_ms"] and c["benchmark"]["threads"] == 1
             assert c["outcome"] == "selected" or c["outcome"].startswith(("slower: p99", "tie with", "rejected: "))
-        champ = json.loads((home / "champions" / g["family"] / "cpu.json").read_text())
-        assert champ["precision"] == g["selected"] and Path(champ["engine_dir"]).is_dir()
     assert (home / "runs" / DATE / "gates" / "accuracy_vs_p99.png").stat().st_size > 10_000
     assert "Gates" in proc.stdout and "selected" in proc.stdout
 
 
-def test_rerun_same_date_is_idempotent(night):
+def test_night_registers_in_mlflow_and_pushes_to_s3_then_pull_serves_it(night, services, tmp_path):
+    from model_registry.registry import CHALLENGER, CHAMPION, Registry
+    from model_registry.store import S3Store
+    from model_registry.runtime import EngineRunner
+
+    home, _ = night
+    summary = json.loads((home / "runs" / DATE / "summary.json").read_text())
+    reg = Registry(services["FACTORY__REGISTRY__TRACKING_URI"])
+    store = S3Store("s3://nightly/engines", endpoint_url=services["FACTORY__REGISTRY__S3_ENDPOINT_URL"])
+    for pub in summary["published"]:
+        (v,) = [v for v in pub["versions"] if v["target"] == "cpu"]
+        champ = reg.resolve(pub["family"], "cpu", CHAMPION)
+        assert champ.version == v["registry_version"] == reg.resolve(pub["family"], "cpu", CHALLENGER).version
+        tags = champ.tags
+        assert {"precision", "backend", "backend_version", "compute_capability", "manifest_sha256", "source_run",
+                "data_window", "git_commit"} <= set(tags)
+        assert tags["source_run"] == pub["run_id"] and champ.description
+        assert store.exists(pub["family"], "cpu", tags["factory_version"])
+        run = reg.client.get_run(pub["run_id"])
+        assert "test_auc" in run.data.metrics
+        arts = {a.path for a in reg.client.list_artifacts(pub["run_id"])}
+        assert {"pytorch", "onnx", "gates"} <= arts
+    dest = tmp_path / "serving"
+    proc = _factory(home, "pull", "market_alert", "--target", "cpu", "--dest", str(dest), extra_env=services)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runner = EngineRunner(dest / "market_alert" / "cpu" / "current")
+    x = np.random.default_rng(0).normal(size=(3, 40, 16)).astype(np.float32)
+    assert runner.predict(x).shape == (3, 1)
+
+
+def test_rerun_same_date_is_idempotent(night, services):
     home, _ = night
     lake_files = sorted((home / "lake").rglob("*.parquet"))
     mtimes = [p.stat().st_mtime_ns for p in lake_files]
     first = json.loads((home / "runs" / DATE / "summary.json").read_text())
-    proc = _factory(home, "nightly", "--profile", "smoke", "--date", DATE)
+    proc = _factory(home, "nightly", "--profile", "smoke", "--date", DATE, extra_env=services)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [p.stat().st_mtime_ns for p in lake_files] == mtimes  # lake untouched
     second = json.loads((home / "runs" / DATE / "summary.json").read_text())

@@ -1,0 +1,134 @@
+"""Serving-host pull: alias → version → download → verify → atomic install, previous versions kept.
+
+Layout under ``--dest``::
+
+    <family>/<target>/versions/<registry version>-<factory version>/   one directory per installed version
+    <family>/<target>/current -> versions/…                          switched atomically (symlink rename)
+
+A download goes to a temporary directory, is verified against its manifest (sha256,
+target, backend version), fsynced, then renamed into ``versions/``; only then does
+``current`` move. A corrupted or truncated object fails the pull and leaves the
+installed version as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.config import FactoryConfig
+
+from .registry import Registry
+from .store import StoreError, check_name, open_store
+
+log = logging.getLogger(__name__)
+KEEP = 3
+
+
+@dataclass(frozen=True)
+class Installed:
+    family: str
+    target: str
+    alias: str
+    registry_version: str
+    version: str
+    path: Path
+    changed: bool
+
+
+def local_target(choice: str) -> str:
+    """``auto`` → this host's ``sm_XY`` from NVML, ``cpu`` when there is no GPU; anything else as given."""
+    if choice != "auto":
+        return check_name(choice, "target")
+    from pipelines.availability import first_gpu
+
+    gpu = first_gpu()
+    return gpu.target_name if gpu else "cpu"
+
+
+def check_compatible(manifest: dict, target: str) -> None:
+    """The engine must be for this target, and loadable by this host's backend version."""
+    if manifest["target"] != target:
+        raise StoreError(f"engine is for target {manifest['target']}, this host is {target}")
+    from pipelines.availability import onnxruntime_version, tensorrt_version
+
+    want = manifest["backend_version"]
+    probe = tensorrt_version() if manifest["backend"] == "tensorrt" else onnxruntime_version()
+    if not probe:
+        raise StoreError(f"{manifest['backend']} {want} engine, but {probe.reason}")
+    have = str(probe.value)
+    mm = lambda v: tuple(int(p) for p in v.split(".")[:2])  # noqa: E731
+    if manifest["backend"] == "tensorrt" and mm(have) != mm(want):
+        raise StoreError(f"TensorRT engine built with {want}; this host has {have} (plans are not portable across "
+                         f"TensorRT versions)")
+    if manifest["backend"] == "onnxruntime" and mm(have) < mm(want):
+        raise StoreError(f"engine optimized by onnxruntime {want}; this host has the older {have}")
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pull(cfg: FactoryConfig, family: str, target: str = "auto", alias: str = "champion",
+         dest: Path = Path("engines")) -> Installed:
+    target = local_target(target)
+    mv = Registry(cfg.tracking_uri).resolve(family, target, alias)
+    version = (mv.tags or {}).get("factory_version", "")
+    base = Path(dest) / check_name(family, "family") / target
+    name = f"{mv.version}-{check_name(version, 'version')}"
+    final, current = base / "versions" / name, base / "current"
+    if final.is_dir() and current.is_symlink() and os.readlink(current) == f"versions/{name}":
+        return Installed(family, target, alias, str(mv.version), version, final, changed=False)
+    (base / "versions").mkdir(parents=True, exist_ok=True)
+    if not final.is_dir():
+        tmp = base / "versions" / f".tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            manifest = open_store(cfg.store_uri, cfg.registry.s3_endpoint_url).fetch(family, target, version, tmp)
+            check_compatible(manifest, target)
+            _fsync_tree(tmp)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    link = base / f".current-{uuid.uuid4().hex[:8]}"
+    os.symlink(f"versions/{name}", link)
+    os.replace(link, current)  # atomic switch; the previous version stays for rollback
+    _prune(base / "versions", keep={name})
+    log.info("installed %s/%s %s v%s (%s) at %s", family, target, alias, mv.version, version, final)
+    return Installed(family, target, alias, str(mv.version), version, final, changed=True)
+
+
+def _prune(versions: Path, keep: set[str]) -> None:
+    dirs = sorted((d for d in versions.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                  key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in dirs[KEEP:]:
+        if d.name not in keep:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def watch(cfg: FactoryConfig, family: str, target: str, alias: str, dest: Path, interval_s: float,
+          on_change=None, iterations: int | None = None) -> None:
+    """Poll the alias every ``interval_s``; install and call ``on_change(installed)`` when it moves."""
+    n = 0
+    while iterations is None or n < iterations:
+        try:
+            inst = pull(cfg, family, target, alias, dest)
+            if inst.changed and on_change:
+                on_change(inst)
+        except Exception as exc:  # a bad version or an outage: keep serving what is installed
+            log.error("pull %s/%s@%s failed, keeping the installed version: %s", family, target, alias, exc)
+        n += 1
+        if iterations is None or n < iterations:
+            time.sleep(interval_s)

@@ -1,0 +1,109 @@
+"""The MLflow model registry: one registered model per family × target, versions tagged, aliases for roles.
+
+``<family>.<target>`` (e.g. ``market_alert.sm_90``) holds one version per gated engine.
+Aliases carry the roles (stages are deprecated): ``challenger`` goes on every new
+version that passed the gates; ``champion`` is set by policy or by a person (UI or
+``factory promote``), and every change is recorded on the version as tags (who, why,
+when). Registration is idempotent: a retried task finds its version by the manifest's
+sha256 instead of creating a second one, and the alias is set only after the version
+exists, so an MLflow outage never leaves an alias pointing at nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+class RegistryError(RuntimeError):
+    """A registry lookup found nothing or the registry refused; the message names the model and alias."""
+
+
+def model_name(family: str, target: str) -> str:
+    return f"{family}.{target}"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Registry:
+    def __init__(self, tracking_uri: str):
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def _ensure_model(self, name: str, family: str, target: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(
+                name, tags={"family": family, "target": target},
+                description=f"{family} engines for target {target}, built and gated by the model factory. "
+                            f"Aliases: '{CHAMPION}' serves, '{CHALLENGER}' is the newest version that passed.")
+
+    def find_by_sha(self, name: str, manifest_sha: str) -> Any | None:
+        found = self.client.search_model_versions(f"name='{name}' and tag.manifest_sha256='{manifest_sha}'")
+        return found[0] if found else None
+
+    def register(self, family: str, target: str, source: str, manifest: dict, manifest_sha: str, run_id: str | None,
+                 extra_tags: dict[str, str], description: str) -> str:
+        """Create (or find, on a retry) the version for one engine and point ``challenger`` at it."""
+        name = model_name(family, target)
+        self._ensure_model(name, family, target)
+        mv = self.find_by_sha(name, manifest_sha)
+        if mv is None:
+            tags = {"precision": manifest["precision"], "backend": manifest["backend"],
+                    "backend_version": manifest["backend_version"],
+                    "compute_capability": manifest["compute_capability"] or "cpu",
+                    "manifest_sha256": manifest_sha, "engine_sha256": manifest["sha256"]["engine"],
+                    "factory_version": manifest["version"], **extra_tags}
+            mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags,
+                                                  description=description)
+        self.client.set_registered_model_alias(name, CHALLENGER, mv.version)
+        return str(mv.version)
+
+    def resolve(self, family: str, target: str, alias: str) -> Any:
+        """The model version an alias points at (RegistryError naming model and alias when none)."""
+        from mlflow.exceptions import MlflowException
+
+        name = model_name(family, target)
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            detail = getattr(exc, "message", str(exc))
+            raise RegistryError(f"{name}: no version has alias '{alias}' ({detail})") from exc
+
+    def promote(self, family: str, target: str, version: str, by: str, why: str) -> str:
+        """Point ``champion`` at ``version``, recording who and why on it."""
+        name = model_name(family, target)
+        self.client.get_model_version(name, version)  # raises naming the version when absent
+        previous = None
+        try:
+            previous = self.client.get_model_version_by_alias(name, CHAMPION).version
+        except Exception:
+            pass
+        self.client.set_registered_model_alias(name, CHAMPION, version)
+        for key, value in (("promoted_by", by), ("promoted_why", why), ("promoted_at", _now()),
+                           ("replaced_champion", str(previous or ""))):
+            self.client.set_model_version_tag(name, version, key, value)
+        return str(version)
+
+    def rollback(self, family: str, target: str, by: str, why: str) -> str:
+        """Point ``champion`` back at the version it replaced."""
+        name = model_name(family, target)
+        current = self.resolve(family, target, CHAMPION)
+        previous = (current.tags or {}).get("replaced_champion")
+        if not previous:
+            raise RegistryError(f"{name}: champion v{current.version} replaced no earlier champion; nothing to roll "
+                                f"back to")
+        self.client.set_registered_model_alias(name, CHAMPION, previous)
+        for key, value in (("rolled_back_by", by), ("rolled_back_why", why), ("rolled_back_at", _now())):
+            self.client.set_model_version_tag(name, str(current.version), key, value)
+        self.client.set_model_version_tag(name, previous, "restored_at", _now())
+        return str(previous)

@@ -1,0 +1,230 @@
+"""Registry and distribution against real local services: MLflow server (SQLite) and an S3 server (moto)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model_registry.pull import pull
+from model_registry.registry import CHALLENGER, CHAMPION, Registry, RegistryError
+from model_registry.runtime import EngineRunner
+from model_registry.store import LocalStore, S3Store, StoreError
+from model_registry.triton import config_pbtxt
+from pipelines.config import Family, TargetConfig, load_config
+from pipelines.engines.base import BuildSpec, build_engine, onnx_io
+from pipelines.engines.onnxruntime_builder import OnnxRuntimeBuilder
+from pipelines.export import torch_to_onnx
+from pipelines.fsutil import sha256_file
+from pipelines.models import build_model
+
+from .conftest import MlflowServer, make_bucket
+
+pytestmark = pytest.mark.integration
+
+
+def _engine(folder: Path, seed: int) -> Path:
+    """A real fraud_risk CPU engine directory (manifest, engine, ONNX, reproduce.sh)."""
+    cfg = load_config(profile="smoke", env={})
+    torch.manual_seed(seed)
+    model = build_model(Family.FRAUD_RISK, cfg.families[Family.FRAUD_RISK], 11).eval()
+    x = np.random.default_rng(seed).normal(size=(64, 11)).astype(np.float32)
+    onnx_path = torch_to_onnx(model, Family.FRAUD_RISK, x, folder / f"src{seed}" / "model.fp32.onnx", 18)
+    inputs, outputs, profile = onnx_io(onnx_path, cfg.families[Family.FRAUD_RISK])
+    opts = {"graph_optimization_level": "extended", "intra_op_threads": 1, "timeout_s": 120}
+    spec = BuildSpec(family="fraud_risk", version=f"2026112{seed}.{seed:08x}", precision="fp32",
+                     target=TargetConfig(name="cpu"), onnx=onnx_path, calibration_sha256=None, profile=profile,
+                     options=opts)
+    dest = folder / f"engine{seed}"
+    build_engine(OnnxRuntimeBuilder(), spec, dest, inputs, outputs, {"hostname": "test"})
+    return dest
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engines")
+    return _engine(folder, 1), _engine(folder, 2)
+
+
+def _manifest(d: Path) -> dict:
+    return json.loads((d / "manifest.json").read_text())
+
+
+def test_s3_store_roundtrip_with_sha256_metadata(engines, aws_env, tmp_path):
+    make_bucket(aws_env, "factory")
+    store = S3Store("s3://factory/engines", endpoint_url=aws_env)
+    e1, _ = engines
+    m = _manifest(e1)
+    uri = store.put_version(e1, "fraud_risk", "cpu", m["version"])
+    assert uri == f"s3://factory/engines/fraud_risk/cpu/{m['version']}/"
+    assert store.versions("fraud_risk", "cpu") == [m["version"]]
+    head = store.s3.head_object(Bucket="factory", Key=f"engines/fraud_risk/cpu/{m['version']}/model.ort.onnx")
+    assert head["Metadata"]["sha256"] == m["sha256"]["engine"]
+    got = store.fetch("fraud_risk", "cpu", m["version"], tmp_path)
+    assert got == m and sha256_file(tmp_path / "model.ort.onnx") == m["sha256"]["engine"]
+
+
+def test_upload_dying_midway_leaves_no_visible_version(engines, aws_env, monkeypatch):
+    make_bucket(aws_env, "factory2")
+    store = S3Store("s3://factory2/engines", endpoint_url=aws_env)
+    e1, _ = engines
+    version = _manifest(e1)["version"]
+    calls = {"n": 0}
+    real_copy = store.s3.copy
+
+    def dying_copy(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ConnectionError("worker killed mid-upload")
+        return real_copy(*a, **k)
+
+    monkeypatch.setattr(store.s3, "copy", dying_copy)
+    with pytest.raises(ConnectionError):
+        store.put_version(e1, "fraud_risk", "cpu", version)
+    assert not store.exists("fraud_risk", "cpu", version) and store.versions("fraud_risk", "cpu") == []
+    with pytest.raises(StoreError, match="no committed version"):
+        store.fetch("fraud_risk", "cpu", version, Path("unused"))
+    monkeypatch.setattr(store.s3, "copy", real_copy)
+    store.put_version(e1, "fraud_risk", "cpu", version)  # the retry completes it
+    assert store.versions("fraud_risk", "cpu") == [version]
+
+
+def test_manifest_path_traversal_is_refused(engines, tmp_path):
+    e1, _ = engines
+    bad = shutil.copytree(e1, tmp_path / "bad")
+    m = _manifest(bad)
+    m["engine_file"] = "../../outside.bin"
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="unsafe file name"):
+        LocalStore(tmp_path / "store").put_version(bad, "fraud_risk", "cpu", m["version"])
+
+
+def test_registry_aliases_promote_rollback_and_idempotent_registration(engines, mlflow_server):
+    reg = Registry(mlflow_server.uri)
+    e1, e2 = engines
+    m1, m2 = _manifest(e1), _manifest(e2)
+    v1 = reg.register("fraud_risk", "cpu", "s3://x/1", m1, sha256_file(e1 / "manifest.json"), None,
+                      {"data_window": "a..b", "git_commit": "abc"}, "first")
+    again = reg.register("fraud_risk", "cpu", "s3://x/1", m1, sha256_file(e1 / "manifest.json"), None, {}, "first")
+    assert again == v1  # a retried task does not create a second version
+    mv = reg.resolve("fraud_risk", "cpu", CHALLENGER)
+    assert mv.version == v1 and mv.tags["precision"] == "fp32" and mv.tags["backend"] == "onnxruntime"
+    assert mv.tags["engine_sha256"] == m1["sha256"]["engine"] and mv.description == "first"
+    with pytest.raises(RegistryError, match="fraud_risk.cpu: no version has alias 'champion'"):
+        reg.resolve("fraud_risk", "cpu", CHAMPION)
+    reg.promote("fraud_risk", "cpu", v1, by="test", why="first champion")
+    v2 = reg.register("fraud_risk", "cpu", "s3://x/2", m2, sha256_file(e2 / "manifest.json"), None, {}, "second")
+    reg.promote("fraud_risk", "cpu", v2, by="alice", why="better AUC")
+    champ = reg.resolve("fraud_risk", "cpu", CHAMPION)
+    assert champ.version == v2 and champ.tags["promoted_by"] == "alice" and champ.tags["replaced_champion"] == v1
+    assert reg.rollback("fraud_risk", "cpu", by="bob", why="p99 spike") == v1
+    assert reg.resolve("fraud_risk", "cpu", CHAMPION).version == v1
+
+
+def test_mlflow_down_during_registration_fails_clearly_with_no_dangling_alias(engines, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    server = MlflowServer(tmp_path / "mlflow").start()
+    e1, _ = engines
+    m1 = _manifest(e1)
+    reg = Registry(server.uri)
+    reg._ensure_model("fraud_risk.cpu", "fraud_risk", "cpu")
+    server.stop()
+    with pytest.raises(Exception, match="127.0.0.1"):  # the error names the unreachable endpoint
+        reg.register("fraud_risk", "cpu", "s3://x/1", m1, "sha", None, {}, "d")
+    server.start()  # same DB, back up: nothing half-done is visible
+    reg = Registry(server.uri)
+    with pytest.raises(RegistryError):
+        reg.resolve("fraud_risk", "cpu", CHALLENGER)
+    assert reg.register("fraud_risk", "cpu", "s3://x/1", m1, "sha", None, {}, "d") == "1"  # the retry succeeds
+    server.stop()
+
+
+def test_pull_verifies_installs_atomically_and_keeps_the_installed_version_on_corruption(
+        engines, mlflow_server, aws_env, tmp_path, monkeypatch):
+    make_bucket(aws_env, "pull")
+    monkeypatch.setenv("FACTORY_HOME", str(tmp_path / "home"))
+    cfg = load_config(profile="smoke", env={"FACTORY_HOME": str(tmp_path / "home")}, overrides={"registry": {
+        "tracking_uri": mlflow_server.uri, "store_uri": "s3://pull/engines", "s3_endpoint_url": aws_env}})
+    store = S3Store(cfg.store_uri, endpoint_url=aws_env)
+    reg = Registry(cfg.tracking_uri)
+    e1, e2 = engines
+    versions = {}
+    for e in (e1, e2):
+        m = _manifest(e)
+        uri = store.put_version(e, "fraud_risk", "cpu", m["version"])
+        versions[e] = reg.register("fraud_risk", "cpu", uri, m, sha256_file(e / "manifest.json"), None, {}, "d")
+    name = "fraud_risk.cpu"
+    reg.client.set_registered_model_alias(name, "prod", versions[e1])
+    dest = tmp_path / "serving"
+    first = pull(cfg, "fraud_risk", "cpu", "prod", dest)
+    assert first.changed and (dest / "fraud_risk" / "cpu" / "current" / "model.ort.onnx").is_file()
+    assert pull(cfg, "fraud_risk", "cpu", "prod", dest).changed is False
+    # corrupt the second version's engine object in S3: the pull fails, the installed version stays
+    m2 = _manifest(e2)
+    key = f"engines/fraud_risk/cpu/{m2['version']}/model.ort.onnx"
+    store.s3.put_object(Bucket="pull", Key=key, Body=(e2 / "model.ort.onnx").read_bytes()[:100])  # truncated
+    reg.client.set_registered_model_alias(name, "prod", versions[e2])
+    with pytest.raises(StoreError, match="sha256 of model.ort.onnx does not match"):
+        pull(cfg, "fraud_risk", "cpu", "prod", dest)
+    assert os.readlink(dest / "fraud_risk" / "cpu" / "current") == f"versions/{versions[e1]}-{_manifest(e1)['version']}"
+    assert not [p for p in (dest / "fraud_risk" / "cpu" / "versions").iterdir() if p.name.startswith(".tmp")]
+    # repaired object: the pull installs it and keeps the previous version for rollback
+    store.s3.upload_file(str(e2 / "model.ort.onnx"), "pull", key)
+    second = pull(cfg, "fraud_risk", "cpu", "prod", dest)
+    assert second.changed and second.registry_version == versions[e2]
+    assert len(list((dest / "fraud_risk" / "cpu" / "versions").iterdir())) == 2
+
+
+def test_hot_swap_under_concurrent_requests_loses_none(engines):
+    e1, e2 = engines
+    runner = EngineRunner(e1)
+    x = np.random.default_rng(0).normal(size=(4, 11)).astype(np.float32)
+    stop, served, failed, versions_seen = threading.Event(), [0], [0], set()
+
+    def client():
+        while not stop.is_set():
+            try:
+                out = runner.predict(x)
+                assert out.shape == (4, 1) and np.isfinite(out).all()
+                served[0] += 1
+                versions_seen.add(runner.version)
+            except Exception:
+                failed[0] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    import time
+
+    time.sleep(0.3)
+    seconds = runner.swap(e2)
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert failed[0] == 0 and served[0] > 100
+    assert runner.version == _manifest(e2)["version"] and len(versions_seen) == 2
+    assert 0 < seconds < 5
+    print(f"hot swap {seconds * 1000:.0f} ms; served {served[0]}, failed {failed[0]}")
+
+
+def test_triton_config_maps_compute_capabilities_to_plans():
+    def m(cc):
+        return {"backend": "tensorrt", "compute_capability": cc,
+                "inputs": [{"name": "features", "dtype": "float32", "shape": ["batch", "seq", 16],
+                            "profile": {"min": [1, 30, 16], "opt": [32, 60, 16], "max": [256, 120, 16]}}],
+                "outputs": [{"name": "prob", "dtype": "float32", "shape": ["batch", 1]}]}
+
+    text = config_pbtxt("market_alert", {"model.sm_86.plan": m("8.6"), "model.sm_90.plan": m("9.0")})
+    assert 'platform: "tensorrt_plan"' in text and "max_batch_size: 256" in text
+    assert 'cc_model_filenames [ { key: "8.6" value: "model.sm_86.plan" } ]' in text
+    assert 'cc_model_filenames [ { key: "9.0" value: "model.sm_90.plan" } ]' in text
+    assert 'default_model_filename: "model.sm_90.plan"' in text
+    assert "preferred_batch_size: [ 32 ]" in text and "dims: [ -1, 16 ]" in text
