@@ -124,19 +124,22 @@ class _Slowed:
         return time_calls(lambda: self.infer(x), warmup, iters, max_seconds)
 
 
-def test_slowed_runner_fails_the_regression_gate_and_the_same_engine_passes(pdir):
+def test_slowed_runner_fails_the_regression_gate_and_noise_passes(pdir):
     _, src, _, split, _ = pdir
     champ = OnnxRuntimeRunner(src)
-    args = dict(opt_batch=8, warmup=5, iters=60, max_seconds=2.0)
+    args = dict(opt_batch=8, warmup=5, iters=40, max_seconds=2.0)
     base = benchmark_runner(champ, split.x[:16], **args)["batch1"]["p99_ms"]
-    again = benchmark_runner(OnnxRuntimeRunner(src), split.x[:16], **args)["batch1"]["p99_ms"]
-    slow = benchmark_runner(_Slowed(champ, 0.004), split.x[:16], **args)["batch1"]["p99_ms"]
-    bad = latency_checks(slow, budget_ms=50, champion_p99_ms=base, max_regression=0.10, noise_floor_ms=0.05)
+    slow = benchmark_runner(_Slowed(champ, 0.02), split.x[:16], **args)["batch1"]
+    assert slow["p50_ms"] >= 20.0  # the planted delay shows in every statistic
+    bad = latency_checks(slow["p99_ms"], budget_ms=10_000, champion_p99_ms=base, max_regression=0.10,
+                         noise_floor_ms=0.05)
     assert [c.name for c in bad if not c.ok] == ["p99_vs_champion"]
-    over = latency_checks(slow, budget_ms=1.0, champion_p99_ms=None, max_regression=0.10)
+    over = latency_checks(slow["p99_ms"], budget_ms=5.0, champion_p99_ms=None, max_regression=0.10)
     assert [c.name for c in over if not c.ok] == ["p99_budget"]
-    # the same engine measured twice stays within +10 % or the noise floor
-    assert all(c.ok for c in latency_checks(again, 50, base, 0.10, noise_floor_ms=max(0.05, base)))
+    # within +10 %, or within the absolute noise floor, passes
+    assert all(c.ok for c in latency_checks(1.09, 50, 1.0, 0.10, noise_floor_ms=0.05))
+    assert all(c.ok for c in latency_checks(0.14, 50, 0.10, 0.10, noise_floor_ms=0.05))
+    assert not all(c.ok for c in latency_checks(0.16, 50, 0.10, 0.10, noise_floor_ms=0.05))
 
 
 def test_harness_statistics_on_a_synthetic_clock():
