@@ -70,13 +70,19 @@ def print_engines(summary: dict[str, Any], console) -> None:
     for col in ("family", "target", "precision", "status", "backend", "build s", "engine sha256 / reason"):
         table.add_column(col, justify="right" if col == "build s" else "left", overflow="fold")
     styles = {"ok": "green", "skipped": "yellow", "failed": "red"}
+    skipped: dict[tuple[str, str], list[str]] = {}
     for row in summary["families"]:
         for e in row.get("engines") or []:
+            if e["status"] == "skipped":
+                skipped.setdefault((e["target"], e["reason"]), []).append(f"{row['family']}/{e['precision']}")
+                continue
             status = f"[{styles.get(e['status'], 'white')}]{e['status']}[/]"
             backend = f"{e['backend']} {e['backend_version']}".strip()
             detail = e["engine_sha256"][:16] if e["status"] == "ok" else e["reason"]
             table.add_row(row["family"], e["target"], e["precision"], status, backend,
                           _fmt(e["seconds"], 2) if e["status"] == "ok" else "—", detail)
+    for (target, reason), which in sorted(skipped.items()):
+        table.add_row(f"{len(which)} builds", target, "all", "[yellow]skipped[/]", "tensorrt", "—", reason)
     console.print(table)
 
 
@@ -93,35 +99,40 @@ def _short_outcome(c: dict[str, Any]) -> str:
 
 
 def plot_accuracy_vs_p99(report: dict[str, Any], dest) -> None:
-    """One panel per target: test AUC against batch-1 p99 for every (family, precision) engine."""
+    """Test AUC against batch-1 p99 for every engine: one row of panels per target, one panel per family."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    targets = sorted({t["target"] for t in report["targets"] if t["candidates"]})
-    fig, axes = plt.subplots(1, max(len(targets), 1), figsize=(6 * max(len(targets), 1), 4.5), squeeze=False)
+    gates = [g for g in report["targets"] if g["candidates"]]
+    targets = sorted({g["target"] for g in gates})
+    families = sorted({g["family"] for g in gates})
+    fig, axes = plt.subplots(max(len(targets), 1), max(len(families), 1), squeeze=False,
+                             figsize=(4.5 * max(len(families), 1), 3.6 * max(len(targets), 1)))
     markers = {"fp32": "o", "fp16": "s", "int8": "^"}
-    colors = {"market_alert": "tab:red", "price_direction": "tab:blue", "fraud_risk": "tab:green"}
-    for ax, target in zip(axes[0], targets):
-        for g in (t for t in report["targets"] if t["target"] == target):
-            for c in g["candidates"]:
-                if c["p99_ms"] is None or c["auc"] is None:
-                    continue
-                ok = c["status"] == "ok"
-                ax.scatter(c["p99_ms"], c["auc"], marker=markers.get(c["precision"], "x"), s=80 if ok else 60,
-                           facecolors=colors.get(g["family"], "k") if ok else "none",
-                           edgecolors=colors.get(g["family"], "k"), linewidths=2 if c["outcome"] == "selected" else 1)
-                ax.annotate(f"{g['family'].split('_')[0]}/{c['precision']}" + (" ★" if c["outcome"] == "selected"
-                                                                               else ""),
-                            (c["p99_ms"], c["auc"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel("p99 latency, batch 1 (ms, log)")
+    for g in gates:
+        ax = axes[targets.index(g["target"])][families.index(g["family"])]
+        for c in g["candidates"]:
+            if c["p99_ms"] is None or c["auc"] is None:
+                continue
+            ok, won = c["status"] == "ok", c["outcome"] == "selected"
+            ax.scatter(c["p99_ms"], c["auc"], marker=markers.get(c["precision"], "x"), s=110 if won else 70,
+                       facecolors=("tab:green" if won else "tab:blue") if ok else "none",
+                       edgecolors="tab:red" if not ok else "k", linewidths=1.5)
+            ax.annotate(c["precision"] + (" ★" if won else ""), (c["p99_ms"], c["auc"]), fontsize=8,
+                        xytext=(5, 4), textcoords="offset points")
+        ax.set_title(f"{g['family']} · {g['target']}", fontsize=10)
+        ax.set_xlabel("p99, batch 1 (ms)")
         ax.set_ylabel("test AUC")
-        ax.set_title(f"{target}: accuracy vs p99 (hollow = rejected, ★ = selected)")
+        ax.margins(x=0.3, y=0.3)
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.4f"))
         ax.grid(alpha=0.3)
+    fig.suptitle("Accuracy vs latency per target (★ selected · hollow red = rejected)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(dest, dpi=110)
+    fig.savefig(dest, dpi=100)
     plt.close(fig)
 
 
