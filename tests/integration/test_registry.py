@@ -105,26 +105,29 @@ def test_manifest_path_traversal_is_refused(engines, tmp_path):
         LocalStore(tmp_path / "store").put_version(bad, "fraud_risk", "cpu", m["version"])
 
 
+FAM = "registry_test"
+
+
 def test_registry_aliases_promote_rollback_and_idempotent_registration(engines, mlflow_server):
-    reg = Registry(mlflow_server.uri)
+    reg = Registry(mlflow_server.uri)  # a model of its own: the server is shared with the nightly test
     e1, e2 = engines
     m1, m2 = _manifest(e1), _manifest(e2)
-    v1 = reg.register("fraud_risk", "cpu", "s3://x/1", m1, sha256_file(e1 / "manifest.json"), None,
+    v1 = reg.register(FAM, "cpu", "s3://x/1", m1, sha256_file(e1 / "manifest.json"), None,
                       {"data_window": "a..b", "git_commit": "abc"}, "first")
-    again = reg.register("fraud_risk", "cpu", "s3://x/1", m1, sha256_file(e1 / "manifest.json"), None, {}, "first")
+    again = reg.register(FAM, "cpu", "s3://x/1", m1, sha256_file(e1 / "manifest.json"), None, {}, "first")
     assert again == v1  # a retried task does not create a second version
-    mv = reg.resolve("fraud_risk", "cpu", CHALLENGER)
+    mv = reg.resolve(FAM, "cpu", CHALLENGER)
     assert mv.version == v1 and mv.tags["precision"] == "fp32" and mv.tags["backend"] == "onnxruntime"
     assert mv.tags["engine_sha256"] == m1["sha256"]["engine"] and mv.description == "first"
-    with pytest.raises(RegistryError, match="fraud_risk.cpu: no version has alias 'champion'"):
-        reg.resolve("fraud_risk", "cpu", CHAMPION)
-    reg.promote("fraud_risk", "cpu", v1, by="test", why="first champion")
-    v2 = reg.register("fraud_risk", "cpu", "s3://x/2", m2, sha256_file(e2 / "manifest.json"), None, {}, "second")
-    reg.promote("fraud_risk", "cpu", v2, by="alice", why="better AUC")
-    champ = reg.resolve("fraud_risk", "cpu", CHAMPION)
+    with pytest.raises(RegistryError, match="registry_test.cpu: no version has alias 'champion'"):
+        reg.resolve(FAM, "cpu", CHAMPION)
+    reg.promote(FAM, "cpu", v1, by="test", why="first champion")
+    v2 = reg.register(FAM, "cpu", "s3://x/2", m2, sha256_file(e2 / "manifest.json"), None, {}, "second")
+    reg.promote(FAM, "cpu", v2, by="alice", why="better AUC")
+    champ = reg.resolve(FAM, "cpu", CHAMPION)
     assert champ.version == v2 and champ.tags["promoted_by"] == "alice" and champ.tags["replaced_champion"] == v1
-    assert reg.rollback("fraud_risk", "cpu", by="bob", why="p99 spike") == v1
-    assert reg.resolve("fraud_risk", "cpu", CHAMPION).version == v1
+    assert reg.rollback(FAM, "cpu", by="bob", why="p99 spike") == v1
+    assert reg.resolve(FAM, "cpu", CHAMPION).version == v1
 
 
 def test_mlflow_down_during_registration_fails_clearly_with_no_dangling_alias(engines, tmp_path, monkeypatch):
