@@ -118,7 +118,9 @@ def parity_check(candidate: Any, reference: Any, batches: list[np.ndarray], atol
                  input_name: str = "features") -> Check:
     """Engine vs its ONNX variant through Polygraphy's comparator (both as Polygraphy runners)."""
     from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.logger import G_LOGGER
 
+    G_LOGGER.module_severity = G_LOGGER.WARNING  # per-iteration INFO lines would flood the task log
     feeds = [{input_name: b} for b in batches]
     results = Comparator.run([reference, candidate], data_loader=feeds)
     ok = bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol)))
