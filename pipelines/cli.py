@@ -172,6 +172,16 @@ def _cmd_ui(args: argparse.Namespace) -> int:
                             "--host", "127.0.0.1", "--port", str(args.port)])
 
 
+def _cmd_telemetry(args: argparse.Namespace) -> int:
+    from monitoring.exporter import exposition, serve
+
+    if args.action == "once":
+        print(exposition(), end="")
+        return 0
+    serve(args.port)
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="factory.yaml (default: $FACTORY_CONFIG or ./factory.yaml)")
     p.add_argument("--profile", choices=["smoke", "default"], default=None)
@@ -221,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     _common(ui)
     ui.set_defaults(func=_cmd_ui)
+    tele = sub.add_parser("telemetry", help="NVML telemetry with dcgm-exporter names: one scrape, or a server")
+    tele.add_argument("action", choices=["once", "serve"])
+    tele.add_argument("--port", type=int, default=9400)
+    tele.set_defaults(func=_cmd_telemetry)
     return parser
 
 

@@ -1,0 +1,87 @@
+"""The NVML exporter: dcgm-exporter names and labels, a valid exposition, and the no-NVML path."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import types
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitoring.exporter import LABELS, NvmlCollector, exposition
+
+
+class _NotSupported(Exception):
+    pass
+
+
+def _fake_pynvml(n_gpus: int = 2) -> types.SimpleNamespace:
+    """A stand-in for NVML where no GPU exists: the seam is the binding module, nothing above it."""
+    ns = types.SimpleNamespace(
+        NVML_TEMPERATURE_GPU=0, NVML_CLOCK_SM=1, NVML_CLOCK_MEM=2, NVML_MEMORY_ERROR_TYPE_CORRECTED=0,
+        NVML_MEMORY_ERROR_TYPE_UNCORRECTED=1, NVML_VOLATILE_ECC=0, NVML_FI_DEV_MEMORY_TEMP=82, NVMLError=_NotSupported,
+        nvmlMemory_v2=2)
+    ns.nvmlInit = lambda: None
+    ns.nvmlDeviceGetCount = lambda: n_gpus
+    ns.nvmlDeviceGetHandleByIndex = lambda i: i
+    ns.nvmlDeviceGetUUID = lambda h: f"GPU-{h:04d}"
+    ns.nvmlDeviceGetPciInfo = lambda h: types.SimpleNamespace(busId=f"00000000:0{h}:00.0".encode())
+    ns.nvmlDeviceGetName = lambda h: b"NVIDIA H100 80GB HBM3"
+    ns.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=40 + h, memory=10)
+    ns.nvmlDeviceGetMemoryInfo = lambda h, version=None: types.SimpleNamespace(used=1 << 30, free=3 << 30)
+    ns.nvmlDeviceGetTemperature = lambda h, kind: 41
+    ns.nvmlDeviceGetPowerUsage = lambda h: 123_664
+    ns.nvmlDeviceGetClockInfo = lambda h, kind: {1: 1980, 2: 2619}[kind]
+    ns.nvmlDeviceGetTotalEnergyConsumption = lambda h: 5_000_000
+    ns.nvmlDeviceGetPcieReplayCounter = lambda h: 0
+
+    def ecc(h, kind, counter):
+        raise _NotSupported("ECC not supported")  # a consumer GPU: the series is left out
+
+    ns.nvmlDeviceGetTotalEccErrors = ecc
+    ns.nvmlDeviceGetFieldValues = lambda h, ids: [types.SimpleNamespace(value=types.SimpleNamespace(uiVal=55))]
+    return ns
+
+
+def _parse(text: str) -> dict[str, list]:
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def test_dcgm_names_units_and_labels():
+    text = exposition(NvmlCollector(_fake_pynvml(2), hostname="gpu-host-1"))
+    metrics = _parse(text)
+    for name in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_MEM_COPY_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE",
+                 "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_MEMORY_TEMP", "DCGM_FI_DEV_POWER_USAGE",
+                 "DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_DEV_MEM_CLOCK", "DCGM_FI_DEV_PCIE_REPLAY_COUNTER"):
+        assert len(metrics[name]) == 2, name
+    util = {s.labels["gpu"]: s for s in metrics["DCGM_FI_DEV_GPU_UTIL"]}
+    assert util["1"].value == 41 and set(util["1"].labels) == set(LABELS)
+    assert util["0"].labels == {"gpu": "0", "UUID": "GPU-0000", "pci_bus_id": "00000000:00:00.0", "device": "nvidia0",
+                                "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "gpu-host-1"}
+    assert metrics["DCGM_FI_DEV_POWER_USAGE"][0].value == pytest.approx(123.664)  # W, from mW
+    assert metrics["DCGM_FI_DEV_FB_USED"][0].value == 1024  # MiB
+    # exact dcgm-exporter names on the wire (no _total suffix), mJ as NVML reports it
+    assert "\nDCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{" in text and "_total{" not in text
+    assert metrics["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"][0].value == 5_000_000
+    assert not any(k.startswith("DCGM_FI_DEV_ECC") for k in metrics)  # unsupported: left out, not 0
+    assert "DCGM_FI_DEV_XID_ERRORS" not in metrics  # no XID listener yet: absent, not a fake 0
+    assert metrics["factory_exporter_nvml_up"][0].value == 1
+
+
+def test_without_nvml_it_serves_its_health_and_says_why():
+    collector = NvmlCollector()  # this machine has no NVIDIA driver
+    if collector.pynvml is not None:
+        pytest.skip("NVML is present here")
+    metrics = _parse(exposition(collector))
+    (up,) = metrics["factory_exporter_nvml_up"]
+    assert up.value == 0 and "NVML" in up.labels["reason"]
+    assert metrics["factory_exporter_gpus"][0].value == 0
+    assert not any(k.startswith("DCGM_") for k in metrics)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_promtool_accepts_the_exposition():
+    text = exposition(NvmlCollector(_fake_pynvml(1), hostname="h"))
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
