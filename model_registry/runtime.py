@@ -75,13 +75,20 @@ class _Loaded:
 
 
 class EngineRunner:
-    """Serves ``predict`` from the current engine; ``swap`` replaces it with no failed request."""
+    """Serves ``predict`` from the current engine; ``swap`` replaces it with no failed request.
 
-    def __init__(self, folder: Path):
+    Optional ``metrics`` (:class:`monitoring.serving.ServingMetrics`) and ``prediction_log``
+    (:class:`monitoring.serving.PredictionLog`) observe every request off the critical path.
+    """
+
+    def __init__(self, folder: Path, metrics: Any = None, prediction_log: Any = None):
         self._lock = threading.Lock()
         self._current = _Loaded(folder)
         self._current.warm_up()
         self.swaps: list[dict[str, Any]] = []
+        self.metrics, self.prediction_log = metrics, prediction_log
+        if metrics is not None:
+            metrics.set_version(self._current.version)
 
     @property
     def version(self) -> str:
@@ -89,7 +96,19 @@ class EngineRunner:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         engine = self._current  # the request keeps this engine even if a swap happens meanwhile
-        return engine.engine.infer(np.ascontiguousarray(x, dtype=np.float32))
+        start = time.perf_counter()
+        try:
+            out = engine.engine.infer(np.ascontiguousarray(x, dtype=np.float32))
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.failed()
+            raise
+        seconds = time.perf_counter() - start
+        if self.metrics is not None:
+            self.metrics.observe(seconds)
+        if self.prediction_log is not None:
+            self.prediction_log.record(x, out, seconds, engine.version)
+        return out
 
     def swap(self, folder: Path) -> float:
         """Load and warm ``folder`` beside the current engine, then switch; returns the swap time in seconds."""
@@ -98,6 +117,8 @@ class EngineRunner:
         new.warm_up()
         with self._lock:
             old, self._current = self._current, new
+        if self.metrics is not None:
+            self.metrics.set_version(new.version)
         seconds = time.perf_counter() - start
         self.swaps.append({"from": old.version, "to": new.version, "seconds": seconds})
         return seconds

@@ -185,9 +185,16 @@ def test_pull_verifies_installs_atomically_and_keeps_the_installed_version_on_co
     assert len(list((dest / "fraud_risk" / "cpu" / "versions").iterdir())) == 2
 
 
-def test_hot_swap_under_concurrent_requests_loses_none(engines):
+def test_hot_swap_under_concurrent_requests_loses_none(engines, tmp_path):
+    from prometheus_client import CollectorRegistry
+
+    from monitoring.serving import PredictionLog, ServingMetrics
+
     e1, e2 = engines
-    runner = EngineRunner(e1)
+    prom = CollectorRegistry()
+    metrics = ServingMetrics("fraud_risk", "cpu", registry=prom)
+    plog = PredictionLog(tmp_path, "fraud_risk", "cpu", sample_rate=0.01, metrics=metrics, seed=0)
+    runner = EngineRunner(e1, metrics=metrics, prediction_log=plog)
     x = np.random.default_rng(0).normal(size=(4, 11)).astype(np.float32)
     stop, served, failed, versions_seen = threading.Event(), [0], [0], set()
 
@@ -214,6 +221,13 @@ def test_hot_swap_under_concurrent_requests_loses_none(engines):
         t.join()
     assert failed[0] == 0 and served[0] > 100
     assert runner.version == _manifest(e2)["version"] and len(versions_seen) == 2
+    plog.close()
+    import pandas as pd
+
+    logged = pd.concat(pd.read_parquet(f) for f in tmp_path.rglob("part-*.parquet"))
+    assert set(logged["version"]) == {_manifest(e1)["version"], _manifest(e2)["version"]}  # both sides of the swap
+    count = prom.get_sample_value("factory_inference_latency_seconds_count", {"family": "fraud_risk", "target": "cpu"})
+    assert count >= served[0]  # every served request was observed
     assert 0 < seconds < 5
     print(f"hot swap {seconds * 1000:.0f} ms; served {served[0]}, failed {failed[0]}")
 
