@@ -122,18 +122,15 @@ def nightly_model_factory():
     trained = train.partial(plan=p, feature_set=fs).expand(family=families(p))
     exported = export.partial(plan=p).expand(trained=trained)
     variant_sets = variants.partial(plan=p).expand(exported=exported)
-    built = [
-        engine.override(task_id=f"engine_{t.name}", queue=t.queue, pool=t.pool)
-        .partial(plan=p, target=t.name)
-        .expand(variant_set=variant_sets, precision=t.precisions)
-        for t in TARGETS
-    ]
     acc = accuracy.partial(plan=p).expand(variant_set=variant_sets)
-    gated = []
-    for t, built_for_target in zip(TARGETS, built):
-        g = gate.override(task_id=f"gate_{t.name}", queue=t.queue, pool=t.pool).partial(plan=p, target=t.name)
-        g = g.expand(accuracy=acc)
-        built_for_target >> g
+    built, gated = [], []
+    for t in TARGETS:  # each target's build and gate run on its own workers
+        on_target = {"queue": t.queue, "pool": t.pool}
+        b = engine.override(task_id=f"engine_{t.name}", **on_target).partial(plan=p, target=t.name)
+        b = b.expand(variant_set=variant_sets, precision=t.precisions)
+        g = gate.override(task_id=f"gate_{t.name}", **on_target).partial(plan=p, target=t.name).expand(accuracy=acc)
+        b >> g
+        built.append(b)
         gated.append(g)
     report = gate_report(p, acc, gated)
     published = publish.partial(plan=p, report=report).expand(family=families(p))

@@ -12,6 +12,7 @@ exists, so an MLflow outage never leaves an alias pointing at nothing.
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -29,10 +30,17 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def ensure_local_backend(uri: str) -> None:
+    """An embedded ``sqlite:///…`` tracking URI needs its directory; servers need nothing."""
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+
 class Registry:
     def __init__(self, tracking_uri: str):
         from mlflow import MlflowClient
 
+        ensure_local_backend(tracking_uri)
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 

@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from pipelines.engines.base import hash_mismatch
 from pipelines.fsutil import committed_dir, sha256_file
 
 COMMITTED = "_COMMITTED"
@@ -60,12 +61,10 @@ class EngineStore(Protocol):
 
 def verify_dir(folder: Path, manifest: dict, where: str) -> None:
     """Check the engine and ONNX bytes in ``folder`` against ``manifest`` (StoreError naming the file)."""
-    for key, name in (("engine", manifest["engine_file"]), ("onnx", manifest["onnx_file"])):
-        f = folder / check_name(name)
-        if not f.is_file():
-            raise StoreError(f"{where}: {name} is missing")
-        if sha256_file(f) != manifest["sha256"][key]:
-            raise StoreError(f"{where}: sha256 of {name} does not match the manifest (corrupted or truncated)")
+    version_files(manifest)  # refuses unsafe names before any path is built from them
+    problem = hash_mismatch(Path(folder), manifest)
+    if problem:
+        raise StoreError(f"{where}: {problem} (corrupted or truncated?)")
 
 
 class LocalStore:

@@ -9,6 +9,7 @@ drive the statistics with a synthetic clock.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -253,21 +254,13 @@ def benchmark_runner(runner: Runner, x_pool: np.ndarray, opt_batch: int, warmup:
     reps = -(-opt_batch // len(x_pool))
     x_opt = np.ascontiguousarray(np.concatenate([x_pool] * reps)[:opt_batch])
     x_one = np.ascontiguousarray(x_pool[:1])
-    with TelemetrySampler() if gpu else _Null() as sampler:
+    with TelemetrySampler() if gpu else contextlib.nullcontext() as sampler:
         b1 = measure(runner, x_one, warmup, iters, max_seconds)
         opt = measure(runner, x_opt, warmup, iters, max_seconds)
     out = {"runner": runner.name, **runner.info, "batch1": b1.to_dict(), "opt": opt.to_dict()}
     if gpu:
         out["telemetry"] = sampler.summary()
     return out
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def engine_runner(engine_dir: Path, backend: str, engine_file: str, threads: int = 1,

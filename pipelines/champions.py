@@ -7,7 +7,6 @@ and caches the verified version locally under ``$FACTORY_HOME/cache/champions``.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from .config import FactoryConfig
@@ -21,7 +20,6 @@ def read_champion(cfg: FactoryConfig, family: str, target: str) -> dict[str, Any
     from model_registry.registry import CHAMPION, Registry, RegistryError
     from model_registry.store import open_store
 
-    (cfg.home / "mlflow").mkdir(parents=True, exist_ok=True)
     try:
         mv = Registry(cfg.tracking_uri).resolve(family, target, CHAMPION)
     except RegistryError:

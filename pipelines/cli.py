@@ -165,8 +165,10 @@ def _cmd_triton(args: argparse.Namespace) -> int:
 def _cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
+    from model_registry.registry import ensure_local_backend
+
     cfg = load_config(args.config, args.profile)
-    (cfg.home / "mlflow").mkdir(parents=True, exist_ok=True)
+    ensure_local_backend(cfg.tracking_uri)
     print(f"MLflow UI on http://127.0.0.1:{args.port} (backend {cfg.tracking_uri})", flush=True)
     return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", cfg.tracking_uri,
                             "--host", "127.0.0.1", "--port", str(args.port)])

@@ -26,16 +26,20 @@ class Check(Record):
     detail: str = ""
 
 
-class Verdict(Record):
-    family: str
-    precision: str
-    status: Status
+class _Checked(Record):
     checks: list[Check]
-    metrics: dict[str, float] = {}
 
     @property
     def reasons(self) -> list[str]:
+        """The sentences of the failed checks."""
         return [c.detail for c in self.checks if not c.ok]
+
+
+class Verdict(_Checked):
+    family: str
+    precision: str
+    status: Status
+    metrics: dict[str, float] = {}
 
 
 def _verdict(family: str, precision: str, checks: list[Check], metrics: dict[str, float] | None = None) -> Verdict:
@@ -175,22 +179,17 @@ def latency_checks(p99_ms: float, budget_ms: float, champion_p99_ms: float | Non
     return checks
 
 
-class Candidate(Record):
+class Candidate(_Checked):
     precision: str
     engine_dir: str
     version: str
     status: Status
-    checks: list[Check]
     auc: float | None = None
     p99_ms: float | None = None
     """Batch-1 p99."""
     benchmark: dict[str, Any] = {}
     outcome: str = ""
     """``selected``, or why it lost."""
-
-    @property
-    def reasons(self) -> list[str]:
-        return [c.detail for c in self.checks if not c.ok]
 
 
 def select(candidates: list[Candidate], tie_tolerance: float) -> tuple[Candidate | None, list[Candidate]]:

@@ -63,7 +63,10 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     ctx = get_current_context()
     cfg = config_from_params(ctx["params"])
     ti = ctx["ti"]
-    label = kwargs.get("family") or kwargs.get("target") or ("" if getattr(ti, "map_index", -1) in (-1, None) else ti.map_index)
+    # One failure file per task instance: the family when it is an argument, else the map index.
+    # (Not the target: a gate_<target> task is mapped over families, its instances share the target.)
+    map_index = getattr(ti, "map_index", -1)
+    label = kwargs.get("family") or ("" if map_index in (-1, None) else map_index)
     task = ti.task_id + (f"[{label}]" if label != "" else "")
     try:
         records = [_to_record(stage, i, a) for i, a in enumerate(args)]

@@ -74,15 +74,16 @@ def print_engines(summary: dict[str, Any], console) -> None:
     for row in summary["families"]:
         for e in row.get("engines") or []:
             if e["status"] == "skipped":
-                skipped.setdefault((e["target"], e["reason"]), []).append(f"{row['family']}/{e['precision']}")
+                skipped.setdefault((e["target"], e["backend"], e["reason"]), []).append(
+                    f"{row['family']}/{e['precision']}")
                 continue
             status = f"[{styles.get(e['status'], 'white')}]{e['status']}[/]"
             backend = f"{e['backend']} {e['backend_version']}".strip()
             detail = e["engine_sha256"][:16] if e["status"] == "ok" else e["reason"]
             table.add_row(row["family"], e["target"], e["precision"], status, backend,
                           _fmt(e["seconds"], 2) if e["status"] == "ok" else "—", detail)
-    for (target, reason), which in sorted(skipped.items()):
-        table.add_row(f"{len(which)} builds", target, "all", "[yellow]skipped[/]", "tensorrt", "—", reason)
+    for (target, backend, reason), which in sorted(skipped.items()):
+        table.add_row(f"{len(which)} builds", target, "all", "[yellow]skipped[/]", backend, "—", reason)
     console.print(table)
 
 

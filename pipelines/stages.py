@@ -265,7 +265,6 @@ def build_engine(cfg: FactoryConfig, p: Plan, vs: VariantSet, precision: str, ta
             raise TargetUnavailableError(f"required target {target} cannot be built on this worker: {reason}")
         return skipped(reason)
     options = (cfg.engines.tensorrt if tgt.backend == "tensorrt" else cfg.engines.onnxruntime).model_dump()
-    options["timeout_s"] = options.pop("build_timeout_s")
     inputs, outputs, profile = onnx_io(Path(variant.onnx_uri), cfg.families[fam])
     spec = BuildSpec(family=fam, version=engine_version(p, vs), precision=precision, target=tgt,
                      onnx=Path(variant.onnx_uri), profile=profile, options=options,
@@ -430,7 +429,7 @@ def publish(cfg: FactoryConfig, p: Plan, family: str, report_uri: str) -> Publis
 
     report = json.loads(Path(report_uri).read_text())
     run_dir = Path(p.run_dir)
-    (cfg.home / "mlflow").mkdir(parents=True, exist_ok=True)
+    registry = Registry(cfg.tracking_uri)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     if mlflow.get_experiment_by_name(cfg.registry.experiment) is None:
         mlflow.create_experiment(cfg.registry.experiment,
@@ -439,7 +438,6 @@ def publish(cfg: FactoryConfig, p: Plan, family: str, report_uri: str) -> Publis
     commit, window = _git_commit(), f"{p.lake_dates[0]}..{p.lake_dates[-1]}" if p.lake_dates else p.date
     metrics = json.loads((run_dir / family / "train" / "metrics.json").read_text())
     store = open_store(cfg.store_uri, cfg.registry.s3_endpoint_url)
-    registry = Registry(cfg.tracking_uri)
     versions = []
     with mlflow.start_run(run_name=f"{family} {p.date}", tags={"family": family, "date": p.date,
                                                                 "profile": cfg.profile, "git_commit": commit,

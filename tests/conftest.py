@@ -21,3 +21,26 @@ def factory_home(tmp_path, monkeypatch):
 @pytest.fixture
 def smoke_cfg(factory_home) -> FactoryConfig:
     return load_config(profile="smoke")
+
+
+@pytest.fixture(scope="session")
+def export_small_model():
+    """``make(family, x, dest, seed=0, fit_norm=False) -> (model, onnx_path)``: a smoke-size model of a family,
+    seeded, optionally with its input normalisation fitted on ``x`` (realistic activation ranges), exported
+    to FP32 ONNX (opset 18) at ``dest``."""
+
+    def make(family, x, dest, seed: int = 0, fit_norm: bool = False):
+        import torch
+
+        from pipelines.export import torch_to_onnx
+        from pipelines.models import build_model
+
+        cfg = load_config(profile="smoke", env={})
+        torch.manual_seed(seed)
+        model = build_model(family, cfg.families[family], x.shape[-1]).eval()
+        if fit_norm:
+            with torch.no_grad():
+                model.norm.fit(torch.from_numpy(x))
+        return model, torch_to_onnx(model, family, x, dest, 18)
+
+    return make

@@ -198,7 +198,7 @@ def build_engine(builder: EngineBuilder, spec: BuildSpec, dest: Path, inputs: li
         cmd = builder.command(spec)
         _write_reproduce(tmp / REPRODUCE, cmd, note)
         t0 = time.perf_counter()
-        run_logged(cmd, tmp, tmp / BUILD_LOG, int(spec.options.get("timeout_s", 1800)), what)
+        run_logged(cmd, tmp, tmp / BUILD_LOG, int(spec.options.get("build_timeout_s", 1800)), what)
         seconds = time.perf_counter() - t0
         engine = tmp / builder.engine_file
         if not engine.is_file() or engine.stat().st_size == 0:
@@ -231,6 +231,17 @@ def _versions(builder: EngineBuilder) -> dict[str, str]:
     return out
 
 
+def hash_mismatch(folder: Path, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the engine and ONNX bytes in ``folder`` against ``manifest``'s sha256s; None if nothing."""
+    for key, name in (("engine", manifest["engine_file"]), ("onnx", manifest["onnx_file"])):
+        f = Path(folder) / name
+        if not f.is_file():
+            return f"{name} listed in the manifest is missing"
+        if sha256_file(f) != manifest["sha256"][key]:
+            return f"sha256 of {name} does not match the manifest"
+    return None
+
+
 def verify_manifest(engine_dir: Path) -> Manifest:
     """Read ``manifest.json`` and check the engine and ONNX bytes against its sha256s.
 
@@ -243,10 +254,7 @@ def verify_manifest(engine_dir: Path) -> Manifest:
     if not path.is_file():
         raise EngineBuildError(f"{engine_dir}: no {MANIFEST}")
     m = Manifest.model_validate(json.loads(path.read_text()))
-    for key, name in (("engine", m.engine_file), ("onnx", m.onnx_file)):
-        f = Path(engine_dir) / name
-        if not f.is_file():
-            raise EngineBuildError(f"{engine_dir}: {name} listed in the manifest is missing")
-        if sha256_file(f) != m.sha256[key]:
-            raise EngineBuildError(f"{engine_dir}: sha256 of {name} does not match the manifest")
+    problem = hash_mismatch(Path(engine_dir), m.model_dump())
+    if problem:
+        raise EngineBuildError(f"{engine_dir}: {problem}")
     return m

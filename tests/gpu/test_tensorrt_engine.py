@@ -20,22 +20,14 @@ if first_gpu() is None:
 
 
 @pytest.fixture(scope="module")
-def variants(tmp_path_factory):
-    import torch
-
+def variants(tmp_path_factory, export_small_model):
     from pipelines.config import Family, load_config
-    from pipelines.export import torch_to_onnx
-    from pipelines.models import build_model
     from pipelines.quantize import calibration_set, onnx_fp32_to_fp16, onnx_fp32_to_int8
 
     cfg = load_config(profile="smoke", env={})
-    torch.manual_seed(0)
-    model = build_model(Family.PRICE_DIRECTION, cfg.families[Family.PRICE_DIRECTION], 16).eval()
     x = np.random.default_rng(0).normal(size=(512, 64, 16)).astype(np.float32)
-    with torch.no_grad():
-        model.norm.fit(torch.from_numpy(x))
     folder = tmp_path_factory.mktemp("pdir")
-    fp32 = torch_to_onnx(model, Family.PRICE_DIRECTION, x[:64], folder / "model.fp32.onnx", 18)
+    _, fp32 = export_small_model(Family.PRICE_DIRECTION, x, folder / "model.fp32.onnx", fit_norm=True)
     onnx_fp32_to_fp16(fp32, folder / "model.fp16.onnx")
     calib = calibration_set(x, np.zeros(len(x), dtype=np.int64), np.zeros(len(x), bool), 256, 0)
     onnx_fp32_to_int8(fp32, folder / "model.int8.onnx", calib, "max", folder / "cache")
@@ -59,7 +51,6 @@ def test_engine_matches_onnxruntime(variants, tmp_path, precision, atol):
     onnx_path = folder / f"model.{precision}.onnx"
     inputs, outputs, profile = onnx_io(onnx_path, cfg.families[Family.PRICE_DIRECTION])
     opts = cfg.engines.tensorrt.model_dump()
-    opts["timeout_s"] = opts.pop("build_timeout_s")
     spec = BuildSpec(family="price_direction", version="test", precision=precision, target=target, onnx=onnx_path,
                      calibration_sha256=None, profile=profile, options=opts)
     builder = TensorRTBuilder(tmp_path / "store")

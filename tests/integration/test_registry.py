@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from model_registry.pull import pull
 from model_registry.registry import CHALLENGER, CHAMPION, Registry, RegistryError
@@ -20,24 +19,20 @@ from model_registry.triton import config_pbtxt
 from pipelines.config import Family, TargetConfig, load_config
 from pipelines.engines.base import BuildSpec, build_engine, onnx_io
 from pipelines.engines.onnxruntime_builder import OnnxRuntimeBuilder
-from pipelines.export import torch_to_onnx
 from pipelines.fsutil import sha256_file
-from pipelines.models import build_model
 
 from .conftest import MlflowServer, make_bucket
 
 pytestmark = pytest.mark.integration
 
 
-def _engine(folder: Path, seed: int) -> Path:
+def _engine(export_small_model, folder: Path, seed: int) -> Path:
     """A real fraud_risk CPU engine directory (manifest, engine, ONNX, reproduce.sh)."""
     cfg = load_config(profile="smoke", env={})
-    torch.manual_seed(seed)
-    model = build_model(Family.FRAUD_RISK, cfg.families[Family.FRAUD_RISK], 11).eval()
     x = np.random.default_rng(seed).normal(size=(64, 11)).astype(np.float32)
-    onnx_path = torch_to_onnx(model, Family.FRAUD_RISK, x, folder / f"src{seed}" / "model.fp32.onnx", 18)
+    _, onnx_path = export_small_model(Family.FRAUD_RISK, x, folder / f"src{seed}" / "model.fp32.onnx", seed=seed)
     inputs, outputs, profile = onnx_io(onnx_path, cfg.families[Family.FRAUD_RISK])
-    opts = {"graph_optimization_level": "extended", "intra_op_threads": 1, "timeout_s": 120}
+    opts = {"graph_optimization_level": "extended", "intra_op_threads": 1, "build_timeout_s": 120}
     spec = BuildSpec(family="fraud_risk", version=f"2026112{seed}.{seed:08x}", precision="fp32",
                      target=TargetConfig(name="cpu"), onnx=onnx_path, calibration_sha256=None, profile=profile,
                      options=opts)
@@ -47,9 +42,9 @@ def _engine(folder: Path, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory):
+def engines(tmp_path_factory, export_small_model):
     folder = tmp_path_factory.mktemp("engines")
-    return _engine(folder, 1), _engine(folder, 2)
+    return _engine(export_small_model, folder, 1), _engine(export_small_model, folder, 2)
 
 
 def _manifest(d: Path) -> dict:

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
 from pipelines import stages
 from pipelines.config import ConfigError, Family, TargetConfig, load_config
@@ -24,22 +23,18 @@ from pipelines.engines.base import (BuildSpec, EngineBuildError, Shapes, TargetU
 from pipelines.engines.onnxruntime_builder import OnnxRuntimeBuilder
 from pipelines.engines.tensorrt_builder import (TensorRTBuilder, precision_switches, timing_cache_path,
                                                 unavailable_reason)
-from pipelines.export import INPUT_NAME, torch_to_onnx
+from pipelines.export import INPUT_NAME
 from pipelines.fsutil import sha256_file
-from pipelines.models import build_model
 from pipelines.quantize import onnx_fp32_to_fp16
 from pipelines.records import Plan, Status, Variant, VariantSet
 
 
 @pytest.fixture(scope="module")
-def alert_onnx(tmp_path_factory):
+def alert_onnx(tmp_path_factory, export_small_model):
     """A small market_alert GRU exported to ONNX (dynamic batch and sequence)."""
-    cfg = load_config(profile="smoke", env={})
-    torch.manual_seed(0)
-    model = build_model(Family.MARKET_ALERT, cfg.families[Family.MARKET_ALERT], 16).eval()
     x = np.random.default_rng(0).normal(size=(64, 40, 16)).astype(np.float32)
     folder = tmp_path_factory.mktemp("alert")
-    fp32 = torch_to_onnx(model, Family.MARKET_ALERT, x, folder / "model.fp32.onnx", 18)
+    _, fp32 = export_small_model(Family.MARKET_ALERT, x, folder / "model.fp32.onnx")
     onnx_fp32_to_fp16(fp32, folder / "model.fp16.onnx")
     return folder, x
 
@@ -48,7 +43,6 @@ def _spec(cfg, onnx_path, precision="fp32", target="cpu"):
     tgt = TargetConfig(name=target)
     _, _, profile = onnx_io(onnx_path, cfg.families[Family.MARKET_ALERT])
     opts = (cfg.engines.onnxruntime if tgt.backend == "onnxruntime" else cfg.engines.tensorrt).model_dump()
-    opts["timeout_s"] = opts.pop("build_timeout_s")
     return BuildSpec(family="market_alert", version="20261120.abcd1234", precision=precision, target=tgt,
                      onnx=onnx_path, calibration_sha256=None, profile=profile, options=opts)
 
@@ -108,7 +102,7 @@ def test_onnx_the_backend_rejects_fails_naming_it_and_leaves_nothing(smoke_cfg, 
     tgt = TargetConfig(name="cpu")
     spec = BuildSpec(family="fraud_risk", version="v", precision="fp32", target=tgt, onnx=bad,
                      calibration_sha256=None, profile={}, options={"graph_optimization_level": "extended",
-                                                                  "intra_op_threads": 1, "timeout_s": 60})
+                                                                  "intra_op_threads": 1, "build_timeout_s": 60})
     with pytest.raises(EngineBuildError, match=r"fraud_risk/fp32 for cpu .*model.fp32.onnx.*exited with code"):
         build_engine(OnnxRuntimeBuilder(), spec, tmp_path / "engine", [], [], {})
     assert not (tmp_path / "engine").exists()

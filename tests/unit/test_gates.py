@@ -7,16 +7,14 @@ import time
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper
 
 from pipelines.benchmark import LatencyStats, OnnxRuntimeRunner, benchmark_runner, time_calls
 from pipelines.config import Family, load_config
 from pipelines.datasets import Split
-from pipelines.export import INPUT_NAME, OUTPUT_NAME, torch_to_onnx
+from pipelines.export import INPUT_NAME, OUTPUT_NAME
 from pipelines.gates import (Candidate, Check, accuracy_verdict, latency_checks, onnx_runner, parity_check, select,
                              tail_mask)
-from pipelines.models import build_model
 from pipelines.quantize import onnx_fp32_to_int8
 from pipelines.records import Status
 from pipelines.train import predict
@@ -26,16 +24,12 @@ PDIR = CFG.gates.families[Family.PRICE_DIRECTION]
 
 
 @pytest.fixture(scope="module")
-def pdir(tmp_path_factory):
+def pdir(tmp_path_factory, export_small_model):
     """A price_direction model, its FP32 ONNX, and a test split whose labels and returns follow the model."""
-    torch.manual_seed(0)
-    model = build_model(Family.PRICE_DIRECTION, CFG.families[Family.PRICE_DIRECTION], 16).eval()
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(1400, 64, 16)) * rng.uniform(0.5, 3, size=16) + 2).astype(np.float32)
-    with torch.no_grad():
-        model.norm.fit(torch.from_numpy(x))
     folder = tmp_path_factory.mktemp("pdir")
-    src = torch_to_onnx(model, Family.PRICE_DIRECTION, x[:64], folder / "model.fp32.onnx", 18)
+    model, src = export_small_model(Family.PRICE_DIRECTION, x, folder / "model.fp32.onnx", fit_norm=True)
     test_x = x[800:]
     ref = predict(model, test_x)
     p_up = ref[:, 1]

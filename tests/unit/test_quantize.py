@@ -4,25 +4,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
-from pipelines.config import Family, load_config
-from pipelines.export import INPUT_NAME, torch_to_onnx
+from pipelines.config import Family
+from pipelines.export import INPUT_NAME
 from pipelines.fsutil import sha256_file
-from pipelines.models import build_model
 from pipelines.quantize import (CalibrationError, array_sha256, calibration_set, check_calibration,
                                 onnx_fp32_to_fp16, onnx_fp32_to_int8, quantization_coverage)
 
 
 @pytest.fixture(scope="module")
-def pdir_onnx(tmp_path_factory):
-    cfg = load_config(profile="smoke", env={})
-    torch.manual_seed(0)
-    model = build_model(Family.PRICE_DIRECTION, cfg.families[Family.PRICE_DIRECTION], 16).eval()
+def pdir_onnx(tmp_path_factory, export_small_model):
     x = np.random.default_rng(0).normal(size=(300, 64, 16)).astype(np.float32)
-    with torch.no_grad():  # fit the input normalisation so activations have realistic ranges
-        model.norm.fit(torch.from_numpy(x))
-    path = torch_to_onnx(model, Family.PRICE_DIRECTION, x, tmp_path_factory.mktemp("m") / "model.fp32.onnx", 18)
+    _, path = export_small_model(Family.PRICE_DIRECTION, x, tmp_path_factory.mktemp("m") / "model.fp32.onnx",
+                                 fit_norm=True)
     return path, x
 
 
