@@ -20,6 +20,12 @@ selected engine pushed to the engine store and registered as a version of
 `<family>.<target>` with alias `challenger` (and `champion` under `gates.auto_promote`)
 → **summarize**.
 
+Also triggered by the Airflow Asset `model-factory://retrain`, which `drift_monitor`
+updates when a family's served data drifts: such a run retrains the drifted families
+only, and records the drift reason in its plan. A last task, **outcome** (runs
+whatever happened), exports the night's outcome and each champion's promotion time
+to Prometheus, for the "nightly failed" and "no fresh champion" alerts.
+
 The target matrix is read from the factory config when the DAG is parsed
 (`$FACTORY_CONFIG` or `./factory.yaml`, profile `$FACTORY_PROFILE`).
 
@@ -37,18 +43,19 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 
 from pipelines import stages
 from pipelines.config import load_config
-from pipelines.orchestration import run_date, run_stage
+from pipelines.orchestration import RETRAIN_ASSET, config_from_params, retrain_request, run_date, run_stage
 
 TARGETS = load_config().targets()
 
 
 @dag(
     dag_id="nightly_model_factory",
-    schedule="0 2 * * *",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"),
+                                 assets=[Asset(RETRAIN_ASSET)]),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -63,7 +70,9 @@ TARGETS = load_config().targets()
 def nightly_model_factory():
     @task
     def plan() -> dict:
-        return run_stage(stages.plan, run_date(get_current_context()))
+        ctx = get_current_context()
+        families, trigger = retrain_request(ctx)
+        return run_stage(stages.plan, run_date(ctx), families=families, trigger=trigger)
 
     @task
     def families(plan: dict) -> list[str]:
@@ -116,6 +125,15 @@ def nightly_model_factory():
         return run_stage(stages.summarize, plan, _items(trained), _items(exported), _items(variant_sets), built,
                          report, _items(published))
 
+    @task(trigger_rule="all_done", retries=0)
+    def outcome() -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        ctx = get_current_context()
+        failed = stages.record_outcome(config_from_params(ctx["params"]), run_date(ctx))
+        if failed:  # keep the run failed: this task is its only leaf
+            raise AirflowFailException(f"nightly failed: {', '.join(failed)}")
+
     p = plan()
     snap = ingest(p)
     fs = features(p, snap)
@@ -134,7 +152,7 @@ def nightly_model_factory():
         gated.append(g)
     report = gate_report(p, acc, gated)
     published = publish.partial(plan=p, report=report).expand(family=families(p))
-    summarize(p, trained, exported, variant_sets, built, report, published)
+    summarize(p, trained, exported, variant_sets, built, report, published) >> outcome()
 
 
 def _items(seq) -> list:

@@ -87,6 +87,13 @@ class Registry:
             detail = getattr(exc, "message", str(exc))
             raise RegistryError(f"{name}: no version has alias '{alias}' ({detail})") from exc
 
+    def get_model_tag(self, family: str, target: str, key: str) -> str | None:
+        """A tag of the registered model ``<family>.<target>`` (None when unset)."""
+        return (self.client.get_registered_model(model_name(family, target)).tags or {}).get(key)
+
+    def set_model_tag(self, family: str, target: str, key: str, value: str) -> None:
+        self.client.set_registered_model_tag(model_name(family, target), key, value)
+
     def promote(self, family: str, target: str, version: str, by: str, why: str) -> str:
         """Point ``champion`` at ``version``, recording who and why on it."""
         name = model_name(family, target)

@@ -55,6 +55,8 @@ class EngineStore(Protocol):
 
     def versions(self, family: str, target: str) -> list[str]: ...
 
+    def put_files(self, src: Path, prefix: str) -> str: ...
+
     def fetch(self, family: str, target: str, version: str, dest: Path) -> dict:
         """Download a committed version into the (empty) directory ``dest``; return its manifest."""
 
@@ -95,6 +97,15 @@ class LocalStore:
                 if (Path(src) / name).is_file():
                     shutil.copy2(Path(src) / name, tmp / name)
             (tmp / COMMITTED).write_text(manifest["sha256"]["engine"])
+        return str(dest)
+
+    def put_files(self, src: Path, prefix: str) -> str:
+        """Copy the files of ``src`` (reports: not engine versions) under ``<root>/<prefix>/``, atomically."""
+        dest = self.root.joinpath(*(check_name(p, "path component") for p in prefix.split("/")))
+        with committed_dir(dest) as tmp:
+            for f in sorted(Path(src).iterdir()):
+                if f.is_file():
+                    shutil.copy2(f, tmp / f.name)
         return str(dest)
 
     def fetch(self, family: str, target: str, version: str, dest: Path) -> dict:
@@ -171,6 +182,15 @@ class S3Store:
                            Metadata={"sha256": manifest["sha256"]["engine"]})
         self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": f"{staging}/{n}"} for n in names]})
         return f"s3://{self.bucket}/{self._vkey(family, target, version)}"
+
+    def put_files(self, src: Path, prefix: str) -> str:
+        """Upload the files of ``src`` (reports: not engine versions) under ``<prefix>/``, each with its sha256."""
+        key = self._key(*(check_name(p, "path component") for p in prefix.split("/")))
+        for f in sorted(Path(src).iterdir()):
+            if f.is_file():
+                self.s3.upload_file(str(f), self.bucket, f"{key}/{f.name}", Config=self.transfer,
+                                    ExtraArgs={"Metadata": {"sha256": sha256_file(f)}})
+        return f"s3://{self.bucket}/{key}"
 
     def fetch(self, family: str, target: str, version: str, dest: Path) -> dict:
         if not self.exists(family, target, version):

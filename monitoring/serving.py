@@ -5,8 +5,10 @@ sub-millisecond engines (p50/p99 through ``histogram_quantile``), a failure coun
 and the active model version as an info-style gauge. The prediction log samples
 (features, prediction, latency, version, timestamp) into a bounded queue that a
 background thread writes as Parquet batches under
-``<root>/predictions/<family>/<target>/date=YYYY-MM-DD/``; when the queue is full a
-record is dropped and counted, so logging never blocks or slows inference.
+``<root>/predictions/<family>/<target>/date=YYYY-MM-DD/`` (a path or ``s3://``; by
+default the engine store); when the queue is full a record is dropped and counted, so
+logging never blocks or slows inference. :func:`read_predictions` reads a time range back
+for the drift monitor.
 """
 
 from __future__ import annotations
@@ -58,9 +60,13 @@ class ServingMetrics:
 class PredictionLog:
     """Sampled, bounded, non-blocking prediction logging to Parquet batches."""
 
-    def __init__(self, root: Path, family: str, target: str, sample_rate: float = 0.1, max_queue: int = 10_000,
-                 batch_rows: int = 5_000, metrics: ServingMetrics | None = None, seed: int | None = None):
-        self.dir = Path(root) / "predictions" / family / target
+    def __init__(self, root: str | Path, family: str, target: str, sample_rate: float = 0.1, max_queue: int = 10_000,
+                 batch_rows: int = 5_000, metrics: ServingMetrics | None = None, seed: int | None = None,
+                 s3_endpoint_url: str | None = None):
+        from pipelines.fsutil import filesystem
+
+        self.fs, base = filesystem(str(root), s3_endpoint_url)
+        self.dir = f"{base}/{log_prefix(family, target)}"
         self.sample_rate, self.batch_rows, self.metrics = sample_rate, batch_rows, metrics
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.dropped = 0
@@ -69,12 +75,16 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def record(self, x: np.ndarray, prediction: np.ndarray, latency_s: float, version: str) -> None:
-        """Called on the request path: a coin flip and a non-blocking put, nothing more."""
+    def record(self, x: np.ndarray, prediction: np.ndarray, latency_s: float, version: str,
+               ts: dt.datetime | None = None) -> None:
+        """Called on the request path: a coin flip and a non-blocking put, nothing more.
+
+        ``ts`` stamps the record (a replay passes the simulated time); default now, UTC.
+        """
         if self._rng.random() >= self.sample_rate:
             return
         try:
-            self.queue.put_nowait((dt.datetime.now(dt.timezone.utc), np.array(x, copy=True),
+            self.queue.put_nowait((ts or dt.datetime.now(dt.timezone.utc), np.array(x, copy=True),
                                    np.array(prediction, copy=True), latency_s, version))
         except queue.Full:
             self.dropped += 1
@@ -108,15 +118,56 @@ class PredictionLog:
         by_date: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             by_date.setdefault(r["ts"].date().isoformat(), []).append(r)
+        import pyarrow.fs as pafs
+
         for date, part in by_date.items():
-            folder = self.dir / f"date={date}"
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = f"{self.dir}/date={date}"
+            self.fs.create_dir(folder, recursive=True)
             name = f"part-{dt.datetime.now(dt.timezone.utc):%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
-            tmp = folder / f".{name}.tmp"
-            pq.write_table(pa.Table.from_pylist(part), tmp)
-            tmp.replace(folder / name)  # readers never see a partial batch
+            table = pa.Table.from_pylist(part)
+            if isinstance(self.fs, pafs.LocalFileSystem):  # readers never see a partial batch
+                tmp = f"{folder}/.{name}.tmp"
+                pq.write_table(table, tmp, filesystem=self.fs)
+                self.fs.move(tmp, f"{folder}/{name}")
+            else:  # an object PUT is atomic
+                pq.write_table(table, f"{folder}/{name}", filesystem=self.fs)
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush what is queued and stop the writer."""
         self._stop.set()
         self._thread.join(timeout)
+
+
+def log_prefix(family: str, target: str) -> str:
+    return f"predictions/{family}/{target}"
+
+
+def read_predictions(root: str | Path, family: str, target: str, since: dt.datetime, until: dt.datetime,
+                     s3_endpoint_url: str | None = None) -> "Any":
+    """The logged rows with ``since <= ts < until`` as a DataFrame (empty when none).
+
+    Reads only the ``date=`` partitions the range touches. Columns: ``ts``, ``version``,
+    ``latency_s``, ``features`` (flattened), ``feature_shape``, ``prediction``.
+    """
+    import pandas as pd
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from pipelines.fsutil import filesystem
+
+    fs, base = filesystem(str(root), s3_endpoint_url)
+    frames = []
+    day = since.date()
+    while day <= until.date():
+        folder = f"{base}/{log_prefix(family, target)}/date={day.isoformat()}"
+        infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        for info in sorted(infos, key=lambda i: i.path):
+            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet") and \
+                    not info.base_name.startswith("."):
+                frames.append(pq.read_table(info.path, filesystem=fs).to_pandas())
+        day += dt.timedelta(days=1)
+    if not frames:
+        return pd.DataFrame(columns=["ts", "version", "latency_s", "features", "feature_shape", "prediction"])
+    df = pd.concat(frames, ignore_index=True)
+    ts = pd.to_datetime(df["ts"], utc=True)
+    return df[(ts >= pd.Timestamp(since)) & (ts < pd.Timestamp(until))].sort_values("ts").reset_index(drop=True)

@@ -15,6 +15,7 @@ from .config import ConfigError, FactoryConfig, load_config
 
 DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
 NIGHTLY_DAG = "nightly_model_factory"
+DRIFT_DAG = "drift_monitor"
 
 
 def airflow_env(cfg: FactoryConfig) -> dict[str, str]:
@@ -104,6 +105,97 @@ def run_nightly(cfg: FactoryConfig, date: str, config_path: str | None) -> int:
                     console.print(f"[red]{ti.state}[/red] task {ti.task_id} (see its log above)")
         return 1
     return 0
+
+
+def _parse_time(text: str) -> dt.datetime:
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time, got {text!r}") from exc
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def _cmd_drift(args: argparse.Namespace) -> int:
+    """``factory drift check``: one check in this process, outside Airflow."""
+    from monitoring.drift import check
+
+    from .report import print_drift
+
+    cfg = load_config(args.config, args.profile)
+    until = args.until or dt.datetime.now(dt.timezone.utc)
+    since = args.since or until - dt.timedelta(hours=args.hours or cfg.monitoring.drift.window_hours)
+    result = check(cfg, args.family, args.target, since, until)
+    print_drift(result.to_dict())
+    return 0
+
+
+def run_drift_monitor(cfg: FactoryConfig, config_path: str | None, since: dt.datetime, until: dt.datetime,
+                      families: list[str]) -> dict:
+    """Run ``drift_monitor`` once through ``dag.test`` for a window; returns its state and retrain request.
+
+    The DAGs are synced to the metadata DB and the nightly unpaused first, so the asset
+    event queues a nightly run exactly as the scheduler would see it.
+    """
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.models.asset import AssetDagRunQueue, AssetEvent
+    from airflow.models.dag import DagModel
+    from airflow.models.dagbundle import DagBundleModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    bag = DagBag(dag_folder=str(DAGS_DIR))
+    if bag.import_errors:
+        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+    with create_session() as session:
+        session.merge(DagBundleModel(name="dags-folder"))
+    sync_bag_to_db(bag, "dags-folder", None)
+    with create_session() as session:
+        session.get(DagModel, NIGHTLY_DAG).is_paused = False
+    run = bag.dags[DRIFT_DAG].test(run_conf={"profile": cfg.profile, "config_path": config_path,
+                                             "since": since.isoformat(), "until": until.isoformat(),
+                                             "families": families})
+    with create_session() as session:
+        events = [{"asset": e.uri, "extra": e.extra, "timestamp": str(e.timestamp)} for e in session.scalars(
+            select(AssetEvent).where(AssetEvent.source_run_id == run.run_id))]
+        queued = [q.target_dag_id for q in session.scalars(select(AssetDagRunQueue))]
+    return {"state": str(run.state), "asset_events": events, "queued": queued}
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .data.simulator import Shift
+    from .replay import replay
+    from .report import print_drift
+
+    cfg = load_config(args.config, args.profile)
+    console = Console()
+    os.environ["FACTORY_PROFILE"] = cfg.profile
+    if args.config:
+        os.environ["FACTORY_CONFIG"] = str(Path(args.config).resolve())
+    prepare_airflow(cfg)
+    console.rule(f"replay {args.family} · {args.date} · target {args.target}")
+    r = replay(cfg, args.family, args.date, args.target, None if args.no_shift else Shift(start=args.shift_at),
+               args.requests)
+    console.print(f"served {r.requests} requests on champion v{r.champion_version} ({r.engine_version}); day: "
+                  f"{r.day_source}; p50 {r.p50_ms:.3f} ms, p99 {r.p99_ms:.3f} ms; predictions logged under "
+                  f"{cfg.prediction_log_uri}/predictions/{r.family}/{r.target}/date={r.date}/")
+    console.rule("drift_monitor")
+    out = run_drift_monitor(cfg, args.config, r.since, r.until, [args.family])
+    latest = sorted((cfg.home / "drift" / args.family / args.target).glob("*/summary.json"))
+    if latest:
+        print_drift(json.loads(latest[-1].read_text()), console)
+    for e in out["asset_events"]:
+        console.print(f"[bold]retrain triggered[/bold]: asset event on {e['asset']} "
+                      f"(families {e['extra'].get('families')})")
+    if NIGHTLY_DAG in out["queued"]:
+        console.print(f"{NIGHTLY_DAG} is queued on the asset: the scheduler (`airflow standalone`) starts it; "
+                      f"or run it now: factory nightly --date "
+                      f"{(dt.date.fromisoformat(args.date) + dt.timedelta(days=1)).isoformat()}")
+    if not out["asset_events"]:
+        console.print("no retrain triggered (no new drift episode)")
+    console.print(f"drift_monitor run: {out['state']}")
+    return 0 if out["state"].endswith("success") else 1
 
 
 def _cmd_nightly(args: argparse.Namespace) -> int:
@@ -233,6 +325,24 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     _common(ui)
     ui.set_defaults(func=_cmd_ui)
+    drift = sub.add_parser("drift", help="check FAMILY's logged predictions for drift against its champion")
+    drift.add_argument("action", choices=["check"])
+    drift.add_argument("family", choices=fams)
+    drift.add_argument("--target", default="cpu")
+    drift.add_argument("--since", type=_parse_time, default=None, help="window start (default: --hours before --until)")
+    drift.add_argument("--until", type=_parse_time, default=None, help="window end (default: now)")
+    drift.add_argument("--hours", type=float, default=None, help="window length (default monitoring.drift.window_hours)")
+    _common(drift)
+    drift.set_defaults(func=_cmd_drift)
+    rep = sub.add_parser("replay", help="serve FAMILY's champion on a (shifted) day, then run drift_monitor on it")
+    rep.add_argument("family", choices=fams)
+    rep.add_argument("--date", required=True, type=_iso_date, help="the day to serve (simulated if the lake lacks it)")
+    rep.add_argument("--target", default="cpu")
+    rep.add_argument("--requests", type=int, default=4000, help="at most this many requests, evenly over the day")
+    rep.add_argument("--shift-at", type=float, default=0.4, help="regime shift from this fraction of the day")
+    rep.add_argument("--no-shift", action="store_true", help="simulate the day without a regime shift")
+    _common(rep)
+    rep.set_defaults(func=_cmd_replay)
     tele = sub.add_parser("telemetry", help="NVML telemetry with dcgm-exporter names: one scrape, or a server")
     tele.add_argument("action", choices=["once", "serve"])
     tele.add_argument("--port", type=int, default=9400)
@@ -260,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         from model_registry.registry import RegistryError
         from model_registry.store import StoreError
 
-        if isinstance(exc, (RegistryError, StoreError)):
+        from monitoring.drift import DriftError
+
+        if isinstance(exc, (RegistryError, StoreError, DriftError)):
             print(f"factory: {exc}", file=sys.stderr)
             return 1
         raise

@@ -291,6 +291,47 @@ class RegistryConfig(_Strict):
     """For MinIO or another S3-compatible endpoint; AWS when unset. Credentials: the AWS chain, never config."""
 
 
+class DriftConfig(_Strict):
+    schedule: str = "@hourly"
+    """Cron or preset of the ``drift_monitor`` DAG."""
+    window_hours: float = Field(1.0, gt=0)
+    """A check compares the prediction log of the last ``window_hours`` with the champion's reference."""
+    min_rows: int = Field(200, ge=30)
+    """Fewer logged rows than this: the check says ``insufficient`` and never triggers."""
+    reference_rows: int = Field(5000, ge=200)
+    """Rows of the test split kept as the reference window at registration."""
+    drift_share: float = Field(0.5, gt=0, le=1)
+    """Dataset drift: at least this share of feature columns drifted (Evidently's ``DriftedColumnsCount``)."""
+    family_drift_share: dict[Family, float] = Field(default_factory=lambda: {Family.FRAUD_RISK: 0.25})
+    """Per-family ``drift_share``. fraud_risk: 9 monitored columns, and a shift in amounts and countries
+    (3 of them) is the change that matters there."""
+    method: str | None = "psi"
+    """Per-column stattest (an Evidently name: ``psi``, ``wasserstein``, ``ks``, ``jensenshannon``…); None lets
+    Evidently choose by sample size (K-S below 1000 rows, which flags nearly everything on large windows)."""
+    threshold: float | None = 0.2
+    """Per-column threshold: PSI > 0.2 is the usual "significant shift"."""
+    prediction_drift: bool = False
+    """Also trigger when the prediction column alone drifted. Off by default: it is always measured and
+    exported, but market_alert's score follows the day's spread and volatility level and alone alarms on
+    ordinary days (docs/monitoring.md)."""
+    targets: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    """Serving targets whose prediction logs are checked."""
+    ignore_columns: list[str] = Field(default_factory=lambda: ["hour_sin", "hour_cos"])
+    """Not compared: calendar features, whose hourly window always differs from a day-long reference."""
+
+
+class MonitoringConfig(_Strict):
+    drift: DriftConfig = DriftConfig()
+    prediction_log_uri: str | None = None
+    """Where serving hosts log predictions: a path or ``s3://bucket/prefix``; default: the engine store."""
+    prediction_sample_rate: float = Field(0.1, ge=0, le=1)
+    textfile_dir: str | None = None
+    """node_exporter textfile-collector directory for batch metrics (drift, nightly outcome);
+    default ``<home>/metrics``."""
+    pushgateway_url: str | None = None
+    """Also push batch metrics to this Prometheus Pushgateway when set."""
+
+
 class FactoryConfig(_Strict):
     home: Path = Path(".factory")
     profile: Literal["smoke", "default"] = "default"
@@ -304,6 +345,7 @@ class FactoryConfig(_Strict):
     gates: GateConfig = GateConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     registry: RegistryConfig = RegistryConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @field_validator("home")
     @classmethod
@@ -339,6 +381,14 @@ class FactoryConfig(_Strict):
     @property
     def store_uri(self) -> str:
         return self.registry.store_uri or str(self.engine_store)
+
+    @property
+    def prediction_log_uri(self) -> str:
+        return self.monitoring.prediction_log_uri or self.store_uri
+
+    @property
+    def textfile_dir(self) -> Path:
+        return Path(self.monitoring.textfile_dir) if self.monitoring.textfile_dir else self.home / "metrics"
 
     @property
     def tracking_uri(self) -> str:

@@ -52,3 +52,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def filesystem(uri: str, s3_endpoint_url: str | None = None) -> tuple[Any, str]:
+    """A pyarrow filesystem and root path for a local path or ``s3://bucket/prefix``.
+
+    ``s3_endpoint_url`` (MinIO, a test server) overrides the S3 endpoint; credentials come
+    from the AWS chain. Otherwise pyarrow reads the URI (``?endpoint_override=…`` works too).
+    """
+    import pyarrow.fs as pafs
+
+    if uri.startswith("s3://") and s3_endpoint_url:
+        from urllib.parse import urlparse
+
+        u = urlparse(s3_endpoint_url)
+        fs = pafs.S3FileSystem(endpoint_override=u.netloc, scheme=u.scheme or "https",
+                               region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        return fs, uri[len("s3://"):].rstrip("/")
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())

@@ -21,6 +21,24 @@ from .records import Record
 log = logging.getLogger(__name__)
 
 FAILURES_DIR = "failures"
+RETRAIN_ASSET = "model-factory://retrain"
+"""The Airflow Asset ``drift_monitor`` updates to ask for retraining; the nightly is scheduled on it."""
+
+
+def retrain_request(context: Mapping[str, Any]) -> tuple[list[str] | None, str]:
+    """(families, reason) from the asset events that triggered this run; (None, schedule|manual) otherwise."""
+    events = context.get("triggering_asset_events") or {}
+    families: set[str] = set()
+    reasons: list[str] = []
+    for evs in events.values():
+        for ev in evs:
+            extra = getattr(ev, "extra", None) or {}
+            families.update(extra.get("families", []))
+            reasons.extend(extra.get("reasons", []))
+    if reasons or families:
+        return sorted(families) or None, "drift: " + " | ".join(reasons)
+    run_type = str(getattr(context.get("dag_run"), "run_type", ""))
+    return None, "manual" if "manual" in run_type else "schedule"
 
 
 def config_from_params(params: Mapping[str, Any]) -> FactoryConfig:
@@ -76,6 +94,7 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if _is_bad_input(exc):
             raise AirflowFailException(f"{task}: {exc}") from exc
         raise
+    (cfg.run_dir(run_date(ctx)) / FAILURES_DIR / f"{task}.json").unlink(missing_ok=True)  # a retry succeeded
     if isinstance(result, Record):
         return result.to_xcom()
     if isinstance(result, list):

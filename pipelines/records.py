@@ -30,6 +30,8 @@ class Plan(Record):
     lake_dates: list[str]
     families: list[str]
     run_dir: str
+    trigger: str = "schedule"
+    """Why the night runs: ``schedule``, ``manual``, or the drift monitor's reason."""
 
 
 class LakeSnapshot(Record):

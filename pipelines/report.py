@@ -187,3 +187,35 @@ def print_published(summary: dict[str, Any], console) -> None:
             table.add_row(f"{pub['family']}.{v['target']}", v["registry_version"], v["precision"], aliases,
                           v["store_uri"])
     console.print(table)
+
+
+def print_drift(result: dict[str, Any], console=None) -> None:
+    """One drift check: per-column table (drifted first) and the verdict."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    head = (f"drift {result['family']}/{result['target']} · champion v{result['champion_version']} · "
+            f"{result['since']} → {result['until']} · reference {result['n_reference']} rows, "
+            f"current {result['n_current']} rows")
+    if result["status"] in ("insufficient", "no_champion"):
+        console.print(f"{head}\n[yellow]{result['status']}[/yellow]: {result['reason']}")
+        return
+    table = Table(title=head)
+    for col in ("column", "method", "score", "threshold", "drifted"):
+        table.add_column(col, justify="right" if col in ("score", "threshold") else "left")
+    rows = [*result["columns"], *([result["prediction"]] if result.get("prediction") else [])]
+    for c in sorted(rows, key=lambda c: (not c["drifted"], c["column"])):
+        table.add_row(c["column"], c["method"], _fmt(c["score"], 4), _fmt(c["threshold"], 3),
+                      "[red]yes[/red]" if c["drifted"] else "no")
+    console.print(table)
+    verdict = "[red]DRIFT[/red]" if result["status"] == "drift" else "[green]no drift[/green]"
+    console.print(f"{verdict}: {result['drifted_columns']}/{len(result['columns'])} feature columns drifted "
+                  f"(share {result['drift_share']:.2f}); prediction "
+                  f"{'drifted' if result.get('prediction') and result['prediction']['drifted'] else 'stable'}")
+    if result.get("triggered"):
+        console.print(f"[bold]retraining requested[/bold] (new drift episode): {result['reason']}")
+    elif result.get("episode") and result["episode"].get("open"):
+        console.print(f"drift episode open since {result['episode']['started']}: retraining was already requested")
+    if result.get("html_uri"):
+        console.print(f"report: {result['html_uri']}")

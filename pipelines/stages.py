@@ -7,12 +7,13 @@ record. Heavy libraries load inside the functions, so importing this module is c
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
 from pathlib import Path
 
-from .config import Family, FactoryConfig
+from .config import ConfigError, Family, FactoryConfig
 from .fsutil import committed_dir, write_json
 from .records import (AccuracyReport, EngineResult, ExportResult, FeatureSet, LakeSnapshot, Plan, PublishResult,
                       Status, TargetGate, TrainResult, Variant, VariantSet)
@@ -20,12 +21,22 @@ from .records import (AccuracyReport, EngineResult, ExportResult, FeatureSet, La
 log = logging.getLogger(__name__)
 
 
-def plan(cfg: FactoryConfig, date: str) -> Plan:
-    """Resolve the logical date into the lake days to use and the families to train."""
+def plan(cfg: FactoryConfig, date: str, families: list[str] | None = None, trigger: str = "schedule") -> Plan:
+    """Resolve the logical date into the lake days to use and the families to train.
+
+    ``families`` (from a drift trigger) narrows the night to those families.
+    """
     day = dt.date.fromisoformat(date)
     lake_dates = [(day - dt.timedelta(days=k)).isoformat() for k in range(cfg.data.history_days, 0, -1)]
-    return Plan(date=date, lake_dates=lake_dates, families=[f.value for f in cfg.enabled_families],
-                run_dir=str(cfg.run_dir(date)))
+    enabled = [f.value for f in cfg.enabled_families]
+    if families:
+        unknown = sorted(set(families) - set(enabled))
+        if unknown:
+            raise ConfigError(f"retrain requested for {unknown}, which are not enabled families ({enabled})")
+        enabled = [f for f in enabled if f in families]
+    if trigger != "schedule":
+        log.info("night triggered: %s", trigger)
+    return Plan(date=date, lake_dates=lake_dates, families=enabled, run_dir=str(cfg.run_dir(date)), trigger=trigger)
 
 
 def ingest(cfg: FactoryConfig, p: Plan) -> LakeSnapshot:
@@ -104,9 +115,14 @@ def train(cfg: FactoryConfig, p: Plan, fs: FeatureSet, family: str) -> TrainResu
         data = build_family_data(fam, cfg, pd.read_parquet(fs.market_uri), None)
     log.info("%s: %d train / %d val / %d test samples, input %s", fam, len(data.train), len(data.val),
              len(data.test), data.train.x.shape[1:])
-    outcome = train_family(fam, data, cfg)
+    from monitoring.nvml import TelemetrySampler
+
+    with TelemetrySampler(interval_s=0.5) if torch.cuda.is_available() else contextlib.nullcontext() as sampler:
+        outcome = train_family(fam, data, cfg)
     dest = Path(p.run_dir) / family / "train"
     with committed_dir(dest) as tmp:
+        if sampler is not None and sampler.samples:  # attached to the family's MLflow run at publish
+            write_json(tmp / "telemetry.json", {"summary": sampler.summary(), "samples": sampler.samples})
         torch.save({"family": family, "family_config": cfg.families[fam].model_dump(),
                     "n_features": data.train.x.shape[-1], "feature_names": data.feature_names,
                     "state_dict": outcome.model.state_dict()}, tmp / "model.pt")
@@ -410,6 +426,29 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def reference_window(cfg: FactoryConfig, p: Plan, family: str) -> Path:
+    """The drift monitor's reference: a sample of the test split with the FP32 ONNX model's predictions."""
+    import onnxruntime as ort
+
+    from monitoring.drift import feature_names, reference_frame
+
+    from .datasets import load_splits
+    from .export import INPUT_NAME, OUTPUT_NAME
+
+    base = Path(p.run_dir) / family
+    test = load_splits(base / "train" / "splits.npz")["test"]
+    sess = ort.InferenceSession(str(base / "onnx" / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
+    import numpy as np
+
+    prob = np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: test.x[i:i + 4096]})[0]
+                           for i in range(0, len(test.x), 4096)])
+    df = reference_frame(test.x, prob, feature_names(family), cfg.monitoring.drift.reference_rows)
+    dest = base / "reference" / "reference.parquet"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(dest, index=False)
+    return dest
+
+
 def publish(cfg: FactoryConfig, p: Plan, family: str, report_uri: str) -> PublishResult:
     """Track the family's night in MLflow, push each selected engine to the store, register it.
 
@@ -448,9 +487,20 @@ def publish(cfg: FactoryConfig, p: Plan, family: str, report_uri: str) -> Publis
         mlflow.log_artifact(str(run_dir / family / "train" / "model.pt"), "pytorch")
         mlflow.log_artifact(str(run_dir / family / "onnx" / "model.fp32.onnx"), "onnx")
         mlflow.log_artifact(report_uri, "gates")
+        mlflow.log_artifact(str(reference_window(cfg, p, family)), "reference")  # drift_monitor's baseline
+        telemetry = run_dir / family / "train" / "telemetry.json"
+        if telemetry.is_file():  # GPU telemetry sampled during training (GPU workers only)
+            mlflow.log_artifact(str(telemetry), "telemetry")
+            summary = json.loads(telemetry.read_text())["summary"]
+            mlflow.log_metrics({f"train_gpu.{k}_{stat}": v[stat] for k, v in summary.items() if isinstance(v, dict)
+                                for stat in ("mean", "max")})
         for g in (g for g in report["targets"] if g["family"] == family and g["selected"]):
             win = next(c for c in g["candidates"] if c["precision"] == g["selected"])
             mlflow.log_metrics({f"{g['target']}.p99_ms": win["p99_ms"], f"{g['target']}.auc": win["auc"] or 0.0})
+            tele = (win.get("benchmark") or {}).get("telemetry") or {}
+            if tele.get("available"):  # NVML during the winner's benchmark (GPU targets)
+                mlflow.log_metrics({f"{g['target']}.bench_gpu.{k}_{stat}": v[stat] for k, v in tele.items()
+                                    if isinstance(v, dict) for stat in ("mean", "max")})
             engine_dir = Path(win["engine_dir"])
             manifest = json.loads((engine_dir / "manifest.json").read_text())
             uri = store.put_version(engine_dir, family, g["target"], manifest["version"])
@@ -494,3 +544,33 @@ def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported:
     return write_json(Path(p.run_dir) / "summary.json", {"date": p.date, "profile": cfg.profile, "families": rows,
                                                          "gate_report": gates,
                                                          "published": [x.to_xcom() for x in published or []]})
+
+
+def record_outcome(cfg: FactoryConfig, date: str) -> list[str]:
+    """Export the night's outcome and champion freshness to Prometheus; returns the failed tasks."""
+    from model_registry.registry import Registry, RegistryError
+    from monitoring.batch import nightly_outcome
+
+    from .orchestration import read_failures
+
+    failed = [f["task"] for f in read_failures(cfg, date)]
+    if not failed and not (cfg.run_dir(date) / "summary.json").is_file():
+        failed = ["summarize"]
+    champions: dict[tuple[str, str], float] = {}
+    try:
+        registry = Registry(cfg.tracking_uri)
+        for fam in cfg.enabled_families:
+            for t in cfg.targets():
+                try:
+                    mv = registry.resolve(fam.value, t.name, "champion")
+                except RegistryError:
+                    continue
+                when = (mv.tags or {}).get("promoted_at")
+                champions[(fam.value, t.name)] = (dt.datetime.fromisoformat(when).timestamp() if when
+                                                  else mv.creation_timestamp / 1000)
+    except Exception as exc:  # the outcome must be recorded even when the registry is down
+        log.warning("champion freshness not exported: %s", exc)
+        failed = failed or [f"registry: {exc}"]
+    for path in nightly_outcome(cfg, date, failed, champions):
+        log.info("metrics: %s", path)
+    return failed

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -37,9 +36,9 @@ class Partition:
 
 
 def _fs(lake_uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in lake_uri:
-        return pafs.FileSystem.from_uri(lake_uri)
-    return pafs.LocalFileSystem(), str(Path(lake_uri).expanduser().resolve())
+    from ..fsutil import filesystem
+
+    return filesystem(lake_uri)
 
 
 def partition_file(lake_uri: str, part: Partition) -> tuple[pafs.FileSystem, str]:

@@ -11,12 +11,17 @@ Output is a pure function of (date, symbol, seed). The market has:
 
 The transaction stream is imbalanced (about 2 % fraud) with three fraud patterns:
 velocity bursts, amount spikes against the account's habit, and new devices abroad.
+
+A :class:`Shift` plants a regime shift part-way through a day (a stressed market:
+higher volatility, thinner books, wider spreads; a changed customer base: larger
+amounts, more spending abroad). ``factory replay`` and the drift tests use it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -27,6 +32,25 @@ TICK = 0.01
 SESSION_OPEN_UTC = dt.time(13, 30)
 _REGIME_DRIFT = {"bull": 0.04, "bear": -0.04, "sideways": 0.0}  # in units of per-tick sigma
 _REGIME_VOL = {"bull": 0.9, "bear": 1.4, "sideways": 0.75}
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A regime shift from ``start`` (fraction of the day) to the end of the day."""
+
+    start: float = 0.4
+    vol: float = 2.5
+    """Market: volatility multiplier (spreads widen with it)."""
+    depth: float = 0.35
+    """Market: book-depth multiplier."""
+    amount: float = 2.5
+    """Transactions: amount multiplier."""
+    abroad: float = 0.25
+    """Transactions: extra share of transactions made abroad."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < 1:
+            raise ValueError(f"Shift.start must be in [0, 1), got {self.start}")
 
 
 def stable_seed(*parts: object) -> int:
@@ -52,7 +76,7 @@ def _regime_path(rng: np.random.Generator, n: int) -> np.ndarray:
     return out
 
 
-def simulate_market(date: str, symbol: str, n_ticks: int, seed: int) -> pd.DataFrame:
+def simulate_market(date: str, symbol: str, n_ticks: int, seed: int, shift: Shift | None = None) -> pd.DataFrame:
     """One trading session of L2 ticks for one symbol, in the lake's market schema."""
     rng = np.random.default_rng(stable_seed("market", seed, date, symbol))
     n = n_ticks
@@ -60,6 +84,12 @@ def simulate_market(date: str, symbol: str, n_ticks: int, seed: int) -> pd.DataF
     regimes = np.asarray(REGIMES)[regime_idx]
     drift = np.vectorize(_REGIME_DRIFT.get)(regimes)
     vol_mult = np.vectorize(_REGIME_VOL.get)(regimes)
+    stress = np.ones(n)  # depth multiplier; < 1 after a planted shift
+    if shift is not None:
+        s0 = int(shift.start * n)
+        vol_mult = vol_mult.astype(float)
+        vol_mult[s0:] *= shift.vol
+        stress[s0:] = shift.depth
 
     # Anomaly events, each with a build-up ("precursor") before it.
     precursor, event_len = 15, 6
@@ -113,7 +143,7 @@ def simulate_market(date: str, symbol: str, n_ticks: int, seed: int) -> pd.DataF
     spread_ticks = np.maximum(1, np.round(1 + 2.5 * (sigma / sigma0 - 0.8).clip(0) + 4 * build))
     bid1 = np.floor((mid - spread_ticks * TICK / 2) / TICK) * TICK
     ask1 = bid1 + spread_ticks * TICK
-    depth = 500.0 * (1 - 0.6 * build)
+    depth = 500.0 * (1 - 0.6 * build) * stress
     frame: dict[str, np.ndarray] = {}
     for lvl in range(1, BOOK_LEVELS + 1):
         decay = 1.0 + 0.15 * (lvl - 1)
@@ -140,7 +170,8 @@ def simulate_market(date: str, symbol: str, n_ticks: int, seed: int) -> pd.DataF
     return df[MARKET_SCHEMA.names]
 
 
-def simulate_transactions(date: str, channel: str, n_txn: int, seed: int, n_accounts: int = 3000) -> pd.DataFrame:
+def simulate_transactions(date: str, channel: str, n_txn: int, seed: int, n_accounts: int = 3000,
+                          shift: Shift | None = None) -> pd.DataFrame:
     """One day of card transactions, in the lake's transaction schema.
 
     Accounts are a function of ``seed`` alone, so habits carry across days.
@@ -169,6 +200,11 @@ def simulate_transactions(date: str, channel: str, n_txn: int, seed: int, n_acco
     new_dev = rng.random(n_normal) < 0.01  # legitimate new phones
     device[new_dev] += rng.integers(1, 9, new_dev.sum())
     fraud = np.zeros(n_normal, dtype=bool)
+    if shift is not None:
+        late = secs >= shift.start * 86_400
+        amount[late] *= shift.amount
+        away = late & (rng.random(n_normal) < shift.abroad)
+        country[away] = countries[rng.integers(0, len(countries), away.sum())]
 
     rows = [pd.DataFrame({"secs": secs, "account_id": acct, "amount": amount, "merchant_category": mcc,
                           "country": country, "device_id": device, "is_fraud": fraud})]

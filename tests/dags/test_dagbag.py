@@ -18,8 +18,15 @@ bag = DagBag(dag_folder=sys.argv[1])
 parse = time.perf_counter() - t
 heavy = [m for m in json.loads(sys.argv[2]) if m in sys.modules]
 dag = bag.dags.get("nightly_model_factory")
+drift = bag.dags.get("drift_monitor")
+sched = dag.timetable if dag else None
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": sorted(bag.dag_ids),
-                  "parse_s": parse, "heavy": heavy, "schedule": dag.timetable.expression if dag else None,
+                  "parse_s": parse, "heavy": heavy, "schedule": sched.timetable.expression if dag else None,
+                  "schedule_assets": [a.uri for a in sched.asset_condition.objects] if dag else [],
+                  "drift": {"schedule": drift.timetable.expression, "tasks": sorted(drift.task_ids),
+                            "outlets": [o.uri for o in drift.get_task("request_retrain").outlets],
+                            "checks": drift.get_task("check").op_kwargs_expand_input.value["family_target"]}
+                  if drift else None,
                   "catchup": dag.catchup if dag else None, "retries": dag.default_args.get("retries") if dag else None,
                   "tasks": sorted(dag.task_ids) if dag else [], "doc": bool(dag and dag.doc_md),
                   "engines": {t.task_id: [t.queue, t.pool] for t in dag.tasks if t.task_id.startswith("engine_")}
@@ -32,7 +39,8 @@ def _probe(tmp_path, **extra_env):
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
            "PATH": "/usr/bin:/bin", "FACTORY_HOME": str(tmp_path / "factory"), **extra_env}
     out = subprocess.run([sys.executable, "-c", PROBE, str(DAGS), json.dumps(HEAVY)], env=env, capture_output=True,
-                         text=True, timeout=300, check=True, cwd=tmp_path)
+                         text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -48,8 +56,23 @@ def test_dagbag_imports_without_errors_or_heavy_modules(tmp_path):
 def test_nightly_dag_shape(tmp_path):
     r = _probe(tmp_path)
     assert r["schedule"] == "0 2 * * *"
+    assert r["schedule_assets"] == ["model-factory://retrain/"]  # drift_monitor can trigger it too
     assert r["catchup"] is False and r["retries"] >= 1 and r["doc"]
-    assert {"plan", "ingest", "features", "train", "export", "summarize"} <= set(r["tasks"])
+    assert {"plan", "ingest", "features", "train", "export", "summarize", "outcome"} <= set(r["tasks"])
+
+
+def test_drift_monitor_is_hourly_per_family_and_target_and_updates_the_retrain_asset(tmp_path):
+    d = _probe(tmp_path)["drift"]
+    assert d["schedule"] == "0 * * * *"
+    assert d["tasks"] == ["check", "request_retrain"]
+    assert d["outlets"] == ["model-factory://retrain/"]
+    assert sorted(d["checks"]) == ["fraud_risk:cpu", "market_alert:cpu", "price_direction:cpu"]
+    cfg = tmp_path / "factory.yaml"
+    cfg.write_text("monitoring:\n  drift:\n    schedule: '*/15 * * * *'\n    targets: [cpu, sm_90]\n"
+                   "families:\n  price_direction: {enabled: false}\n")
+    d = _probe(tmp_path, FACTORY_CONFIG=str(cfg))["drift"]
+    assert d["schedule"] == "*/15 * * * *"
+    assert sorted(d["checks"]) == ["fraud_risk:cpu", "fraud_risk:sm_90", "market_alert:cpu", "market_alert:sm_90"]
 
 
 def test_one_engine_task_per_target_on_its_queue_and_pool(tmp_path):

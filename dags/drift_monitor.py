@@ -1,0 +1,99 @@
+"""
+### drift_monitor
+
+Every hour: for each enabled family and each serving target in
+`monitoring.drift.targets`, **check** compares the predictions the serving hosts logged
+in the last `monitoring.drift.window_hours` (`<store>/predictions/<family>/<target>/`)
+with the champion's reference window (a test-split sample stored with the run that
+registered it) using Evidently 0.7: per feature column the stattest and its score,
+the share of drifted columns, and drift of the prediction itself. The HTML report and
+a JSON summary go to the store (`drift/<family>/<target>/<stamp>/`) and to an MLflow
+run in the `<experiment>-drift` experiment; the figures go to Prometheus (textfile
+collector / Pushgateway).
+
+**request_retrain** then updates the Asset `model-factory://retrain` when some check
+*opened a drift episode*, with the families and reasons in the event's extra; the
+nightly DAG is scheduled on that asset and retrains those families. A drift episode
+fires once: later drifting checks against the same champion do not fire again; a
+clean check or a new champion ends the episode. With nothing new, request_retrain is
+skipped and no asset event is emitted.
+
+Params: `since` / `until` (ISO times; default: the window ending at the run's time),
+`families` (default: all enabled), `profile`, `config_path`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+from pipelines.config import load_config
+from pipelines.orchestration import RETRAIN_ASSET, config_from_params
+
+_CFG = load_config()
+CHECKS = [f"{f.value}:{t}" for f in _CFG.enabled_families for t in _CFG.monitoring.drift.targets]
+RETRAIN = Asset(RETRAIN_ASSET)
+
+
+@dag(
+    dag_id="drift_monitor",
+    schedule=_CFG.monitoring.drift.schedule,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=1)},
+    params={
+        "profile": Param("default", enum=["default", "smoke"]),
+        "config_path": Param(None, type=["null", "string"]),
+        "since": Param(None, type=["null", "string"], description="window start, ISO 8601 (UTC if naive)"),
+        "until": Param(None, type=["null", "string"], description="window end, ISO 8601 (UTC if naive)"),
+        "families": Param(None, type=["null", "array"], description="check only these families"),
+    },
+    tags=["model-factory", "monitoring"],
+    doc_md=__doc__,
+)
+def drift_monitor():
+    @task
+    def check(family_target: str) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from monitoring.drift import check as drift_check
+
+        ctx = get_current_context()
+        params = ctx["params"]
+        family, target = family_target.split(":")
+        if params.get("families") and family not in params["families"]:
+            raise AirflowSkipException(f"{family} not in params.families")
+        cfg = config_from_params(params)
+        since, until = window(ctx, cfg.monitoring.drift.window_hours)
+        return drift_check(cfg, family, target, since, until).to_dict()
+
+    @task(outlets=[RETRAIN], trigger_rule="none_failed")
+    def request_retrain(results: list) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        fired = [r for r in (results[i] for i in range(len(results))) if r and r["triggered"]]
+        if not fired:
+            raise AirflowSkipException("no new drift episode: nothing to retrain")
+        extra = {"families": sorted({r["family"] for r in fired}), "reasons": [r["reason"] for r in fired],
+                 "reports": [r["html_uri"] for r in fired]}
+        get_current_context()["outlet_events"][RETRAIN].extra = extra
+        return extra
+
+    request_retrain(check.expand(family_target=CHECKS))
+
+
+def window(ctx, hours: float) -> tuple[dt.datetime, dt.datetime]:
+    def parse(text: str) -> dt.datetime:
+        t = dt.datetime.fromisoformat(text)
+        return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+    params = ctx["params"]
+    until = parse(params["until"]) if params.get("until") else (ctx.get("logical_date") or ctx["dag_run"].run_after)
+    since = parse(params["since"]) if params.get("since") else until - dt.timedelta(hours=hours)
+    return since, until
+
+
+drift_monitor()

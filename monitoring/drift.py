@@ -1,0 +1,311 @@
+"""Drift of served inputs and predictions against the champion's reference window (Evidently 0.7).
+
+The reference window is a sample of the test split (model inputs and the FP32 model's
+predictions) saved as an MLflow artifact of the run that registered the champion
+(:data:`REFERENCE_ARTIFACT`). The current window is what the serving hosts logged
+(:func:`monitoring.serving.read_predictions`). Both become one column per feature (for
+sequence models, the window's last tick: the tick the prediction is about) plus a
+``prediction`` column, and Evidently's ``DataDriftPreset`` (features) and ``ValueDrift``
+(prediction) compare them: per column the stattest, its score and whether it drifted, and
+the share of drifted feature columns.
+
+A check *triggers* retraining when the feature drift share reaches ``drift_share`` (or the
+prediction drifted, with ``prediction_drift``), and only once per drift episode: the
+episode state lives on the registered model in MLflow (tag :data:`EPISODE_TAG`), so every
+worker sees it; an episode ends at the first clean check or when the champion changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+EPISODE_TAG = "drift.episode"
+PREDICTION = "prediction"
+
+
+class DriftError(RuntimeError):
+    """A drift check cannot run (no champion, no reference, bad log); the message says which."""
+
+
+def feature_names(family: str) -> list[str]:
+    from pipelines.features import FRAUD_FEATURES, MARKET_FEATURES
+
+    return list(FRAUD_FEATURES if family == "fraud_risk" else MARKET_FEATURES)
+
+
+def to_columns(x: np.ndarray, names: list[str]) -> Any:
+    """Model inputs ``[N, F]`` or ``[N, T, F]`` as a DataFrame with one column per feature (last tick)."""
+    import pandas as pd
+
+    x = np.asarray(x, dtype=np.float32)
+    last = x[:, -1, :] if x.ndim == 3 else x
+    if last.ndim != 2 or last.shape[1] != len(names):
+        raise DriftError(f"inputs of shape {x.shape} do not match the {len(names)} features {names[:3]}…")
+    return pd.DataFrame(last, columns=names)
+
+
+def reference_frame(x: np.ndarray, prediction: np.ndarray, names: list[str], rows: int) -> Any:
+    """The reference window: ``rows`` evenly spaced samples of (inputs, prediction)."""
+    idx = np.arange(len(x)) if len(x) <= rows else np.linspace(0, len(x) - 1, rows).round().astype(int)
+    df = to_columns(np.asarray(x)[idx], names)
+    df[PREDICTION] = np.asarray(prediction, dtype=np.float32).reshape(len(x), -1)[idx, 0]
+    return df
+
+
+def served_frame(logged: Any, names: list[str]) -> Any:
+    """Prediction-log rows as feature columns + ``prediction``; a row whose shape does not fit is an error."""
+    import pandas as pd
+
+    if len(logged) == 0:
+        return pd.DataFrame(columns=[*names, PREDICTION], dtype=np.float32)
+    last = np.empty((len(logged), len(names)), np.float32)
+    for i, (flat, shape) in enumerate(zip(logged["features"], logged["feature_shape"])):
+        shape = tuple(int(s) for s in shape)
+        if not shape or shape[-1] != len(names) or int(np.prod(shape)) != len(flat):
+            raise DriftError(f"prediction log row {i}: features of shape {shape} do not match the "
+                             f"{len(names)} features of this family")
+        last[i] = np.asarray(flat, np.float32).reshape(shape)[-1] if len(shape) == 2 else np.asarray(flat, np.float32)
+    df = pd.DataFrame(last, columns=names)
+    df[PREDICTION] = np.array([p[0] for p in logged["prediction"]], np.float32)
+    return df
+
+
+@dataclass
+class ColumnDrift:
+    column: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+
+@dataclass
+class DriftResult:
+    family: str
+    target: str
+    since: str
+    until: str
+    status: str
+    """``drift`` | ``ok`` | ``insufficient`` (too few logged rows) | ``no_champion``."""
+    reason: str = ""
+    champion_version: str | None = None
+    champion_run: str | None = None
+    n_reference: int = 0
+    n_current: int = 0
+    drift_share: float = 0.0
+    drifted_columns: int = 0
+    dataset_drift: bool = False
+    prediction: ColumnDrift | None = None
+    columns: list[ColumnDrift] = field(default_factory=list)
+    triggered: bool = False
+    """This check started a drift episode and asked for retraining."""
+    episode: dict[str, Any] | None = None
+    html_uri: str | None = None
+    json_uri: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DriftResult":
+        d = dict(d)
+        d["columns"] = [ColumnDrift(**c) for c in d.get("columns", [])]
+        d["prediction"] = ColumnDrift(**d["prediction"]) if d.get("prediction") else None
+        return cls(**d)
+
+
+def compare(reference: Any, current: Any, names: list[str], drift_share: float = 0.5, method: str | None = None,
+            threshold: float | None = None) -> tuple[dict[str, Any], Any]:
+    """Run Evidently on the two windows. Returns (figures, Evidently snapshot for HTML)."""
+    from evidently import Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import DataDriftPreset
+
+    opts = {k: v for k, v in (("method", method), ("threshold", threshold)) if v is not None}
+    report = Report([DataDriftPreset(columns=names, drift_share=drift_share, **opts),
+                     ValueDrift(column=PREDICTION, **opts)], include_tests=True)
+    snapshot = report.run(current_data=current[[*names, PREDICTION]], reference_data=reference[[*names, PREDICTION]])
+    out = snapshot.dict()
+    failed = {t["metric_config"]["metric_id"] for t in out["tests"] if t["status"] == "FAIL"}
+    columns, share, count = {}, 0.0, 0
+    for m in out["metrics"]:
+        kind = m["config"]["type"].rsplit(":", 1)[-1]
+        if kind == "ValueDrift":
+            c = m["config"]
+            columns[c["column"]] = ColumnDrift(c["column"], c["method"], float(m["value"]), float(c["threshold"]),
+                                               m["id"] in failed)
+        elif kind == "DriftedColumnsCount":
+            share, count = float(m["value"]["share"]), int(m["value"]["count"])
+    missing = [n for n in [*names, PREDICTION] if n not in columns]
+    if missing:
+        raise DriftError(f"Evidently returned no drift result for {missing}")
+    return {"columns": [columns[n] for n in names], "prediction": columns[PREDICTION], "drift_share": share,
+            "drifted_columns": count, "dataset_drift": share >= drift_share}, snapshot
+
+
+def is_drift(result: DriftResult, prediction_drift: bool) -> bool:
+    """Dataset drift, or (with ``prediction_drift``) a drifted prediction column."""
+    return result.dataset_drift or (prediction_drift and result.prediction is not None and result.prediction.drifted)
+
+
+def next_episode(state: dict[str, Any] | None, drifting: bool, champion: str, now: str,
+                 reason: str) -> tuple[dict[str, Any] | None, bool]:
+    """Episode bookkeeping: returns (new state, fire?). Fires on the first drifting check of an episode only.
+
+    An episode is open while checks keep drifting against the same champion; a clean check
+    closes it, and so does a new champion (its own reference window starts afresh).
+    """
+    open_same = bool(state and state.get("open") and state.get("champion") == champion)
+    if not drifting:
+        return ({**state, "open": False, "closed_at": now} if open_same else state), False
+    if open_same:
+        return {**state, "last_seen": now, "checks": int(state.get("checks", 1)) + 1}, False
+    return {"open": True, "champion": champion, "started": now, "last_seen": now, "checks": 1, "reason": reason}, True
+
+
+def drift_reason(result: DriftResult) -> str:
+    top = sorted((c for c in result.columns if c.drifted), key=lambda c: c.column)
+    parts = [f"{result.drifted_columns}/{len(result.columns)} feature columns drifted "
+             f"(share {result.drift_share:.2f})"]
+    if top:
+        parts.append("e.g. " + ", ".join(f"{c.column} {c.method} {c.score:.3g}" for c in top[:4]))
+    if result.prediction is not None and result.prediction.drifted:
+        parts.append(f"prediction drifted ({result.prediction.method} {result.prediction.score:.3g})")
+    return f"{result.family}/{result.target} vs champion v{result.champion_version}: " + "; ".join(parts)
+
+
+def load_reference(cfg: Any, run_id: str) -> Any:
+    """The champion's reference window, from its registering run's artifacts."""
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)
+    except Exception as exc:
+        raise DriftError(f"run {run_id} has no reference window ({REFERENCE_ARTIFACT}): {exc}") from exc
+    return pd.read_parquet(path)
+
+
+def check(cfg: Any, family: str, target: str, since: dt.datetime, until: dt.datetime, *,
+          dest: Path | None = None, now: dt.datetime | None = None) -> DriftResult:
+    """One drift check of ``family``/``target`` over ``[since, until)``.
+
+    Writes ``report.html`` and ``summary.json`` to the store (``drift/<family>/<target>/<stamp>/``)
+    and to an MLflow run, updates the episode tag, and exports the figures as Prometheus
+    metrics (textfile collector, and the Pushgateway when configured).
+    """
+    from model_registry.registry import Registry, RegistryError
+
+    from .serving import read_predictions
+
+    dcfg = cfg.monitoring.drift
+    now = now or dt.datetime.now(dt.timezone.utc)
+    result = DriftResult(family, target, since.isoformat(), until.isoformat(), status="ok")
+    registry = Registry(cfg.tracking_uri)
+    try:
+        champion = registry.resolve(family, target, "champion")
+    except RegistryError as exc:
+        result.status, result.reason = "no_champion", str(exc)
+        log.warning("drift %s/%s: %s", family, target, exc)
+        return result
+    result.champion_version, result.champion_run = str(champion.version), champion.run_id
+    names = [n for n in feature_names(family) if n not in dcfg.ignore_columns]
+    reference = load_reference(cfg, champion.run_id)
+    current = served_frame(read_predictions(cfg.prediction_log_uri, family, target, since, until,
+                                            cfg.registry.s3_endpoint_url), feature_names(family))
+    result.n_reference, result.n_current = len(reference), len(current)
+    snapshot = None
+    if len(current) < dcfg.min_rows:
+        result.status = "insufficient"
+        result.reason = f"{len(current)} logged predictions in the window, fewer than min_rows={dcfg.min_rows}"
+    else:
+        share = dcfg.family_drift_share.get(family, dcfg.drift_share)
+        figures, snapshot = compare(reference, current, names, share, dcfg.method, dcfg.threshold)
+        for k, v in figures.items():
+            setattr(result, k, v)
+        result.status = "drift" if is_drift(result, dcfg.prediction_drift) else "ok"
+        result.reason = drift_reason(result)
+    drifting = result.status == "drift"
+    if result.status != "insufficient":  # too little data says nothing about the episode
+        state = registry.get_model_tag(family, target, EPISODE_TAG)
+        new_state, result.triggered = next_episode(json.loads(state) if state else None, drifting,
+                                                   result.champion_version, now.isoformat(), result.reason)
+        if new_state is not None:
+            registry.set_model_tag(family, target, EPISODE_TAG, json.dumps(new_state, sort_keys=True))
+        result.episode = new_state
+    _publish(cfg, result, snapshot, now, dest)
+    export_metrics(cfg, result)
+    log.info("drift %s/%s: %s%s — %s", family, target, result.status, " (retrain triggered)" if result.triggered else "",
+             result.reason)
+    return result
+
+
+def _publish(cfg: Any, result: DriftResult, snapshot: Any, now: dt.datetime, dest: Path | None) -> None:
+    """HTML + JSON side by side: locally (``<home>/drift/…`` or ``dest``), in the store, in an MLflow run."""
+    import mlflow
+
+    from model_registry.store import open_store
+
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    folder = Path(dest) if dest else cfg.home / "drift" / result.family / result.target / stamp
+    folder.mkdir(parents=True, exist_ok=True)
+    if snapshot is not None:
+        snapshot.save_html(str(folder / "report.html"))
+    (folder / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    store = open_store(cfg.store_uri, cfg.registry.s3_endpoint_url)
+    uri = store.put_files(folder, f"drift/{result.family}/{result.target}/{stamp}")
+    result.json_uri = f"{uri}/summary.json"
+    result.html_uri = f"{uri}/report.html" if snapshot is not None else None
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    experiment = f"{cfg.registry.experiment}-drift"
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=(cfg.home / "mlflow" / "artifacts").as_uri()
+                                 if cfg.tracking_uri.startswith("sqlite") else None)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=f"drift {result.family}/{result.target} {stamp}",
+                          tags={"family": result.family, "target": result.target, "status": result.status,
+                                "champion_version": str(result.champion_version),
+                                "triggered": str(result.triggered).lower()}):
+        mlflow.log_metrics({"drift_share": result.drift_share, "drifted_columns": result.drifted_columns,
+                            "n_current": result.n_current, "n_reference": result.n_reference}
+                           | ({"prediction_score": result.prediction.score} if result.prediction else {})
+                           | {f"score.{c.column}": c.score for c in result.columns})
+        mlflow.log_artifacts(str(folder), "drift")
+    (folder / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))  # with the URIs
+
+
+def export_metrics(cfg: Any, result: DriftResult) -> Path:
+    """Drift figures for Prometheus (see :mod:`monitoring.batch`)."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from .batch import publish
+
+    reg = CollectorRegistry()
+    labels = {"family": result.family, "target": result.target}
+    Gauge("factory_drift_share", "Share of feature columns drifted in the last check", list(labels),
+          registry=reg).labels(**labels).set(result.drift_share)
+    Gauge("factory_drift_detected", "1 when the last check found dataset or prediction drift", list(labels),
+          registry=reg).labels(**labels).set(float(result.status == "drift"))
+    Gauge("factory_drift_check_timestamp_seconds", "When the last drift check ran", list(labels),
+          registry=reg).labels(**labels).set_to_current_time()
+    Gauge("factory_drift_current_rows", "Logged predictions in the last check's window", list(labels),
+          registry=reg).labels(**labels).set(result.n_current)
+    Gauge("factory_drift_retrain_triggered", "1 when the last check triggered retraining", list(labels),
+          registry=reg).labels(**labels).set(float(result.triggered))
+    col = Gauge("factory_drift_column_score", "Per-column drift score of the last check (see method)",
+                [*labels, "column", "method"], registry=reg)
+    for c in [*result.columns, *([result.prediction] if result.prediction else [])]:
+        col.labels(**labels, column=c.column, method=c.method).set(c.score)
+    return publish(cfg, f"factory_drift_{result.family}_{result.target}", reg, labels)
