@@ -6,11 +6,18 @@ Dashboards built for dcgm-exporter (e.g. Grafana 12239) work unchanged: the same
 reported as 0. Without NVML or a GPU the exporter still serves its own health metrics
 (``factory_exporter_nvml_up 0`` with the reason) so an alert can tell "no GPU" from
 "exporter down".
+
+XID errors arrive as NVML events, not as a value to read: :class:`XidListener` waits on an
+NVML event set in a background thread, and ``DCGM_FI_DEV_XID_ERRORS`` reports the last
+XID seen per GPU (0 before any), as dcgm-exporter does. ``factory telemetry serve`` runs
+the listener; a one-off scrape (``once``) cannot have seen events, so it leaves the series out.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 from typing import Any, Iterator
 
 from .nvml import read_device
@@ -31,7 +38,9 @@ HELP = {
     "DCGM_FI_DEV_POWER_USAGE": "Power draw (in W).",
     "DCGM_FI_DEV_SM_CLOCK": "SM clock frequency (in MHz).",
     "DCGM_FI_DEV_MEM_CLOCK": "Memory clock frequency (in MHz).",
+    "DCGM_FI_DEV_XID_ERRORS": "Value of the last XID error encountered.",
 }
+log = logging.getLogger(__name__)
 LABELS = ["gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname"]
 
 
@@ -62,6 +71,57 @@ def _optional(pynvml: Any, handle: Any) -> dict[str, float]:
     return out
 
 
+class XidListener:
+    """Waits on an NVML event set for XID critical errors; ``last[i]`` is GPU ``i``'s last XID (0: none yet)."""
+
+    def __init__(self, pynvml: Any, count: int, wait_ms: int = 1000):
+        self.pynvml, self.wait_ms = pynvml, wait_ms
+        self.last = {i: 0 for i in range(count)}
+        self.events = 0
+        self.reason = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            self.event_set = pynvml.nvmlEventSetCreate()
+            for i in range(count):
+                pynvml.nvmlDeviceRegisterEvents(pynvml.nvmlDeviceGetHandleByIndex(i),
+                                                pynvml.nvmlEventTypeXidCriticalError, self.event_set)
+        except Exception as exc:  # NotSupported (some vGPUs, old drivers): no XID series rather than a false 0
+            self.reason = f"XID events unavailable: {exc}"
+            self.event_set = None
+            return
+        self._thread = threading.Thread(target=self._run, name="nvml-xid", daemon=True)
+        self._thread.start()
+
+    @property
+    def active(self) -> bool:
+        return self.event_set is not None and not self.reason
+
+    def _run(self) -> None:
+        timeout = getattr(self.pynvml, "NVMLError_Timeout", ())
+        while not self._stop.is_set():
+            try:
+                data = self.pynvml.nvmlEventSetWait_v2(self.event_set, self.wait_ms)
+            except timeout:
+                continue
+            except Exception as exc:
+                self.reason = f"XID listener stopped: {exc}"
+                log.error("%s", self.reason)
+                return
+            if data.eventType & self.pynvml.nvmlEventTypeXidCriticalError:
+                index = int(self.pynvml.nvmlDeviceGetIndex(data.device))
+                self.last[index] = int(data.eventData)
+                self.events += 1
+                log.warning("GPU %d: XID %d", index, data.eventData)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.event_set is not None:
+            self.pynvml.nvmlEventSetFree(self.event_set)
+
+
 class NvmlCollector:
     """A ``prometheus_client`` collector reading NVML on every scrape.
 
@@ -69,10 +129,11 @@ class NvmlCollector:
         pynvml: the NVML binding (``import pynvml``); tests pass a stand-in.
     """
 
-    def __init__(self, pynvml: Any | None = None, hostname: str | None = None):
+    def __init__(self, pynvml: Any | None = None, hostname: str | None = None, listen_xid: bool = False):
         self.hostname = hostname or socket.gethostname()
         self.reason = ""
         self.pynvml = pynvml
+        self.xid: XidListener | None = None
         if self.pynvml is None:
             try:
                 import pynvml as _pynvml
@@ -86,6 +147,11 @@ class NvmlCollector:
             except Exception as exc:
                 self.reason = f"NVML is not available: {exc}"
                 self.pynvml = None
+        if self.pynvml is not None and listen_xid:
+            try:
+                self.xid = XidListener(self.pynvml, self.pynvml.nvmlDeviceGetCount())
+            except Exception as exc:
+                log.error("XID listener not started: %s", exc)
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
@@ -102,9 +168,9 @@ class NvmlCollector:
                     labels = [str(i), _text(self.pynvml.nvmlDeviceGetUUID(h)),
                               _text(self.pynvml.nvmlDeviceGetPciInfo(h).busId), f"nvidia{i}",
                               _text(self.pynvml.nvmlDeviceGetName(h)), self.hostname]
-                    # XID errors need an NVML event-set listener, not built yet: the series is left out
-                    # rather than reported as a reassuring 0.
                     values = {**read_device(self.pynvml, h), **_optional(self.pynvml, h)}
+                    if self.xid is not None and self.xid.active:
+                        values["DCGM_FI_DEV_XID_ERRORS"] = float(self.xid.last.get(i, 0))
                     for name, value in values.items():
                         if name not in families:
                             families[name] = GaugeMetricFamily(name, HELP.get(name, name), labels=LABELS)
@@ -139,10 +205,11 @@ def serve(port: int, addr: str = "0.0.0.0") -> None:
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
-    collector = NvmlCollector()
+    collector = NvmlCollector(listen_xid=True)
     registry.register(collector)
     start_http_server(port, addr=addr, registry=registry)
     print(f"serving NVML telemetry (DCGM names) on http://{addr}:{port}/metrics"
-          + (f" — {collector.reason}" if collector.reason else ""), flush=True)
+          + (f" — {collector.reason}" if collector.reason else "")
+          + (f" — {collector.xid.reason}" if collector.xid and collector.xid.reason else ""), flush=True)
     while True:
         time.sleep(3600)

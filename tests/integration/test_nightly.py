@@ -145,7 +145,7 @@ def test_night_registers_in_mlflow_and_pushes_to_s3_then_pull_serves_it(night, s
         run = reg.client.get_run(pub["run_id"])
         assert "test_auc" in run.data.metrics
         arts = {a.path for a in reg.client.list_artifacts(pub["run_id"])}
-        assert {"pytorch", "onnx", "gates"} <= arts
+        assert {"pytorch", "onnx", "gates", "reference"} <= arts  # reference: drift_monitor's baseline
     dest = tmp_path / "serving"
     proc = _factory(home, "pull", "market_alert", "--target", "cpu", "--dest", str(dest), extra_env=services)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -171,6 +171,32 @@ def test_rerun_same_date_is_idempotent(night, services):
     assert all(g["champion"] and g["champion"]["comparable"] and g["champion"]["p99_ms"] > 0 for g in cpu)
     leftovers = [p for p in (home / "runs").rglob(".tmp-*")] + [p for p in (home / "runs").rglob(".old-*")]
     assert leftovers == []
+
+
+def test_replay_catches_the_shift_and_triggers_retraining_once_per_episode(night, services):
+    """The loop on one machine: serve the champion on a shifted day, drift_monitor (dag.test) catches it."""
+    import boto3
+
+    home, _ = night
+    args = ["replay", "market_alert", "--profile", "smoke", "--date", DATE, "--requests", "1500"]
+    first = _factory(home, *args, extra_env=services)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    out = first.stdout
+    assert "simulated with a regime shift" in out and "served 1500 requests on champion" in out
+    assert "DRIFT" in out and "retrain triggered: asset event on model-factory://retrain" in out
+    assert "nightly_model_factory is queued on the asset" in out
+    s3 = boto3.client("s3", endpoint_url=services["FACTORY__REGISTRY__S3_ENDPOINT_URL"], region_name="us-east-1")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="nightly", Prefix="engines/")
+            for o in page.get("Contents", [])]
+    assert any(k.startswith(f"engines/predictions/market_alert/cpu/date={DATE}/") for k in keys)
+    assert any(k.startswith("engines/drift/market_alert/cpu/") and k.endswith("/report.html") for k in keys)
+    prom = (home / "metrics" / "factory_drift_market_alert_cpu.prom").read_text()
+    assert 'factory_drift_detected{family="market_alert",target="cpu"} 1.0' in prom
+    # The same shifted day again: still drifting, but the episode is open, so no second trigger.
+    second = _factory(home, *args, extra_env=services)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    assert "day: lake" in second.stdout and "DRIFT" in second.stdout
+    assert "retraining was already requested" in second.stdout and "no retrain triggered" in second.stdout
 
 
 def test_bad_partition_fails_the_run_naming_task_partition_and_column(tmp_path):

@@ -65,8 +65,64 @@ def test_dcgm_names_units_and_labels():
     assert "\nDCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{" in text and "_total{" not in text
     assert metrics["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"][0].value == 5_000_000
     assert not any(k.startswith("DCGM_FI_DEV_ECC") for k in metrics)  # unsupported: left out, not 0
-    assert "DCGM_FI_DEV_XID_ERRORS" not in metrics  # no XID listener yet: absent, not a fake 0
+    assert "DCGM_FI_DEV_XID_ERRORS" not in metrics  # a one-off scrape has no XID listener: absent, not a fake 0
     assert metrics["factory_exporter_nvml_up"][0].value == 1
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _with_events(ns, events):
+    """NVML event-set calls on the stand-in: ``events`` are delivered once, then waits time out."""
+    import time
+
+    queue = list(events)
+    ns.nvmlEventTypeXidCriticalError = 8
+    ns.NVMLError_Timeout = _Timeout
+    ns.nvmlEventSetCreate = lambda: "event-set"
+    ns.registered = []
+    ns.nvmlDeviceRegisterEvents = lambda h, kinds, es: ns.registered.append((h, kinds))
+    ns.nvmlDeviceGetIndex = lambda h: h
+    ns.nvmlEventSetFree = lambda es: None
+
+    def wait(es, ms):
+        if queue:
+            gpu, xid = queue.pop(0)
+            return types.SimpleNamespace(device=gpu, eventType=8, eventData=xid)
+        time.sleep(ms / 1000)
+        raise _Timeout()
+
+    ns.nvmlEventSetWait_v2 = wait
+    return ns
+
+
+def test_xid_listener_reports_the_last_xid_per_gpu():
+    import time
+
+    collector = NvmlCollector(_with_events(_fake_pynvml(2), [(1, 79), (1, 48)]), hostname="h", listen_xid=True)
+    try:
+        deadline = time.time() + 5
+        while collector.xid.events < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        xid = {s.labels["gpu"]: s.value for s in _parse(exposition(collector))["DCGM_FI_DEV_XID_ERRORS"]}
+    finally:
+        collector.xid.wait_ms = 1
+        collector.xid.close()
+    assert collector.pynvml.registered == [(0, 8), (1, 8)]
+    assert xid == {"0": 0.0, "1": 48.0}  # GPU 1's last XID; GPU 0 none
+
+
+def test_xid_series_left_out_when_events_are_not_supported():
+    ns = _with_events(_fake_pynvml(1), [])
+
+    def unsupported(*a):
+        raise _NotSupported("Not Supported")
+
+    ns.nvmlDeviceRegisterEvents = unsupported
+    collector = NvmlCollector(ns, hostname="h", listen_xid=True)
+    assert "XID events unavailable" in collector.xid.reason
+    assert "DCGM_FI_DEV_XID_ERRORS" not in _parse(exposition(collector))
 
 
 def test_without_nvml_it_serves_its_health_and_says_why():
