@@ -187,9 +187,12 @@ def drift_reason(result: DriftResult) -> str:
 
 def load_reference(cfg: Any, run_id: str) -> Any:
     """The champion's reference window, from its registering run's artifacts."""
+    import os
+
     import mlflow
     import pandas as pd
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file; keep task logs clean
     mlflow.set_tracking_uri(cfg.tracking_uri)
     try:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT)

@@ -37,7 +37,7 @@ def retrain_request(context: Mapping[str, Any]) -> tuple[list[str] | None, str]:
             reasons.extend(extra.get("reasons", []))
     if reasons or families:
         return sorted(families) or None, "drift: " + " | ".join(reasons)
-    run_type = str(getattr(context.get("dag_run"), "run_type", ""))
+    run_type = str(getattr(context.get("dag_run"), "run_type", "")).lower()
     return None, "manual" if "manual" in run_type else "schedule"
 
 
