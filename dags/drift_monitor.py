@@ -16,7 +16,8 @@ collector / Pushgateway).
 nightly DAG is scheduled on that asset and retrains those families. A drift episode
 fires once: later drifting checks against the same champion do not fire again; a
 clean check or a new champion ends the episode. With nothing new, request_retrain is
-skipped and no asset event is emitted.
+skipped and no asset event is emitted. **summary** prints one line per check; it fails
+the run when a check failed (request_retrain still runs for the checks that succeeded).
 
 Params: `since` / `until` (ISO times; default: the window ending at the run's time),
 `families` (default: all enabled), `profile`, `config_path`.
@@ -70,7 +71,9 @@ def drift_monitor():
         since, until = window(ctx, cfg.monitoring.drift.window_hours)
         return drift_check(cfg, family, target, since, until).to_dict()
 
-    @task(outlets=[RETRAIN], trigger_rule="none_failed")
+    # all_done: a check that opened an episode has already recorded it, so its retrain request must go
+    # out even when another family's check failed; `summary` (all_success) then fails the run.
+    @task(outlets=[RETRAIN], trigger_rule="all_done")
     def request_retrain(results: list) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
@@ -82,7 +85,17 @@ def drift_monitor():
         get_current_context()["outlet_events"][RETRAIN].extra = extra
         return extra
 
-    request_retrain(check.expand(family_target=CHECKS))
+    @task(trigger_rule="none_failed")  # skipped checks (params.families) are fine; a failed one fails the run
+    def summary(results: list) -> list[str]:
+        lines = [f"{r['family']}/{r['target']}: {r['status']}{' (retrain requested)' if r['triggered'] else ''}"
+                 f" — {r['reason']}" for r in (results[i] for i in range(len(results))) if r]
+        for line in lines:
+            print(line)
+        return lines
+
+    checked = check.expand(family_target=CHECKS)
+    request_retrain(checked)
+    summary(checked)
 
 
 def window(ctx, hours: float) -> tuple[dt.datetime, dt.datetime]:

@@ -202,12 +202,14 @@ def load_reference(cfg: Any, run_id: str) -> Any:
 
 
 def check(cfg: Any, family: str, target: str, since: dt.datetime, until: dt.datetime, *,
-          dest: Path | None = None, now: dt.datetime | None = None) -> DriftResult:
+          dest: Path | None = None, now: dt.datetime | None = None, record_episode: bool = True) -> DriftResult:
     """One drift check of ``family``/``target`` over ``[since, until)``.
 
     Writes ``report.html`` and ``summary.json`` to the store (``drift/<family>/<target>/<stamp>/``)
-    and to an MLflow run, updates the episode tag, and exports the figures as Prometheus
-    metrics (textfile collector, and the Pushgateway when configured).
+    and to an MLflow run, and exports the figures as Prometheus metrics (textfile collector,
+    and the Pushgateway when configured). With ``record_episode`` (the DAG) it also updates
+    the episode tag and sets ``triggered``; without (``factory drift check``) the episode is
+    only read, because only the DAG can emit the retrain asset event that must follow.
     """
     from model_registry.registry import Registry, RegistryError
 
@@ -241,10 +243,11 @@ def check(cfg: Any, family: str, target: str, since: dt.datetime, until: dt.date
         result.status = "drift" if is_drift(result, dcfg.prediction_drift) else "ok"
         result.reason = drift_reason(result)
     drifting = result.status == "drift"
-    if result.status != "insufficient":  # too little data says nothing about the episode
-        state = registry.get_model_tag(family, target, EPISODE_TAG)
-        new_state, result.triggered = next_episode(json.loads(state) if state else None, drifting,
-                                                   result.champion_version, now.isoformat(), result.reason)
+    state = registry.get_model_tag(family, target, EPISODE_TAG)
+    result.episode = json.loads(state) if state else None
+    if record_episode and result.status != "insufficient":  # too little data says nothing about the episode
+        new_state, result.triggered = next_episode(result.episode, drifting, result.champion_version,
+                                                   now.isoformat(), result.reason)
         if new_state is not None:
             registry.set_model_tag(family, target, EPISODE_TAG, json.dumps(new_state, sort_keys=True))
         result.episode = new_state

@@ -124,8 +124,10 @@ def _cmd_drift(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.profile)
     until = args.until or dt.datetime.now(dt.timezone.utc)
     since = args.since or until - dt.timedelta(hours=args.hours or cfg.monitoring.drift.window_hours)
-    result = check(cfg, args.family, args.target, since, until)
+    result = check(cfg, args.family, args.target, since, until, record_episode=False)
     print_drift(result.to_dict())
+    if result.status == "drift":
+        print("(a manual check records no drift episode and triggers nothing: drift_monitor does both)")
     return 0
 
 
@@ -163,6 +165,7 @@ def run_drift_monitor(cfg: FactoryConfig, config_path: str | None, since: dt.dat
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.table import Table
 
     from .data.simulator import Shift
     from .replay import replay
@@ -180,22 +183,43 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     console.print(f"served {r.requests} requests on champion v{r.champion_version} ({r.engine_version}); day: "
                   f"{r.day_source}; p50 {r.p50_ms:.3f} ms, p99 {r.p99_ms:.3f} ms; predictions logged under "
                   f"{cfg.prediction_log_uri}/predictions/{r.family}/{r.target}/date={r.date}/")
-    console.rule("drift_monitor")
-    out = run_drift_monitor(cfg, args.config, r.since, r.until, [args.family])
-    latest = sorted((cfg.home / "drift" / args.family / args.target).glob("*/summary.json"))
-    if latest:
-        print_drift(json.loads(latest[-1].read_text()), console)
-    for e in out["asset_events"]:
+    # The day, cut into consecutive windows: what the hourly drift_monitor sees, one run per window.
+    step = (r.until - r.since) / args.windows
+    table = Table(title=f"drift_monitor over {args.windows} consecutive windows of the day")
+    for col in ("window (UTC)", "rows", "drifted columns", "prediction", "status", "retrain"):
+        table.add_column(col)
+    runs, first_drift, events = [], None, []
+    for k in range(args.windows):
+        since, until = r.since + k * step, r.since + (k + 1) * step
+        console.rule(f"drift_monitor · window {k + 1}/{args.windows}")
+        out = run_drift_monitor(cfg, args.config, since, until, [args.family])
+        res = json.loads(sorted((cfg.home / "drift" / args.family / args.target).glob("*/summary.json"))[-1]
+                         .read_text())
+        runs.append(out)
+        events += out["asset_events"]
+        first_drift = first_drift or (res if res["status"] == "drift" else None)
+        pred = res.get("prediction") or {}
+        retrain = ("[bold]requested[/bold] (asset event)" if out["asset_events"] else
+                   "episode open: not again" if res["status"] == "drift" else "–")
+        table.add_row(f"{since:%H:%M:%S}–{until:%H:%M:%S}", str(res["n_current"]),
+                      f"{res['drifted_columns']}/{len(res['columns'])} ({res['drift_share']:.2f})",
+                      "drifted" if pred.get("drifted") else "stable",
+                      "[red]drift[/red]" if res["status"] == "drift" else res["status"], retrain)
+    if first_drift:
+        print_drift(first_drift, console)
+    console.print(table)
+    for e in events:
         console.print(f"[bold]retrain triggered[/bold]: asset event on {e['asset']} "
                       f"(families {e['extra'].get('families')})")
-    if NIGHTLY_DAG in out["queued"]:
+    if events and NIGHTLY_DAG in runs[-1]["queued"]:
         console.print(f"{NIGHTLY_DAG} is queued on the asset: the scheduler (`airflow standalone`) starts it; "
                       f"or run it now: factory nightly --date "
                       f"{(dt.date.fromisoformat(args.date) + dt.timedelta(days=1)).isoformat()}")
-    if not out["asset_events"]:
+    if not events:
         console.print("no retrain triggered (no new drift episode)")
-    console.print(f"drift_monitor run: {out['state']}")
-    return 0 if out["state"].endswith("success") else 1
+    states = {o["state"] for o in runs}
+    console.print(f"drift_monitor runs: {', '.join(sorted(states))}")
+    return 0 if all(s.endswith("success") for s in states) else 1
 
 
 def _cmd_nightly(args: argparse.Namespace) -> int:
@@ -341,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--requests", type=int, default=4000, help="at most this many requests, evenly over the day")
     rep.add_argument("--shift-at", type=float, default=0.4, help="regime shift from this fraction of the day")
     rep.add_argument("--no-shift", action="store_true", help="simulate the day without a regime shift")
+    rep.add_argument("--windows", type=int, default=4, help="run drift_monitor on this many consecutive windows")
     _common(rep)
     rep.set_defaults(func=_cmd_replay)
     tele = sub.add_parser("telemetry", help="NVML telemetry with dcgm-exporter names: one scrape, or a server")

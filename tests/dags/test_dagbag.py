@@ -64,7 +64,7 @@ def test_nightly_dag_shape(tmp_path):
 def test_drift_monitor_is_hourly_per_family_and_target_and_updates_the_retrain_asset(tmp_path):
     d = _probe(tmp_path)["drift"]
     assert d["schedule"] == "0 * * * *"
-    assert d["tasks"] == ["check", "request_retrain"]
+    assert d["tasks"] == ["check", "request_retrain", "summary"]
     assert d["outlets"] == ["model-factory://retrain/"]
     assert sorted(d["checks"]) == ["fraud_risk:cpu", "market_alert:cpu", "price_direction:cpu"]
     cfg = tmp_path / "factory.yaml"
