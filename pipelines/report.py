@@ -21,7 +21,9 @@ def print_nightly_summary(summary: dict[str, Any], console=None) -> None:
     console = console or Console()
     if not console.is_terminal:
         console.width = max(console.width, 150)
-    table = Table(title=f"Nightly {summary['date']} · profile {summary['profile']} · test-split metrics (FP32)")
+    trigger = summary.get("trigger") or "schedule"
+    table = Table(title=f"Nightly {summary['date']} · profile {summary['profile']} · test-split metrics (FP32)"
+                        + ("" if trigger in ("schedule", "manual") else f" · triggered by {trigger}"))
     for col in ("family", "status", "train n", "epochs", "device", "AUC", "accuracy", "precision@thr",
                 "recall@thr", "Sharpe", "hit rate", "ONNX max|Δ|", "train s"):
         table.add_column(col, justify="left" if col in ("family", "status", "device") else "right")

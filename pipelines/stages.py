@@ -541,7 +541,8 @@ def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported:
                      "variants": v.model_dump(mode="json") if v else None,
                      "engines": [b.model_dump(mode="json") for b in sorted(built or [], key=lambda b: (b.target,
                                  b.precision)) if b.family == t.family]})
-    return write_json(Path(p.run_dir) / "summary.json", {"date": p.date, "profile": cfg.profile, "families": rows,
+    return write_json(Path(p.run_dir) / "summary.json", {"date": p.date, "profile": cfg.profile, "trigger": p.trigger,
+                                                         "families": rows,
                                                          "gate_report": gates,
                                                          "published": [x.to_xcom() for x in published or []]})
 
