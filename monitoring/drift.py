@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import logging
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,14 @@ log = logging.getLogger(__name__)
 REFERENCE_ARTIFACT = "reference/reference.parquet"
 EPISODE_TAG = "drift.episode"
 PREDICTION = "prediction"
+
+
+class DriftStatus(StrEnum):
+    DRIFT = "drift"
+    OK = "ok"
+    INSUFFICIENT = "insufficient"
+    """Fewer logged rows than ``min_rows``: says nothing, never triggers."""
+    NO_CHAMPION = "no_champion"
 
 
 class DriftError(RuntimeError):
@@ -96,8 +105,7 @@ class DriftResult:
     target: str
     since: str
     until: str
-    status: str
-    """``drift`` | ``ok`` | ``insufficient`` (too few logged rows) | ``no_champion``."""
+    status: DriftStatus
     reason: str = ""
     champion_version: str | None = None
     champion_run: str | None = None
@@ -115,13 +123,15 @@ class DriftResult:
     json_uri: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON types only (an XCom and summary.json)."""
+        return dataclasses.asdict(self) | {"status": self.status.value}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DriftResult":
         d = dict(d)
         d["columns"] = [ColumnDrift(**c) for c in d.get("columns", [])]
         d["prediction"] = ColumnDrift(**d["prediction"]) if d.get("prediction") else None
+        d["status"] = DriftStatus(d["status"])
         return cls(**d)
 
 
@@ -217,12 +227,12 @@ def check(cfg: Any, family: str, target: str, since: dt.datetime, until: dt.date
 
     dcfg = cfg.monitoring.drift
     now = now or dt.datetime.now(dt.timezone.utc)
-    result = DriftResult(family, target, since.isoformat(), until.isoformat(), status="ok")
+    result = DriftResult(family, target, since.isoformat(), until.isoformat(), status=DriftStatus.OK)
     registry = Registry(cfg.tracking_uri)
     try:
         champion = registry.resolve(family, target, "champion")
     except RegistryError as exc:
-        result.status, result.reason = "no_champion", str(exc)
+        result.status, result.reason = DriftStatus.NO_CHAMPION, str(exc)
         log.warning("drift %s/%s: %s", family, target, exc)
         return result
     result.champion_version, result.champion_run = str(champion.version), champion.run_id
@@ -233,19 +243,19 @@ def check(cfg: Any, family: str, target: str, since: dt.datetime, until: dt.date
     result.n_reference, result.n_current = len(reference), len(current)
     snapshot = None
     if len(current) < dcfg.min_rows:
-        result.status = "insufficient"
+        result.status = DriftStatus.INSUFFICIENT
         result.reason = f"{len(current)} logged predictions in the window, fewer than min_rows={dcfg.min_rows}"
     else:
         share = dcfg.family_drift_share.get(family, dcfg.drift_share)
         figures, snapshot = compare(reference, current, names, share, dcfg.method, dcfg.threshold)
         for k, v in figures.items():
             setattr(result, k, v)
-        result.status = "drift" if is_drift(result, dcfg.prediction_drift) else "ok"
+        result.status = DriftStatus.DRIFT if is_drift(result, dcfg.prediction_drift) else DriftStatus.OK
         result.reason = drift_reason(result)
-    drifting = result.status == "drift"
+    drifting = result.status is DriftStatus.DRIFT
     state = registry.get_model_tag(family, target, EPISODE_TAG)
     result.episode = json.loads(state) if state else None
-    if record_episode and result.status != "insufficient":  # too little data says nothing about the episode
+    if record_episode and result.status is not DriftStatus.INSUFFICIENT:  # too little data says nothing about the episode
         new_state, result.triggered = next_episode(result.episode, drifting, result.champion_version,
                                                    now.isoformat(), result.reason)
         if new_state is not None:
@@ -303,7 +313,7 @@ def export_metrics(cfg: Any, result: DriftResult) -> Path:
     Gauge("factory_drift_share", "Share of feature columns drifted in the last check", list(labels),
           registry=reg).labels(**labels).set(result.drift_share)
     Gauge("factory_drift_detected", "1 when the last check found dataset or prediction drift", list(labels),
-          registry=reg).labels(**labels).set(float(result.status == "drift"))
+          registry=reg).labels(**labels).set(float(result.status == DriftStatus.DRIFT))
     Gauge("factory_drift_check_timestamp_seconds", "When the last drift check ran", list(labels),
           registry=reg).labels(**labels).set_to_current_time()
     Gauge("factory_drift_current_rows", "Logged predictions in the last check's window", list(labels),

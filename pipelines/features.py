@@ -22,7 +22,7 @@ MARKET_FEATURES = [
 """16 market features, in the order the models see them (price_direction: 64x16)."""
 
 FRAUD_FEATURES = [
-    "amount_log", "amount_z", "history_log", "since_prev_log",
+    "amount_log", "amount_z", "history_24h_log", "since_prev_log",
     "velocity_10m", "velocity_1h", "new_device", "country_mismatch",
     "high_risk_mcc", "hour_sin", "hour_cos",
 ]
@@ -110,6 +110,11 @@ def fraud_features(txns: pd.DataFrame) -> pd.DataFrame:
 
     ``txns`` may span several days (account history carries across days); it is
     processed in time order. Returns ``ts``, :data:`FRAUD_FEATURES`, ``label``.
+
+    The history features look back a bounded 24 h (count of the account's transactions,
+    time since its previous one, capped at a day), so their distribution does not depend
+    on how many days a job happens to load: a cumulative count would grow with the window
+    and show as drift between training and serving. Load a day before the rows you need.
     """
     df = txns.sort_values("ts", kind="stable").reset_index(drop=True)
     ts_s = (df["ts"].astype("int64") // 1_000_000_000).to_numpy()
@@ -126,14 +131,13 @@ def fraud_features(txns: pd.DataFrame) -> pd.DataFrame:
     prev_sum = g["amount"].transform(lambda s: np.log(s).cumsum().shift(1)).to_numpy()
     prev_mean = np.where(prior > 0, prev_sum / np.maximum(prior, 1), np.nan)
     out["amount_z"] = np.nan_to_num(amount_log - prev_mean, nan=0.0)
-    out["history_log"] = np.log1p(prior)
     since = g["ts"].diff().dt.total_seconds().to_numpy()
-    out["since_prev_log"] = np.log1p(np.nan_to_num(since, nan=86_400.0))
-    for name, window in (("velocity_10m", 600), ("velocity_1h", 3600)):
+    out["since_prev_log"] = np.log1p(np.minimum(np.nan_to_num(since, nan=86_400.0), 86_400.0))
+    for name, window in (("velocity_10m", 600), ("velocity_1h", 3600), ("history_24h_log", 86_400)):
         counts = np.empty(len(df))
         # Same-account rows within [t - window, t): sorted keys make it a searchsorted.
         counts[order] = pos - np.searchsorted(key, key - window, side="left")
-        out[name] = counts
+        out[name] = np.log1p(counts) if name == "history_24h_log" else counts
     seen_device = df.groupby(["account_id", "device_id"], sort=False).cumcount().to_numpy()
     out["new_device"] = ((seen_device == 0) & (prior > 0)).astype(float)
     out["country_mismatch"] = (df["country"] != df["home_country"]).astype(float)

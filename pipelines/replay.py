@@ -73,7 +73,7 @@ def requests_for_day(cfg: FactoryConfig, family: str, date: str, shift: Shift | 
         # Account history carries across days: compute features over the lake days before too, keep the day's rows.
         day = dt.date.fromisoformat(date)
         frames, source = [], ""
-        for k in range(cfg.data.history_days - 1, -1, -1):  # as much history as the training days had
+        for k in range(cfg.data.history_days, -1, -1):  # the lake days before: a full 24 h lookback
             d = (day - dt.timedelta(days=k)).isoformat()
             try:
                 df, how = _day(cfg, TRANSACTIONS_DATASET, TRANSACTIONS_SYMBOL, d, shift if k == 0 else None)

@@ -95,4 +95,6 @@ def test_fraud_features_hand_computed():
     assert acct1["high_risk_mcc"].tolist() == [0, 0, 1, 0]
     assert acct1.loc[2, "amount_z"] == pytest.approx(np.log(1000) - np.log(10), rel=1e-5)
     assert acct1.loc[1, "since_prev_log"] == pytest.approx(np.log1p(300), rel=1e-5)
+    assert acct1.loc[0, "since_prev_log"] == pytest.approx(np.log1p(86_400))  # no prior: a day, the cap
+    assert acct1["history_24h_log"].tolist() == pytest.approx(np.log1p([0, 1, 2, 3]).tolist())
     assert f["label"].tolist() == [0, 0, 0, 1, 0]
