@@ -95,3 +95,9 @@ class TelemetrySampler:
             values = [s[name] for s in self.samples]
             out[name] = {"mean": sum(values) / len(values), "max": max(values), "unit": unit}
         return out
+
+
+def summary_metrics(summary: dict[str, Any], prefix: str) -> dict[str, float]:
+    """MLflow metrics from :meth:`TelemetrySampler.summary`: ``<prefix>.<series>_mean`` and ``_max``."""
+    return {f"{prefix}.{name}_{stat}": float(v[stat]) for name, v in summary.items() if isinstance(v, dict)
+            for stat in ("mean", "max")}

@@ -463,6 +463,7 @@ def publish(cfg: FactoryConfig, p: Plan, family: str, report_uri: str) -> Publis
 
     from model_registry.registry import Registry
     from model_registry.store import open_store
+    from monitoring.nvml import summary_metrics
 
     from .fsutil import sha256_file
 
@@ -491,16 +492,13 @@ def publish(cfg: FactoryConfig, p: Plan, family: str, report_uri: str) -> Publis
         telemetry = run_dir / family / "train" / "telemetry.json"
         if telemetry.is_file():  # GPU telemetry sampled during training (GPU workers only)
             mlflow.log_artifact(str(telemetry), "telemetry")
-            summary = json.loads(telemetry.read_text())["summary"]
-            mlflow.log_metrics({f"train_gpu.{k}_{stat}": v[stat] for k, v in summary.items() if isinstance(v, dict)
-                                for stat in ("mean", "max")})
+            mlflow.log_metrics(summary_metrics(json.loads(telemetry.read_text())["summary"], "train_gpu"))
         for g in (g for g in report["targets"] if g["family"] == family and g["selected"]):
             win = next(c for c in g["candidates"] if c["precision"] == g["selected"])
             mlflow.log_metrics({f"{g['target']}.p99_ms": win["p99_ms"], f"{g['target']}.auc": win["auc"] or 0.0})
             tele = (win.get("benchmark") or {}).get("telemetry") or {}
             if tele.get("available"):  # NVML during the winner's benchmark (GPU targets)
-                mlflow.log_metrics({f"{g['target']}.bench_gpu.{k}_{stat}": v[stat] for k, v in tele.items()
-                                    if isinstance(v, dict) for stat in ("mean", "max")})
+                mlflow.log_metrics(summary_metrics(tele, f"{g['target']}.bench_gpu"))
             engine_dir = Path(win["engine_dir"])
             manifest = json.loads((engine_dir / "manifest.json").read_text())
             uri = store.put_version(engine_dir, family, g["target"], manifest["version"])

@@ -141,3 +141,27 @@ def test_promtool_accepts_the_exposition():
     text = exposition(NvmlCollector(_fake_pynvml(1), hostname="h"))
     proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_sampled_run_becomes_mlflow_metrics(monkeypatch):
+    """What training and GPU benchmarks attach to their MLflow runs (NVML stand-in at the binding module)."""
+    import sys
+    import time
+
+    from monitoring.nvml import TelemetrySampler, summary_metrics
+
+    ns = _fake_pynvml(1)
+    ns.nvmlShutdown = lambda: None
+    monkeypatch.setitem(sys.modules, "pynvml", ns)
+    with TelemetrySampler(interval_s=0.01) as sampler:
+        time.sleep(0.1)
+    summary = sampler.summary()
+    assert summary["available"] and summary["samples"] >= 3
+    metrics = summary_metrics(summary, "train_gpu")
+    assert metrics["train_gpu.DCGM_FI_DEV_GPU_UTIL_mean"] == 40.0
+    assert metrics["train_gpu.DCGM_FI_DEV_POWER_USAGE_max"] == pytest.approx(123.664)
+    assert metrics["train_gpu.DCGM_FI_DEV_FB_USED_max"] == 1024.0
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # no binding: nothing sampled, nothing logged
+    with TelemetrySampler() as empty:
+        pass
+    assert empty.summary()["available"] is False and summary_metrics(empty.summary(), "x") == {}
