@@ -23,7 +23,7 @@ METHODS = [(None, None), ("ks", 0.05), ("wasserstein", 0.1), ("psi", 0.1), ("psi
 
 def main() -> None:
     from model_registry.registry import Registry
-    from monitoring.drift import PREDICTION, compare, feature_names, load_reference, to_columns
+    from monitoring.drift import PREDICTION, compare, feature_names, load_reference, monitored_columns, to_columns
     from pipelines.config import load_config
     from pipelines.data.simulator import Shift
     from pipelines.replay import requests_for_day
@@ -39,8 +39,7 @@ def main() -> None:
     champion = Registry(cfg.tracking_uri).resolve(args.family, args.target, "champion")
     reference = load_reference(cfg, champion.run_id)
     dcfg = cfg.monitoring.drift
-    names = [n for n in feature_names(args.family) if n not in dcfg.ignore_columns]
-    share = dcfg.family_drift_share.get(args.family, dcfg.drift_share)
+    names, share = monitored_columns(args.family, dcfg), dcfg.share_for(args.family)
     scratch = load_config(profile=args.profile, overrides={"home": tempfile.mkdtemp(prefix="drift-methods-"),
                                                            "data": {"source": "simulator"}})
     start = dt.date(2030, 1, 1)

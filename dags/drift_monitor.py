@@ -31,7 +31,7 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from pipelines.config import load_config
-from pipelines.orchestration import RETRAIN_ASSET, config_from_params
+from pipelines.orchestration import RETRAIN_ASSET, config_from_params, xcom_items
 
 _CFG = load_config()
 CHECKS = [f"{f.value}:{t}" for f in _CFG.enabled_families for t in _CFG.monitoring.drift.targets]
@@ -77,7 +77,7 @@ def drift_monitor():
     def request_retrain(results: list) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        fired = [r for r in (results[i] for i in range(len(results))) if r and r["triggered"]]
+        fired = [r for r in xcom_items(results) if r and r["triggered"]]
         if not fired:
             raise AirflowSkipException("no new drift episode: nothing to retrain")
         extra = {"families": sorted({r["family"] for r in fired}), "reasons": [r["reason"] for r in fired],
@@ -88,7 +88,7 @@ def drift_monitor():
     @task(trigger_rule="none_failed")  # skipped checks (params.families) are fine; a failed one fails the run
     def summary(results: list) -> list[str]:
         lines = [f"{r['family']}/{r['target']}: {r['status']}{' (retrain requested)' if r['triggered'] else ''}"
-                 f" — {r['reason']}" for r in (results[i] for i in range(len(results))) if r]
+                 f" — {r['reason']}" for r in xcom_items(results) if r]
         for line in lines:
             print(line)
         return lines

@@ -47,7 +47,8 @@ from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param,
 
 from pipelines import stages
 from pipelines.config import load_config
-from pipelines.orchestration import RETRAIN_ASSET, config_from_params, retrain_request, run_date, run_stage
+from pipelines.orchestration import (RETRAIN_ASSET, config_from_params, retrain_request, run_date, run_stage,
+                                    xcom_items)
 
 TARGETS = load_config().targets()
 
@@ -112,7 +113,7 @@ def nightly_model_factory():
 
     @task
     def gate_report(plan: dict, accuracy: list[dict], gates: list) -> str:
-        return run_stage(stages.gate_report, plan, _items(accuracy), [g for seq in gates for g in _items(seq)])
+        return run_stage(stages.gate_report, plan, xcom_items(accuracy), [g for seq in gates for g in xcom_items(seq)])
 
     @task
     def publish(plan: dict, family: str, report: str) -> dict:
@@ -121,9 +122,9 @@ def nightly_model_factory():
     @task
     def summarize(plan: dict, trained: list[dict], exported: list[dict], variant_sets: list[dict],
                   engines: list, report: str, published: list[dict]) -> str:
-        built = [e for per_target in engines for e in _items(per_target)]
-        return run_stage(stages.summarize, plan, _items(trained), _items(exported), _items(variant_sets), built,
-                         report, _items(published))
+        built = [e for per_target in engines for e in xcom_items(per_target)]
+        return run_stage(stages.summarize, plan, xcom_items(trained), xcom_items(exported), xcom_items(variant_sets), built,
+                         report, xcom_items(published))
 
     @task(trigger_rule="all_done", retries=0)
     def outcome() -> None:
@@ -153,11 +154,6 @@ def nightly_model_factory():
     report = gate_report(p, acc, gated)
     published = publish.partial(plan=p, report=report).expand(family=families(p))
     summarize(p, trained, exported, variant_sets, built, report, published) >> outcome()
-
-
-def _items(seq) -> list:
-    # Index by length: iterating a lazy XCom sequence probes one past its end.
-    return [seq[i] for i in range(len(seq))]
 
 
 nightly_model_factory()

@@ -36,6 +36,23 @@ def ensure_local_backend(uri: str) -> None:
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
 
 
+def use_experiment(cfg: Any, name: str) -> None:
+    """Point MLflow at ``cfg.tracking_uri`` and experiment ``name``, creating it on first use.
+
+    With the embedded SQLite backend the experiment's artifacts go under
+    ``<home>/mlflow/artifacts`` (not ``./mlruns`` of whatever directory a task runs in); a
+    tracking server keeps its own artifact root, which every host can reach.
+    """
+    import mlflow
+
+    ensure_local_backend(cfg.tracking_uri)
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    if mlflow.get_experiment_by_name(name) is None:
+        local = cfg.tracking_uri.startswith("sqlite:")
+        mlflow.create_experiment(name, artifact_location=(cfg.home / "mlflow" / "artifacts").as_uri() if local else None)
+    mlflow.set_experiment(name)
+
+
 class Registry:
     def __init__(self, tracking_uri: str):
         from mlflow import MlflowClient

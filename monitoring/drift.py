@@ -53,6 +53,11 @@ def feature_names(family: str) -> list[str]:
     return list(FRAUD_FEATURES if family == "fraud_risk" else MARKET_FEATURES)
 
 
+def monitored_columns(family: str, dcfg: Any) -> list[str]:
+    """The feature columns a drift check compares: all but ``dcfg.ignore_columns``."""
+    return [n for n in feature_names(family) if n not in dcfg.ignore_columns]
+
+
 def to_columns(x: np.ndarray, names: list[str]) -> Any:
     """Model inputs ``[N, F]`` or ``[N, T, F]`` as a DataFrame with one column per feature (last tick)."""
     import pandas as pd
@@ -125,14 +130,6 @@ class DriftResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (an XCom and summary.json)."""
         return dataclasses.asdict(self) | {"status": self.status.value}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DriftResult":
-        d = dict(d)
-        d["columns"] = [ColumnDrift(**c) for c in d.get("columns", [])]
-        d["prediction"] = ColumnDrift(**d["prediction"]) if d.get("prediction") else None
-        d["status"] = DriftStatus(d["status"])
-        return cls(**d)
 
 
 def compare(reference: Any, current: Any, names: list[str], drift_share: float = 0.5, method: str | None = None,
@@ -236,7 +233,7 @@ def check(cfg: Any, family: str, target: str, since: dt.datetime, until: dt.date
         log.warning("drift %s/%s: %s", family, target, exc)
         return result
     result.champion_version, result.champion_run = str(champion.version), champion.run_id
-    names = [n for n in feature_names(family) if n not in dcfg.ignore_columns]
+    names = monitored_columns(family, dcfg)
     reference = load_reference(cfg, champion.run_id)
     current = served_frame(read_predictions(cfg.prediction_log_uri, family, target, since, until,
                                             cfg.registry.s3_endpoint_url), feature_names(family))
@@ -246,8 +243,7 @@ def check(cfg: Any, family: str, target: str, since: dt.datetime, until: dt.date
         result.status = DriftStatus.INSUFFICIENT
         result.reason = f"{len(current)} logged predictions in the window, fewer than min_rows={dcfg.min_rows}"
     else:
-        share = dcfg.family_drift_share.get(family, dcfg.drift_share)
-        figures, snapshot = compare(reference, current, names, share, dcfg.method, dcfg.threshold)
+        figures, snapshot = compare(reference, current, names, dcfg.share_for(family), dcfg.method, dcfg.threshold)
         for k, v in figures.items():
             setattr(result, k, v)
         result.status = DriftStatus.DRIFT if is_drift(result, dcfg.prediction_drift) else DriftStatus.OK
@@ -272,6 +268,7 @@ def _publish(cfg: Any, result: DriftResult, snapshot: Any, now: dt.datetime, des
     """HTML + JSON side by side: locally (``<home>/drift/…`` or ``dest``), in the store, in an MLflow run."""
     import mlflow
 
+    from model_registry.registry import use_experiment
     from model_registry.store import open_store
 
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
@@ -284,12 +281,7 @@ def _publish(cfg: Any, result: DriftResult, snapshot: Any, now: dt.datetime, des
     uri = store.put_files(folder, f"drift/{result.family}/{result.target}/{stamp}")
     result.json_uri = f"{uri}/summary.json"
     result.html_uri = f"{uri}/report.html" if snapshot is not None else None
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    experiment = f"{cfg.registry.experiment}-drift"
-    if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=(cfg.home / "mlflow" / "artifacts").as_uri()
-                                 if cfg.tracking_uri.startswith("sqlite") else None)
-    mlflow.set_experiment(experiment)
+    use_experiment(cfg, f"{cfg.registry.experiment}-drift")
     with mlflow.start_run(run_name=f"drift {result.family}/{result.target} {stamp}",
                           tags={"family": result.family, "target": result.target, "status": result.status,
                                 "champion_version": str(result.champion_version),

@@ -131,12 +131,12 @@ def _cmd_drift(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_drift_monitor(cfg: FactoryConfig, config_path: str | None, since: dt.datetime, until: dt.datetime,
-                      families: list[str]) -> dict:
-    """Run ``drift_monitor`` once through ``dag.test`` for a window; returns its state and retrain request.
+def run_drift_monitor(cfg: FactoryConfig, config_path: str | None, windows: list[tuple[dt.datetime, dt.datetime]],
+                      families: list[str]) -> list[dict]:
+    """Run ``drift_monitor`` through ``dag.test`` once per window; per run its state and retrain request.
 
-    The DAGs are synced to the metadata DB and the nightly unpaused first, so the asset
-    event queues a nightly run exactly as the scheduler would see it.
+    The DAGs are synced to the metadata DB and the nightly unpaused first (once), so an
+    asset event queues a nightly run exactly as the scheduler would see it.
     """
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
     from airflow.models.asset import AssetDagRunQueue, AssetEvent
@@ -153,14 +153,17 @@ def run_drift_monitor(cfg: FactoryConfig, config_path: str | None, since: dt.dat
     sync_bag_to_db(bag, "dags-folder", None)
     with create_session() as session:
         session.get(DagModel, NIGHTLY_DAG).is_paused = False
-    run = bag.dags[DRIFT_DAG].test(run_conf={"profile": cfg.profile, "config_path": config_path,
-                                             "since": since.isoformat(), "until": until.isoformat(),
-                                             "families": families})
-    with create_session() as session:
-        events = [{"asset": e.uri, "extra": e.extra, "timestamp": str(e.timestamp)} for e in session.scalars(
-            select(AssetEvent).where(AssetEvent.source_run_id == run.run_id))]
-        queued = [q.target_dag_id for q in session.scalars(select(AssetDagRunQueue))]
-    return {"state": str(run.state), "asset_events": events, "queued": queued}
+    runs = []
+    for since, until in windows:
+        run = bag.dags[DRIFT_DAG].test(run_conf={"profile": cfg.profile, "config_path": config_path,
+                                                 "since": since.isoformat(), "until": until.isoformat(),
+                                                 "families": families})
+        with create_session() as session:
+            events = [{"asset": e.uri, "extra": e.extra, "timestamp": str(e.timestamp)} for e in session.scalars(
+                select(AssetEvent).where(AssetEvent.source_run_id == run.run_id))]
+            queued = [q.target_dag_id for q in session.scalars(select(AssetDagRunQueue))]
+        runs.append({"state": str(run.state), "asset_events": events, "queued": queued})
+    return runs
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -188,14 +191,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     table = Table(title=f"drift_monitor over {args.windows} consecutive windows of the day")
     for col in ("window (UTC)", "rows", "drifted columns", "prediction", "status", "retrain"):
         table.add_column(col)
-    runs, first_drift, events = [], None, []
-    for k in range(args.windows):
-        since, until = r.since + k * step, r.since + (k + 1) * step
-        console.rule(f"drift_monitor · window {k + 1}/{args.windows}")
-        out = run_drift_monitor(cfg, args.config, since, until, [args.family])
-        res = json.loads(sorted((cfg.home / "drift" / args.family / args.target).glob("*/summary.json"))[-1]
-                         .read_text())
-        runs.append(out)
+    windows = [(r.since + k * step, r.since + (k + 1) * step) for k in range(args.windows)]
+    console.rule(f"drift_monitor · {args.windows} windows")
+    runs = run_drift_monitor(cfg, args.config, windows, [args.family])
+    # Each check left its summary under <home>/drift/<family>/<target>/<stamp>/: the newest ones, in order.
+    summaries = sorted((cfg.home / "drift" / args.family / args.target).glob("*/summary.json"))[-len(windows):]
+    first_drift, events = None, []
+    for (since, until), out, path in zip(windows, runs, summaries):
+        res = json.loads(path.read_text())
         events += out["asset_events"]
         first_drift = first_drift or (res if res["status"] == "drift" else None)
         pred = res.get("prediction") or {}

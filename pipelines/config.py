@@ -320,12 +320,15 @@ class DriftConfig(_Strict):
     ignore_columns: list[str] = Field(default_factory=lambda: ["hour_sin", "hour_cos"])
     """Not compared: calendar features, whose hourly window always differs from a day-long reference."""
 
+    def share_for(self, family: str) -> float:
+        """The family's dataset-drift share: ``family_drift_share`` or ``drift_share``."""
+        return self.family_drift_share.get(Family(family), self.drift_share)
+
 
 class MonitoringConfig(_Strict):
     drift: DriftConfig = DriftConfig()
     prediction_log_uri: str | None = None
     """Where serving hosts log predictions: a path or ``s3://bucket/prefix``; default: the engine store."""
-    prediction_sample_rate: float = Field(0.1, ge=0, le=1)
     textfile_dir: str | None = None
     """node_exporter textfile-collector directory for batch metrics (drift, nightly outcome);
     default ``<home>/metrics``."""

@@ -133,11 +133,15 @@ def fraud_features(txns: pd.DataFrame) -> pd.DataFrame:
     out["amount_z"] = np.nan_to_num(amount_log - prev_mean, nan=0.0)
     since = g["ts"].diff().dt.total_seconds().to_numpy()
     out["since_prev_log"] = np.log1p(np.minimum(np.nan_to_num(since, nan=86_400.0), 86_400.0))
-    for name, window in (("velocity_10m", 600), ("velocity_1h", 3600), ("history_24h_log", 86_400)):
+
+    def recent(window_s: int) -> np.ndarray:
+        """Same-account rows within [t - window, t): sorted keys make it a searchsorted."""
         counts = np.empty(len(df))
-        # Same-account rows within [t - window, t): sorted keys make it a searchsorted.
-        counts[order] = pos - np.searchsorted(key, key - window, side="left")
-        out[name] = np.log1p(counts) if name == "history_24h_log" else counts
+        counts[order] = pos - np.searchsorted(key, key - window_s, side="left")
+        return counts
+
+    out["velocity_10m"], out["velocity_1h"] = recent(600), recent(3600)
+    out["history_24h_log"] = np.log1p(recent(86_400))
     seen_device = df.groupby(["account_id", "device_id"], sort=False).cumcount().to_numpy()
     out["new_device"] = ((seen_device == 0) & (prior > 0)).astype(float)
     out["country_mismatch"] = (df["country"] != df["home_country"]).astype(float)

@@ -41,6 +41,11 @@ def retrain_request(context: Mapping[str, Any]) -> tuple[list[str] | None, str]:
     return None, "manual" if "manual" in run_type else "schedule"
 
 
+def xcom_items(seq: Any) -> list:
+    """A mapped task's results as a list. Index by length: iterating a lazy XCom sequence probes one past its end."""
+    return [seq[i] for i in range(len(seq))]
+
+
 def config_from_params(params: Mapping[str, Any]) -> FactoryConfig:
     return load_config(params.get("config_path") or None, params.get("profile") or None)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,19 +71,15 @@ def requests_for_day(cfg: FactoryConfig, family: str, date: str, shift: Shift | 
 
     fam = Family(family)
     if fam is Family.FRAUD_RISK:
-        # Account history carries across days: compute features over the lake days before too, keep the day's rows.
-        day = dt.date.fromisoformat(date)
-        frames, source = [], ""
-        for k in range(cfg.data.history_days, -1, -1):  # the lake days before: a full 24 h lookback
-            d = (day - dt.timedelta(days=k)).isoformat()
-            try:
-                df, how = _day(cfg, TRANSACTIONS_DATASET, TRANSACTIONS_SYMBOL, d, shift if k == 0 else None)
-            except FileNotFoundError:
-                if k == 0:
-                    raise
-                continue
-            frames.append(df)
-            source = how if k == 0 else source
+        # The features look back 24 h: load the day before too, keep the day's rows.
+        before = (dt.date.fromisoformat(date) - dt.timedelta(days=1)).isoformat()
+        try:
+            frames = [_day(cfg, TRANSACTIONS_DATASET, TRANSACTIONS_SYMBOL, before, None)[0]]
+        except FileNotFoundError:
+            log.warning("replay: no %s transactions in the lake; the first hours' history features are short", before)
+            frames = []
+        today, source = _day(cfg, TRANSACTIONS_DATASET, TRANSACTIONS_SYMBOL, date, shift)
+        frames.append(today)
         feats = fraud_features(pd.concat(frames, ignore_index=True))
         start = pd.Timestamp(date, tz="UTC")
         feats = feats[(feats["ts"] >= start) & (feats["ts"] < start + pd.Timedelta(days=1))]
@@ -109,26 +106,23 @@ def replay(cfg: FactoryConfig, family: str, date: str, target: str = "cpu", shif
     """Pull the champion, serve the day one request at a time, log every prediction."""
     from model_registry.pull import pull
     from model_registry.runtime import EngineRunner
-    from monitoring.serving import PredictionLog, ServingMetrics
-
-    from prometheus_client import CollectorRegistry
+    from monitoring.serving import PredictionLog
 
     inst = pull(cfg, family, target, "champion", cfg.home / "serving")
     x, ts, source = requests_for_day(cfg, family, date, shift, max_requests)
     if not len(x):
         raise ValueError(f"replay: no requests for {family} on {date}")
-    metrics = ServingMetrics(family, target, registry=CollectorRegistry())
     plog = PredictionLog(cfg.prediction_log_uri, family, target, sample_rate=1.0, max_queue=len(x) + 1,
                          batch_rows=2000, s3_endpoint_url=cfg.registry.s3_endpoint_url)
-    runner = EngineRunner(inst.path, metrics=metrics)
+    runner = EngineRunner(inst.path)
     latencies = np.empty(len(x))
     log.info("replay %s/%s %s: %d requests on champion v%s (%s)", family, target, date, len(x),
              inst.registry_version, inst.version)
     for i in range(len(x)):
         req = x[i:i + 1]
-        t0 = dt.datetime.now()
+        t0 = time.perf_counter()
         out = runner.predict(req)
-        latencies[i] = (dt.datetime.now() - t0).total_seconds()
+        latencies[i] = time.perf_counter() - t0
         plog.record(req, out, latencies[i], runner.version,
                     ts=dt.datetime.fromtimestamp(ts[i] / 1e9, dt.timezone.utc))
         if (i + 1) % 1000 == 0:

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring.drift import (PREDICTION, DriftError, DriftResult, compare, export_metrics, feature_names,
-                              next_episode, served_frame, to_columns)
+from monitoring.drift import (PREDICTION, ColumnDrift, DriftError, DriftResult, DriftStatus, compare, export_metrics,
+                              monitored_columns, next_episode, served_frame, to_columns)
 from pipelines.config import load_config
 from pipelines.data.simulator import Shift, simulate_market, simulate_transactions
 from pipelines.features import FRAUD_FEATURES, MARKET_FEATURES, fraud_features, market_features
@@ -38,8 +38,7 @@ def _with_prediction(df):
 def _rates(family, base, shifted, cfg):
     """Per seed: reference and current drawn from one pool (same distribution) vs current from the shifted day."""
     dcfg = cfg.monitoring.drift
-    names = [n for n in feature_names(family) if n not in dcfg.ignore_columns]
-    share = dcfg.family_drift_share.get(family, dcfg.drift_share)
+    names, share = monitored_columns(family, dcfg), dcfg.share_for(family)
     false_pos, detected = [], []
     for seed in SEEDS:
         idx = np.random.default_rng(seed).permutation(len(base))
@@ -114,12 +113,11 @@ def test_prediction_log_round_trip_to_drift_columns(tmp_path):
 
 def test_drift_metrics_are_a_valid_exposition(tmp_path):
     cfg = load_config(env={}, overrides={"home": str(tmp_path)})
-    result = DriftResult.from_dict({
-        "family": "fraud_risk", "target": "cpu", "since": "a", "until": "b", "status": "drift", "drift_share": 0.5,
-        "drifted_columns": 1, "dataset_drift": True, "triggered": True,
-        "columns": [{"column": "amount_log", "method": "PSI", "score": 0.7, "threshold": 0.2, "drifted": True},
-                    {"column": "amount_z", "method": "PSI", "score": 0.05, "threshold": 0.2, "drifted": False}],
-        "prediction": {"column": "prediction", "method": "PSI", "score": 0.1, "threshold": 0.2, "drifted": False}})
+    result = DriftResult("fraud_risk", "cpu", "a", "b", DriftStatus.DRIFT, drift_share=0.5, drifted_columns=1,
+                         dataset_drift=True, triggered=True,
+                         columns=[ColumnDrift("amount_log", "PSI", 0.7, 0.2, True),
+                                  ColumnDrift("amount_z", "PSI", 0.05, 0.2, False)],
+                         prediction=ColumnDrift("prediction", "PSI", 0.1, 0.2, False))
     path = export_metrics(cfg, result)
     assert path.parent == tmp_path / "metrics"
     samples = {(s.name, s.labels.get("column")): s.value for fam in text_string_to_metric_families(path.read_text())

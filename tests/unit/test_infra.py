@@ -25,7 +25,7 @@ def _rules():
 def _emitted(tmp_path) -> set[str]:
     """Series names the project writes: exporter, serving metrics, drift and nightly textfiles, recording rules."""
     from monitoring.batch import nightly_outcome
-    from monitoring.drift import ColumnDrift, DriftResult, export_metrics
+    from monitoring.drift import ColumnDrift, DriftResult, DriftStatus, export_metrics
     from monitoring.exporter import HELP
     from monitoring.serving import ServingMetrics
     from pipelines.config import load_config
@@ -37,7 +37,7 @@ def _emitted(tmp_path) -> set[str]:
     names |= {s.name for fam in reg.collect() for s in fam.samples}
     cfg = load_config(env={}, overrides={"home": str(tmp_path)})
     col = ColumnDrift("a", "psi", 0.1, 0.2, False)
-    files = [export_metrics(cfg, DriftResult("f", "cpu", "", "", "ok", columns=[col], prediction=col)),
+    files = [export_metrics(cfg, DriftResult("f", "cpu", "", "", DriftStatus.OK, columns=[col], prediction=col)),
              *nightly_outcome(cfg, "2026-03-02", [], {("f", "cpu"): 1.0})]
     names |= {s.name for p in files for fam in text_string_to_metric_families(p.read_text()) for s in fam.samples}
     return names | {r["record"] for r in _rules() if "record" in r}
