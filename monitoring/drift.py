@@ -12,7 +12,8 @@ the share of drifted feature columns.
 A check *triggers* retraining when the feature drift share reaches ``drift_share`` (or the
 prediction drifted, with ``prediction_drift``), and only once per drift episode: the
 episode state lives on the registered model in MLflow (tag :data:`EPISODE_TAG`), so every
-worker sees it; an episode ends at the first clean check or when the champion changes.
+worker sees it; an episode ends after ``clean_checks_to_close`` clean checks in a row, at a clean check
+below the lower share (hysteresis), or when the champion changes.
 """
 
 from __future__ import annotations
@@ -166,19 +167,30 @@ def is_drift(result: DriftResult, prediction_drift: bool) -> bool:
     return result.dataset_drift or (prediction_drift and result.prediction is not None and result.prediction.drifted)
 
 
-def next_episode(state: dict[str, Any] | None, drifting: bool, champion: str, now: str,
-                 reason: str) -> tuple[dict[str, Any] | None, bool]:
-    """Episode bookkeeping: returns (new state, fire?). Fires on the first drifting check of an episode only.
+def next_episode(state: dict[str, Any] | None, drifting: bool, champion: str, now: str, reason: str,
+                 share: float | None = None, clean_to_close: int = 1,
+                 close_below_share: float | None = None) -> tuple[dict[str, Any] | None, bool]:
+    """Episode bookkeeping with hysteresis: returns (new state, fire?). Fires on the first drifting check only.
 
-    An episode is open while checks keep drifting against the same champion; a clean check
-    closes it, and so does a new champion (its own reference window starts afresh).
+    An episode opens at a drifting check and stays open while checks keep drifting against the
+    same champion. It closes after ``clean_to_close`` consecutive clean checks, or at once when a
+    clean check's drift ``share`` is below ``close_below_share`` (clearly back to normal). A share
+    that hovers around the threshold (0.38 / 0.50 / 0.44 / 0.50) keeps one episode open instead of
+    firing on every upward crossing. A new champion starts a new episode (its own reference window).
     """
     open_same = bool(state and state.get("open") and state.get("champion") == champion)
     if not drifting:
-        return ({**state, "open": False, "closed_at": now} if open_same else state), False
+        if not open_same:
+            return state, False
+        clean = int(state.get("clean", 0)) + 1
+        clearly_back = close_below_share is not None and share is not None and share < close_below_share
+        if clean >= clean_to_close or clearly_back:
+            return {**state, "open": False, "clean": clean, "closed_at": now}, False
+        return {**state, "clean": clean, "last_clean": now}, False
     if open_same:
-        return {**state, "last_seen": now, "checks": int(state.get("checks", 1)) + 1}, False
-    return {"open": True, "champion": champion, "started": now, "last_seen": now, "checks": 1, "reason": reason}, True
+        return {**state, "last_seen": now, "checks": int(state.get("checks", 1)) + 1, "clean": 0}, False
+    return {"open": True, "champion": champion, "started": now, "last_seen": now, "checks": 1, "clean": 0,
+            "reason": reason}, True
 
 
 def drift_reason(result: DriftResult) -> str:
@@ -253,7 +265,9 @@ def check(cfg: Any, family: str, target: str, since: dt.datetime, until: dt.date
     result.episode = json.loads(state) if state else None
     if record_episode and result.status is not DriftStatus.INSUFFICIENT:  # too little data says nothing about the episode
         new_state, result.triggered = next_episode(result.episode, drifting, result.champion_version,
-                                                   now.isoformat(), result.reason)
+                                                   now.isoformat(), result.reason, share=result.drift_share,
+                                                   clean_to_close=dcfg.clean_checks_to_close,
+                                                   close_below_share=dcfg.close_below_share_for(family))
         if new_state is not None:
             registry.set_model_tag(family, target, EPISODE_TAG, json.dumps(new_state, sort_keys=True))
         result.episode = new_state

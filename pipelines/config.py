@@ -306,6 +306,11 @@ class DriftConfig(_Strict):
     """Per-family ``drift_share``. fraud_risk: 2 of its 9 monitored columns. A change in amounts and
     countries is the one that matters there, and once it lasts a day the account-relative amount
     (``amount_z``) adapts, leaving ``amount_log`` and ``country_mismatch`` (benchmarks/drift_methods.py)."""
+    clean_checks_to_close: int = Field(3, ge=1)
+    """Hysteresis: an open drift episode closes only after this many clean checks in a row..."""
+    close_share_ratio: float = Field(0.5, gt=0, le=1)
+    """...or at once when a clean check's drift share is below this fraction of the family's share
+    (0.5 x 0.5 = 0.25 by default): a share hovering at the threshold keeps one episode, not many."""
     method: str | None = "psi"
     """Per-column stattest (an Evidently name: ``psi``, ``wasserstein``, ``ks``, ``jensenshannon``…); None lets
     Evidently choose by sample size (K-S below 1000 rows, which flags nearly everything on large windows)."""
@@ -323,6 +328,10 @@ class DriftConfig(_Strict):
     def share_for(self, family: str) -> float:
         """The family's dataset-drift share: ``family_drift_share`` or ``drift_share``."""
         return self.family_drift_share.get(Family(family), self.drift_share)
+
+    def close_below_share_for(self, family: str) -> float:
+        """The lower share under which a clean check closes an open episode at once."""
+        return self.share_for(family) * self.close_share_ratio
 
 
 class MonitoringConfig(_Strict):

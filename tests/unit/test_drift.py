@@ -90,6 +90,34 @@ def test_a_drift_episode_fires_once_and_a_clean_check_or_new_champion_rearms_it(
     assert state["open"] and state["champion"] == "2" and state["checks"] == 2
 
 
+def test_a_share_hovering_at_the_threshold_keeps_one_episode():
+    """The measured ordinary day: 0.38 / 0.50 / 0.44 / 0.50 at share 0.5 fired twice without hysteresis."""
+    shares = [0.38, 0.50, 0.44, 0.50, 0.44, 0.50]
+
+    def run(clean_to_close, close_below):
+        state, fired = None, []
+        for s in shares:
+            state, fire = next_episode(state, s >= 0.5, "1", "t", "why", share=s, clean_to_close=clean_to_close,
+                                       close_below_share=close_below)
+            fired.append(fire)
+        return state, fired
+
+    _, fired = run(1, None)
+    assert sum(fired) == 3  # the old behaviour: every upward crossing fires
+    state, fired = run(3, 0.25)
+    assert fired == [False, True, False, False, False, False] and state["open"]
+    # three clean checks in a row close it; so does one clean check clearly below the lower share
+    state, _ = run(3, 0.25)
+    for s in (0.44, 0.40, 0.45):
+        state, _ = next_episode(state, False, "1", "t", "why", share=s, clean_to_close=3, close_below_share=0.25)
+    assert not state["open"]
+    state, _ = run(3, 0.25)
+    state, _ = next_episode(state, False, "1", "t", "why", share=0.1, clean_to_close=3, close_below_share=0.25)
+    assert not state["open"]
+    state, fire = next_episode(state, True, "1", "t", "why", share=0.6, clean_to_close=3, close_below_share=0.25)
+    assert fire and state["open"]
+
+
 def test_prediction_log_round_trip_to_drift_columns(tmp_path):
     from monitoring.serving import PredictionLog, read_predictions
 
