@@ -17,6 +17,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from .evidence import round_stats
+
 
 @dataclass(frozen=True)
 class LatencyStats:
@@ -197,14 +199,20 @@ class TensorRTRunner:
         self.info = {"backend": "tensorrt", "tensorrt": trt.__version__, "cuda_graph": cuda_graph,
                      "device": torch.cuda.get_device_name()}
 
+    def dtype(self, name: str) -> np.dtype:
+        """The numpy dtype the engine declares for tensor ``name`` (an FP16-output engine writes halves)."""
+        return np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
+
     def _bind(self, x: np.ndarray) -> tuple[Any, Any, Any, Any]:
         torch = self.torch
+        x = np.ascontiguousarray(x, dtype=self.dtype(self.input))
         self.context.set_input_shape(self.input, tuple(x.shape))
-        host_in = torch.from_numpy(np.ascontiguousarray(x)).pin_memory()
+        host_in = torch.from_numpy(x).pin_memory()
         dev_in = host_in.to("cuda")
         shape = tuple(self.context.get_tensor_shape(self.output))
-        dev_out = torch.empty(shape, dtype=torch.float32, device="cuda")
-        host_out = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        out_dtype = torch.from_numpy(np.empty(0, dtype=self.dtype(self.output))).dtype
+        dev_out = torch.empty(shape, dtype=out_dtype, device="cuda")
+        host_out = torch.empty(shape, dtype=out_dtype, pin_memory=True)
         self.context.set_tensor_address(self.input, dev_in.data_ptr())
         self.context.set_tensor_address(self.output, dev_out.data_ptr())
         return host_in, dev_in, dev_out, host_out
@@ -216,7 +224,7 @@ class TensorRTRunner:
             raise RuntimeError("TensorRT execute_async_v3 failed")
         host_out.copy_(dev_out, non_blocking=True)
         stream.synchronize()
-        return host_out.numpy().copy()
+        return host_out.numpy().astype(np.float32)  # read in the declared dtype, then widened for scoring
 
     def latencies(self, x: np.ndarray, warmup: int, iters: int, max_seconds: float) -> list[int]:
         torch = self.torch
@@ -246,21 +254,64 @@ def measure(runner: Runner, x: np.ndarray, warmup: int, iters: int, max_seconds:
     return LatencyStats.from_samples(len(x), runner.latencies(x, warmup, iters, max_seconds))
 
 
-def benchmark_runner(runner: Runner, x_pool: np.ndarray, opt_batch: int, warmup: int, iters: int,
-                     max_seconds: float, gpu: bool = False) -> dict[str, Any]:
-    """p50/p90/p99/max at batch 1 and at ``opt_batch`` (+ NVML telemetry on GPU), as a JSON-able dict."""
+def host_load() -> dict[str, float]:
+    """What else the host was doing: 1-minute load average and CPU count."""
+    import os
+
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return {"loadavg_1m": load1, "cpus": float(os.cpu_count() or 0)}
+
+
+def benchmark_interleaved(runners: dict[str, Runner], x_pool: np.ndarray, opt_batch: int, warmup: int, iters: int,
+                          max_seconds: float, rounds: int, gpu: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Time several runners (the champion and the candidates) interleaved, in ``rounds`` rounds on this host.
+
+    Each round visits the runners in a fresh random order and times ``iters / rounds`` calls of each at
+    batch 1 and at ``opt_batch``; host noise (another process, a frequency change) lands on every runner
+    of the round alike instead of on whichever ran when it happened. Returns, per runner, the pooled
+    statistics plus per-round p50/p99 (``rounds_p50_ms``, ``rounds_p99_ms``) for the gates' intervals,
+    and ``host``: the load average before and after, and the share of a CPU this process used.
+    """
     from monitoring.nvml import TelemetrySampler
 
     reps = -(-opt_batch // len(x_pool))
-    x_opt = np.ascontiguousarray(np.concatenate([x_pool] * reps)[:opt_batch])
-    x_one = np.ascontiguousarray(x_pool[:1])
+    shapes = {"batch1": np.ascontiguousarray(x_pool[:1]),
+              "opt": np.ascontiguousarray(np.concatenate([x_pool] * reps)[:opt_batch])}
+    per_round = max(10, -(-iters // rounds))
+    seconds = max_seconds / rounds
+    samples: dict[str, dict[str, list[np.ndarray]]] = {n: {k: [] for k in shapes} for n in runners}
+    rng = np.random.default_rng(seed)
+    before, cpu0, wall0 = host_load(), time.process_time(), time.perf_counter()
     with TelemetrySampler() if gpu else contextlib.nullcontext() as sampler:
-        b1 = measure(runner, x_one, warmup, iters, max_seconds)
-        opt = measure(runner, x_opt, warmup, iters, max_seconds)
-    out = {"runner": runner.name, **runner.info, "batch1": b1.to_dict(), "opt": opt.to_dict()}
-    if gpu:
-        out["telemetry"] = sampler.summary()
+        for name, r in runners.items():
+            for x in shapes.values():
+                r.latencies(x, warmup, 1, seconds)
+        for _ in range(rounds):
+            for name in rng.permutation(list(runners)):
+                for key, x in shapes.items():
+                    samples[name][key].append(np.asarray(runners[name].latencies(x, 0, per_round, seconds)))
+    wall = time.perf_counter() - wall0
+    host = {"loadavg_1m_before": before["loadavg_1m"], "loadavg_1m_after": host_load()["loadavg_1m"],
+            "cpus": before["cpus"], "process_cpu_share": (time.process_time() - cpu0) / wall if wall else 0.0,
+            "rounds": rounds, "calls_per_round": per_round}
+    out: dict[str, Any] = {}
+    for name, r in runners.items():
+        res: dict[str, Any] = {"runner": r.name, **r.info, "host": host}
+        for key, x in shapes.items():
+            stats = LatencyStats.from_samples(len(x), np.concatenate(samples[name][key])).to_dict()
+            rs = round_stats(samples[name][key])
+            res[key] = stats | {"rounds_p50_ms": rs.p50.tolist(), "rounds_p99_ms": rs.p99.tolist()}
+        if gpu:
+            res["telemetry"] = sampler.summary()
+        out[name] = res
     return out
+
+
+def benchmark_runner(runner: Runner, x_pool: np.ndarray, opt_batch: int, warmup: int, iters: int,
+                     max_seconds: float, gpu: bool = False, rounds: int = 1) -> dict[str, Any]:
+    """One runner alone: p50/p90/p99/max at batch 1 and at ``opt_batch`` (+ NVML telemetry on GPU)."""
+    return benchmark_interleaved({"runner": runner}, x_pool, opt_batch, warmup, iters, max_seconds, rounds,
+                                 gpu)["runner"]
 
 
 def engine_runner(engine_dir: Path, backend: str, engine_file: str, threads: int = 1,

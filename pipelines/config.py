@@ -228,7 +228,12 @@ class EngineConfig(_Strict):
 
 
 class FamilyGates(_Strict):
-    """Acceptance bounds for one family's candidates, against the FP32 PyTorch reference on the test split."""
+    """Margins for one family's candidates against the FP32 PyTorch reference on the test split.
+
+    Each margin is a degradation that rejects only when the paired bootstrap shows it: the lower end
+    of the interval (``gates.confidence``) of reference − candidate lies beyond the margin. A point
+    estimate past the margin with an interval that reaches back inside it is reported, not rejected.
+    """
 
     auc_drop_max: float = Field(0.005, ge=0)
     """The seeds' rule: AUC drop < 0.5 % (absolute 0.005)."""
@@ -237,9 +242,12 @@ class FamilyGates(_Strict):
     """At the family threshold (market_alert: 0.9)."""
     recall_drop_max: float | None = Field(None, ge=0)
     sharpe_rel_tol: float | None = Field(None, ge=0)
-    """price_direction: backtest Sharpe within ±this fraction of FP32's."""
+    """price_direction: backtest Sharpe may fall by at most this fraction of FP32's."""
     tail_brier_increase_max: float = Field(0.01, ge=0)
     """On the extreme-move subset, Brier score may worsen by at most this much."""
+    champion_auc_margin: float = Field(0.01, ge=0)
+    """Non-inferiority margin of a challenger against the champion (champion AUC − challenger AUC), paired
+    on today's test window: non-inferior when the whole interval lies below it, worse when all of it lies above."""
     p99_budget_ms: dict[Literal["cpu", "gpu"], float] = Field(default_factory=lambda: {"cpu": 20.0, "gpu": 20.0})
     """Batch-1 p99 latency budget per target class."""
 
@@ -256,18 +264,65 @@ def _default_family_gates() -> dict[Family, FamilyGates]:
     }
 
 
+class AgreementBounds(_Strict):
+    """How far a candidate's P(positive) may be from the FP32 PyTorch model's on the same test windows.
+
+    Derived from healthy variants measured across seeds (benchmarks/gate_reliability.py --derive;
+    docs/gates.md): the largest healthy value over families and seeds, times a safety factor.
+    """
+
+    mean_abs: float = Field(gt=0)
+    p99_abs: float = Field(gt=0)
+    max_abs: float = Field(gt=0)
+    bias: float = Field(gt=0)
+    """|mean(candidate − reference)|: a calibration shift (a constant offset moves nothing else)."""
+    flip_rate: float = Field(ge=0)
+    """Share of decisions at the family threshold that differ from the reference's."""
+    tail_mean_abs: float = Field(gt=0)
+    tail_bias: float = Field(gt=0)
+
+
+def _default_agreement() -> dict[str, AgreementBounds]:
+    # Measured: benchmarks/gate_reliability.py --derive (docs/gates.md, "Agreement bounds").
+    return {
+        "fp32": AgreementBounds(mean_abs=1e-5, p99_abs=1e-4, max_abs=1e-3, bias=1e-5, flip_rate=0.002,
+                                tail_mean_abs=1e-5, tail_bias=1e-5),
+        "fp16": AgreementBounds(mean_abs=4e-3, p99_abs=2e-2, max_abs=4e-2, bias=4e-3, flip_rate=0.006,
+                                tail_mean_abs=1e-2, tail_bias=1e-2),
+        "int8": AgreementBounds(mean_abs=6e-3, p99_abs=2.5e-2, max_abs=5e-2, bias=3e-3, flip_rate=0.03,
+                                tail_mean_abs=1e-2, tail_bias=6e-3),
+    }
+
+
+class ChampionPolicy(_Strict):
+    undecided: Literal["promote", "keep_champion"] = "promote"
+    """When today's window cannot decide champion vs challenger (too few positives, or an interval that
+    straddles the margin): ``promote`` (fresher data wins unless it is shown worse) or ``keep_champion``."""
+
+
 class GateConfig(_Strict):
     families: dict[Family, FamilyGates] = Field(default_factory=_default_family_gates)
+    agreement: dict[Precision, AgreementBounds] = Field(default_factory=_default_agreement)
+    """Variant and engine outputs against FP32 PyTorch, per precision (gating)."""
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    """Two-sided level of every interval a gate decides on (paired bootstrap; t over latency rounds)."""
+    bootstrap_resamples: int = Field(1000, ge=100)
+    min_events: int = Field(20, ge=1)
+    """A metric built on events (positives, alerts, trades, tail windows) with fewer than this many in
+    either model's sample cannot decide: the check says ``undecided`` and names the counts."""
     parity: dict[Precision, tuple[float, float]] = Field(default_factory=lambda: {
         "fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "int8": (5e-2, 5e-2)})
-    """Engine vs its own ONNX variant: (atol, rtol) per precision, on a validation slice."""
+    """Engine vs its own ONNX variant: (atol, rtol) per precision. A diagnostic: engines are gated on their
+    agreement with FP32 PyTorch; only NaN/inf here rejects."""
     parity_samples: int = Field(512, ge=8)
     latency_regression_max: float = Field(0.10, ge=0)
-    """p99 may exceed the champion's (same target, same harness, same run) by at most this fraction..."""
+    """p50 or p99 may exceed the champion's (same target, interleaved rounds, one task) by at most this fraction;
+    a regression rejects when the lower end of the ratio's interval over the rounds is beyond it..."""
     latency_noise_floor_ms: float = Field(0.05, ge=0)
-    """...and a regression must also exceed this many ms: sub-0.1 ms CPU p99s jitter by more than 10 %."""
+    """...and the pooled difference also exceeds this many ms (sub-0.1 ms CPU latencies)."""
     tie_tolerance: float = Field(0.03, ge=0)
     """p99s within this fraction are a tie; the higher precision wins a tie."""
+    champion: ChampionPolicy = ChampionPolicy()
     auto_promote: bool = True
     """A selection that passed every gate becomes the target's champion without a person."""
 
@@ -279,6 +334,9 @@ class BenchmarkConfig(_Strict):
     max_seconds: float = Field(5.0, gt=0)
     """Cap per (engine, batch); fewer iterations are recorded when it is hit."""
     cuda_graphs: bool = True
+    rounds: int = Field(7, ge=2)
+    """The champion and the candidates are timed interleaved in this many rounds (random order each round);
+    ``iters`` and ``max_seconds`` are split across them. Decisions use intervals over the rounds."""
 
 
 class RegistryConfig(_Strict):
@@ -441,7 +499,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "export": {"parity_samples": 64},
         "quantize": {"calibration_size": 256},
         "engines": {"targets": [{"name": "cpu", "required": True}, {"name": "sm_90"}]},
-        "benchmark": {"warmup": 20, "iters": 300, "max_seconds": 1.0},
+        "benchmark": {"warmup": 20, "iters": 1400, "max_seconds": 2.0},
     },
 }
 

@@ -65,8 +65,31 @@ def onnx_fp32_to_fp16(src: Path, dest: Path) -> list[str]:
     model = onnx.load(str(src))
     present = sorted({n.op_type for n in model.graph.node} & set(FP16_KEEP_FP32))
     fp16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP16_KEEP_FP32))
+    _fp32_outputs(fp16)
     _save_atomic(fp16, dest)
     return present
+
+
+def _fp32_outputs(model) -> None:
+    """Make every FLOAT16 graph output FLOAT32 with a Cast inside the graph.
+
+    ``keep_io_types`` leaves an output FP16 when its producer is a blocked op (measured: the converter
+    wraps the kept-FP32 Sigmoid in casts and the last cast writes ``prob`` as float16), while every runner
+    and the documented contract read FP32 I/O.
+    """
+    from onnx import TensorProto, helper
+
+    for out in model.graph.output:
+        tt = out.type.tensor_type
+        if tt.elem_type != TensorProto.FLOAT16:
+            continue
+        half = f"{out.name}__fp16"
+        for node in model.graph.node:
+            node.output[:] = [half if o == out.name else o for o in node.output]
+            node.input[:] = [half if i == out.name else i for i in node.input]
+        model.graph.node.append(helper.make_node("Cast", [half], [out.name], to=TensorProto.FLOAT,
+                                                 name=f"{out.name}_to_fp32"))
+        tt.elem_type = TensorProto.FLOAT
 
 
 def calibration_set(x: np.ndarray, regime: np.ndarray, tail: np.ndarray, n: int = 1000, seed: int = 0) -> np.ndarray:

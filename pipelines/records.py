@@ -92,6 +92,8 @@ class VariantSet(Record):
     calibration_sha256: str
     calibration_method: str
     variants: list[Variant]
+    not_offered: dict[str, str] = {}
+    """Precisions not offered as candidates, with the reason (``int8``: no layer quantized)."""
 
 
 class EngineResult(Record):
@@ -116,6 +118,8 @@ class AccuracyReport(Record):
     family: str
     reference: dict[str, float]
     verdicts: list[Any]
+    reference_uri: str = ""
+    """FP32 PyTorch outputs on the test split (``.npy``): what engines are scored against on their workers."""
     """:class:`pipelines.gates.Verdict` as dicts, one per precision."""
 
 

@@ -198,10 +198,12 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
                            onnx_fp32_to_int8, quantization_coverage)
     from .train import evaluate_split
 
+    from .gates import tail_mask
+
     fam = Family(ex.family)
     splits = load_splits(Path(p.run_dir) / ex.family / "train" / "splits.npz")
     pool, val = splits["calib"], splits["val"]
-    tail = pool.anomaly | (pool.y > 0.5) if fam is Family.MARKET_ALERT else pool.y > 0.5
+    tail = tail_mask(fam, pool)  # the gates' own definition of the extreme-move windows
     calib = calibration_set(pool.x, pool.regime, tail, cfg.quantize.calibration_size, cfg.train.seed)
     src = Path(ex.onnx_uri)
     dest = Path(p.run_dir) / ex.family / "variants"
@@ -210,7 +212,7 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
     def score(path: Path) -> dict[str, float]:
         return evaluate_split(fam, infer_batched(OnnxRuntimeRunner(path, threads=0), val.x, 4096), val, threshold)
 
-    variants = []
+    variants, not_offered = [], {}
     with committed_dir(dest) as tmp:
         fp32 = tmp / "model.fp32.onnx"
         shutil.copyfile(src, fp32)
@@ -229,6 +231,12 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
                 cov = quantization_coverage(out)
                 coverage = {"quantized": cov.quantized, "not_quantized": cov.not_quantized,
                             "qdq_pairs": {"QuantizeLinear": cov.qdq_pairs}}
+                if not cov.quantized:  # the same FP32 graph under another name is no candidate
+                    not_offered[prec] = (f"no layer quantized: ModelOpt left {cov.not_quantized} in FP32 "
+                                         f"(K or N < 16, GEMV at opt batch, or no quantizable pattern)")
+                    out.unlink()
+                    log.warning("%s: %s not offered: %s", fam, prec, not_offered[prec])
+                    continue
             seconds = time.perf_counter() - start
             variants.append(Variant(precision=prec, onnx_uri=str(dest / out.name), sha256=sha256_file(out),
                                     seconds=round(seconds, 3), val_metrics=score(out), kept_fp32=kept,
@@ -236,7 +244,8 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
             log.info("%s: %s variant in %.1fs, val AUC %.4f", fam, prec, seconds, variants[-1].val_metrics["auc"])
         np.save(tmp / "calibration.npy", calib)
         result = VariantSet(family=ex.family, calibration_sha256=array_sha256(calib),
-                            calibration_method=cfg.quantize.calibration_method, variants=variants)
+                            calibration_method=cfg.quantize.calibration_method, variants=variants,
+                            not_offered=not_offered)
         write_json(tmp / "variants.json", result.to_xcom())
     return result
 
@@ -269,6 +278,8 @@ def build_engine(cfg: FactoryConfig, p: Plan, vs: VariantSet, precision: str, ta
     variant = next((v for v in vs.variants if v.precision == precision), None)
     if precision not in tgt.precisions:
         return skipped(f"precision {precision} is not enabled for target {target}")
+    if precision in vs.not_offered:
+        return skipped(f"{precision}: {vs.not_offered[precision]}")
     if variant is None:
         return skipped(f"no {precision} variant this run (quantize.precisions: {cfg.quantize.precisions})")
     builder = engines.builder_for(str(tgt.backend), cfg.engine_store)
@@ -293,7 +304,13 @@ def build_engine(cfg: FactoryConfig, p: Plan, vs: VariantSet, precision: str, ta
 
 
 def gate_accuracy(cfg: FactoryConfig, p: Plan, vs: VariantSet) -> AccuracyReport:
-    """Accuracy verdict per precision: each variant in ONNX Runtime against FP32 PyTorch on the test split."""
+    """Verdict per precision: each variant's own outputs (ONNX Runtime) against FP32 PyTorch on the test split.
+
+    Also saves the FP32 PyTorch outputs on the test split, which every engine is scored against on its
+    own target's worker.
+    """
+    import numpy as np
+
     from .benchmark import OnnxRuntimeRunner, infer_batched
     from .datasets import load_splits
     from .gates import accuracy_verdict
@@ -307,23 +324,33 @@ def gate_accuracy(cfg: FactoryConfig, p: Plan, vs: VariantSet) -> AccuracyReport
     verdicts = []
     for v in vs.variants:
         prob = infer_batched(OnnxRuntimeRunner(Path(v.onnx_uri), threads=0), test.x, 4096)
-        verdict = accuracy_verdict(fam, v.precision, test, prob_ref, prob, cfg.gates.families[fam], threshold)
+        verdict = accuracy_verdict(fam, v.precision, test, prob_ref, prob, cfg.gates.families[fam], threshold,
+                                   cfg.gates, onnx_sha256=v.sha256)
         log.info("%s/%s accuracy gate: %s %s", fam, v.precision, verdict.status, "; ".join(verdict.reasons))
         verdicts.append(verdict.to_xcom())
-    return AccuracyReport(family=fam, reference=evaluate_split(fam, prob_ref, test, threshold), verdicts=verdicts)
+    dest = Path(p.run_dir) / fam / "accuracy"
+    with committed_dir(dest) as tmp:
+        np.save(tmp / "reference.npy", prob_ref)
+    return AccuracyReport(family=fam, reference=evaluate_split(fam, prob_ref, test, threshold), verdicts=verdicts,
+                          reference_uri=str(dest / "reference.npy"))
 
 
 def gate_target(cfg: FactoryConfig, p: Plan, acc: AccuracyReport, target: str) -> TargetGate:
-    """Parity and latency of one family's engines on ``target`` (run on that target's worker), the champion
-    measured beside them, and the selection: lowest batch-1 p99 among candidates that pass every gate."""
+    """Every engine of one family on ``target`` (run on that target's worker), scored on its own outputs.
+
+    Per engine: lineage (built from the graph that passed accuracy), its outputs on every test window
+    against FP32 PyTorch (the accuracy gate's checks), parity with its ONNX (diagnostic; NaN rejects),
+    latency interleaved with the champion's in rounds, and the paired champion comparison. Then the
+    selection: lowest batch-1 p99 among candidates that pass every gate.
+    """
     import numpy as np
 
-    from .benchmark import benchmark_runner, engine_runner, infer_batched
+    from .benchmark import benchmark_interleaved, engine_runner, infer_batched
     from .champions import read_champion
     from .datasets import load_splits
     from .engines.base import MANIFEST, verify_manifest
-    from .gates import Candidate, Check, Verdict, latency_checks, onnx_runner, parity_check, polygraphy_runner, select
-    from .train import evaluate_split
+    from .gates import (Candidate, Verdict, accuracy_verdict, champion_check, failed, latency_checks, onnx_runner,
+                        parity_check, passed, polygraphy_runner, select)
 
     tgt = cfg.target(target)
     fam = Family(acc.family)
@@ -334,31 +361,28 @@ def gate_target(cfg: FactoryConfig, p: Plan, acc: AccuracyReport, target: str) -
                           reason=f"no {target} engines were built this run (see the engine records)")
     splits = load_splits(Path(p.run_dir) / fam / "train" / "splits.npz")
     val, test = splits["val"], splits["test"]
+    prob_ref = np.load(acc.reference_uri)
     bounds, gpu = cfg.gates.families[fam], tgt.backend == "tensorrt"
     budget = bounds.p99_budget_ms["gpu" if gpu else "cpu"]
-    bench_args = dict(opt_batch=cfg.families[fam].opt_batch, warmup=cfg.benchmark.warmup, iters=cfg.benchmark.iters,
-                      max_seconds=cfg.benchmark.max_seconds, gpu=gpu)
     threshold = cfg.families[fam].threshold
-    pool = val.x[:64]
 
     def runner(d: Path, m) -> object:
         threads = m.build.get("options", {}).get("intra_op_threads", 1)
         return engine_runner(d, m.backend, m.engine_file, threads=threads, cuda_graph=cfg.benchmark.cuda_graphs)
 
-    champ_p99 = champ_auc = None
+    runners, champ_prob = {}, None
     try:
         champion = read_champion(cfg, fam, target)
     except Exception as exc:  # the registry or store is down or the copy is bad: measure without it, say so
         champion = {"comparable": False, "reason": f"champion unavailable: {type(exc).__name__}: {exc}"}
         log.warning("%s/%s: %s", fam, target, champion["reason"])
     if champion and "engine_dir" in champion:
-        try:  # the champion, measured on this host in this run, on today's test window
+        try:  # the champion, on this host, on today's test window
             cm = verify_manifest(Path(champion["engine_dir"]))
             cr = runner(Path(champion["engine_dir"]), cm)
-            cb = benchmark_runner(cr, pool, **bench_args)
-            champ_auc = evaluate_split(fam, infer_batched(cr, test.x, 1024), test, threshold)["auc"]
-            champ_p99 = cb["batch1"]["p99_ms"]
-            champion = {**champion, "comparable": True, "p99_ms": champ_p99, "auc": champ_auc, "benchmark": cb}
+            champ_prob = infer_batched(cr, test.x, 1024)
+            runners["champion"] = cr
+            champion = {**champion, "comparable": True}
         except Exception as exc:  # another input shape, a corrupted copy, a foreign engine
             champion = {**champion, "comparable": False, "reason": f"{type(exc).__name__}: {exc}"}
             log.warning("%s/%s: champion %s not comparable: %s", fam, target, champion.get("version"), exc)
@@ -366,28 +390,49 @@ def gate_target(cfg: FactoryConfig, p: Plan, acc: AccuracyReport, target: str) -
     verdicts = {v["precision"]: Verdict.model_validate(v) for v in acc.verdicts}
     x_par = val.x[: cfg.gates.parity_samples]
     batches = [np.ascontiguousarray(x_par[i:i + 128]) for i in range(0, len(x_par), 128)]
-    candidates = []
+    scored = []
     for d in dirs:
         m = verify_manifest(d)
         verdict = verdicts.get(m.precision)
-        checks = [Check(name="accuracy", ok=verdict is not None and verdict.status is Status.OK,
-                        detail="accuracy gate: " + ("; ".join(verdict.reasons) if verdict else "no verdict"))]
-        atol, rtol = cfg.gates.parity[m.precision]
+        checks = [passed("accuracy", detail=f"variant {m.precision} passed the accuracy gate")
+                  if verdict is not None and verdict.status is Status.OK else
+                  failed("accuracy", detail="accuracy gate: " + ("; ".join(verdict.reasons) if verdict else
+                                                                 f"no {m.precision} verdict"))]
+        built_from = m.sha256.get("onnx") or ""
+        if verdict is None or built_from != verdict.onnx_sha256:
+            checks.append(failed("lineage", detail=f"engine built from ONNX {built_from[:12]}, not the {m.precision} "
+                                                   f"variant that passed accuracy "
+                                                   f"({(verdict.onnx_sha256 if verdict else '')[:12] or 'none'})"))
+        else:
+            checks.append(passed("lineage", detail=f"built from the {m.precision} variant {built_from[:12]}"))
+        r = runner(d, m)
+        prob = infer_batched(r, test.x, 1024)  # every test window, on this target's hardware
+        own = accuracy_verdict(fam, m.precision, test, prob_ref, prob, bounds, threshold, cfg.gates)
+        checks += [c.model_copy(update={"name": f"engine_{c.name}", "detail": f"engine: {c.detail}"})
+                   for c in own.checks]
         checks.append(parity_check(polygraphy_runner(d, m.backend, m.engine_file), onnx_runner(d / m.onnx_file),
-                                   batches, atol, rtol))
-        bench = benchmark_runner(runner(d, m), pool, **bench_args)
-        p99 = bench["batch1"]["p99_ms"]
-        checks += latency_checks(p99, budget, champ_p99, cfg.gates.latency_regression_max,
-                                 cfg.gates.latency_noise_floor_ms)
-        auc = verdict.metrics.get("auc") if verdict else None
-        if champ_auc is not None and auc is not None:
-            checks.append(Check(name="auc_vs_champion", ok=auc >= champ_auc - bounds.auc_drop_max, value=champ_auc - auc,
-                                bound=bounds.auc_drop_max,
-                                detail=f"test AUC {auc:.4f} vs the champion's {champ_auc:.4f} on the same window"))
+                                   batches, *cfg.gates.parity[m.precision]))
+        if champ_prob is not None:
+            checks.append(champion_check(fam, test, champ_prob, prob, bounds, threshold, cfg.gates))
+        runners[m.precision] = r
+        scored.append((d, m, checks, own.metrics.get("auc")))
+    bench = benchmark_interleaved(runners, val.x[:64], opt_batch=cfg.families[fam].opt_batch,
+                                  warmup=cfg.benchmark.warmup, iters=cfg.benchmark.iters,
+                                  max_seconds=cfg.benchmark.max_seconds, rounds=cfg.benchmark.rounds, gpu=gpu)
+    if "champion" in bench:
+        cb = bench["champion"]
+        champion = {**champion, "p99_ms": cb["batch1"]["p99_ms"], "benchmark": cb}
+    candidates = []
+    for d, m, checks, auc in scored:
+        b = bench[m.precision]
+        checks = checks + latency_checks(b, budget, bench.get("champion"), cfg.gates.latency_regression_max,
+                                         cfg.gates.latency_noise_floor_ms, cfg.gates.confidence)
         status = Status.OK if all(c.ok for c in checks) else Status.REJECTED
+        p99 = b["batch1"]["p99_ms"]
         candidates.append(Candidate(precision=m.precision, engine_dir=str(d), version=m.version, status=status,
-                                    checks=checks, auc=auc, p99_ms=p99, benchmark=bench))
-        log.info("%s/%s/%s: p99 %.3f ms (batch 1), %s", fam, target, m.precision, p99, status)
+                                    checks=checks, auc=auc, p99_ms=p99, benchmark=b))
+        log.info("%s/%s/%s: p99 %.3f ms (batch 1), %s %s", fam, target, m.precision, p99, status,
+                 "; ".join(c.detail for c in checks if not c.ok))
     winner, candidates = select(candidates, cfg.gates.tie_tolerance)
     return TargetGate(family=fam, target=target, status=Status.OK if winner else Status.REJECTED,
                       reason="" if winner else "no candidate passed every gate",
