@@ -9,18 +9,21 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from pipelines.benchmark import LatencyStats, OnnxRuntimeRunner, benchmark_runner, time_calls
+from pipelines import faults
+from pipelines.benchmark import LatencyStats, OnnxRuntimeRunner, benchmark_interleaved, time_calls
 from pipelines.config import Family, load_config
 from pipelines.datasets import Split
+from pipelines.evidence import Decision
 from pipelines.export import INPUT_NAME, OUTPUT_NAME
-from pipelines.gates import (Candidate, Check, accuracy_verdict, latency_checks, onnx_runner, parity_check, select,
-                             tail_mask)
+from pipelines.gates import (Candidate, accuracy_verdict, champion_check, failed, latency_checks, onnx_runner,
+                             parity_check, passed, select, tail_mask)
 from pipelines.quantize import onnx_fp32_to_int8
 from pipelines.records import Status
 from pipelines.train import predict
 
 CFG = load_config(profile="smoke", env={})
-PDIR = CFG.gates.families[Family.PRICE_DIRECTION]
+GATES = CFG.gates
+PDIR = GATES.families[Family.PRICE_DIRECTION]
 
 
 @pytest.fixture(scope="module")
@@ -47,23 +50,24 @@ def test_healthy_int8_passes_and_degenerate_calibration_is_rejected(pdir):
     folder, src, train_x, split, ref = pdir
     onnx_fp32_to_int8(src, folder / "good.int8.onnx", train_x[:400], "max", folder / "cache")
     good = accuracy_verdict(Family.PRICE_DIRECTION, "int8", split, ref, _run(folder / "good.int8.onnx", split.x),
-                            PDIR, 0.5)
+                            PDIR, 0.5, GATES)
     assert good.status is Status.OK, good.reasons
     degenerate = np.full_like(train_x[:400], 2.0)  # one constant window: activation ranges of nothing
     onnx_fp32_to_int8(src, folder / "bad.int8.onnx", degenerate, "max", folder / "cache")
     bad = accuracy_verdict(Family.PRICE_DIRECTION, "int8", split, ref, _run(folder / "bad.int8.onnx", split.x),
-                           PDIR, 0.5)
+                           PDIR, 0.5, GATES)
     assert bad.status is Status.REJECTED
-    failed = {c.name for c in bad.checks if not c.ok}
-    assert "auc_drop" in failed and any("auc dropped" in r for r in bad.reasons)
+    rejected_by = {c.name for c in bad.checks if not c.ok}
+    assert {"agree_mean_abs", "auc_drop"} <= rejected_by, bad.reasons
+    assert any("auc worse than FP32" in r and "entirely beyond the margin" in r for r in bad.reasons)
 
 
 def test_nan_outputs_are_rejected_not_raised(pdir):
     _, _, _, split, ref = pdir
     prob = ref.copy()
     prob[7, 1] = np.nan
-    v = accuracy_verdict(Family.PRICE_DIRECTION, "fp16", split, ref, prob, PDIR, 0.5)
-    assert v.status is Status.REJECTED and v.reasons == ["1 NaN/inf outputs on the test split"]
+    v = accuracy_verdict(Family.PRICE_DIRECTION, "fp16", split, ref, prob, PDIR, 0.5, GATES)
+    assert v.status is Status.REJECTED and v.reasons == [f"1 NaN/inf outputs on {len(ref)} test windows"]
 
 
 def test_tail_collapse_is_rejected_for_the_tail(pdir):
@@ -72,9 +76,9 @@ def test_tail_collapse_is_rejected_for_the_tail(pdir):
     assert 0.03 < tail.mean() < 0.08  # top 5 % of |forward return|
     collapsed = ref.copy()
     collapsed[tail] = 0.5  # confident on calm markets, clueless on extreme ones
-    v = accuracy_verdict(Family.PRICE_DIRECTION, "int8", split, ref, collapsed, PDIR, 0.5)
+    v = accuracy_verdict(Family.PRICE_DIRECTION, "int8", split, ref, collapsed, PDIR, 0.5, GATES)
     assert v.status is Status.REJECTED
-    assert "tail_brier" in {c.name for c in v.checks if not c.ok}
+    assert {"tail_mean_abs", "tail_brier"} <= {c.name for c in v.checks if not c.ok}
     assert any("extreme-move windows" in r for r in v.reasons)
 
 
@@ -101,6 +105,10 @@ def test_engine_parity_passes_for_itself_and_rejects_a_nan_engine(pdir, tmp_path
     assert same.ok and same.value == 0.0
     nan = parity_check(onnx_runner(_nan_engine(tmp_path / "nan.onnx")), onnx_runner(src), batches, 1e-4, 1e-3)
     assert not nan.ok and "NaN/inf" in nan.detail
+    # a finite mismatch is a diagnostic: recorded as a fail, never gating (engines are gated vs FP32)
+    shifted = parity_check(onnx_runner(faults.shift_outputs(src, tmp_path / "s.onnx", 0.2)), onnx_runner(src),
+                           batches, 1e-4, 1e-3)
+    assert shifted.decision is Decision.FAIL and shifted.ok and not shifted.gating
 
 
 class _Slowed:
@@ -118,22 +126,41 @@ class _Slowed:
         return time_calls(lambda: self.infer(x), warmup, iters, max_seconds)
 
 
-def test_slowed_runner_fails_the_regression_gate_and_noise_passes(pdir):
+def test_interleaved_rounds_catch_a_slowed_runner_and_pass_the_same_engine_twice(pdir):
     _, src, _, split, _ = pdir
-    champ = OnnxRuntimeRunner(src)
-    args = dict(opt_batch=8, warmup=5, iters=40, max_seconds=2.0)
-    base = benchmark_runner(champ, split.x[:16], **args)["batch1"]["p99_ms"]
-    slow = benchmark_runner(_Slowed(champ, 0.02), split.x[:16], **args)["batch1"]
-    assert slow["p50_ms"] >= 20.0  # the planted delay shows in every statistic
-    bad = latency_checks(slow["p99_ms"], budget_ms=10_000, champion_p99_ms=base, max_regression=0.10,
-                         noise_floor_ms=0.05)
-    assert [c.name for c in bad if not c.ok] == ["p99_vs_champion"]
-    over = latency_checks(slow["p99_ms"], budget_ms=5.0, champion_p99_ms=None, max_regression=0.10)
+    champ, again = OnnxRuntimeRunner(src), OnnxRuntimeRunner(src)
+    runners = {"champion": champ, "same": again, "slow": _Slowed(champ, 0.002)}
+    bench = benchmark_interleaved(runners, split.x[:16], opt_batch=8, warmup=3, iters=70, max_seconds=5.0, rounds=7)
+    assert len(bench["slow"]["batch1"]["rounds_p99_ms"]) == 7 and bench["slow"]["batch1"]["p50_ms"] >= 2.0
+    host = bench["slow"]["host"]
+    assert host["cpus"] >= 1 and host["rounds"] == 7 and host["loadavg_1m_before"] >= 0
+    slow = latency_checks(bench["slow"], 10_000, bench["champion"], 0.10, 0.05, 0.95)
+    assert {c.name for c in slow if not c.ok} == {"p50_vs_champion", "p99_vs_champion"}
+    assert "interleaved rounds" in slow[1].detail
+    same = latency_checks(bench["same"], 10_000, bench["champion"], 0.10, 0.05, 0.95)
+    assert all(c.ok for c in same), [c.detail for c in same]
+    over = latency_checks(bench["slow"], 1.0, None, 0.10, 0.05, 0.95)
     assert [c.name for c in over if not c.ok] == ["p99_budget"]
-    # within +10 %, or within the absolute noise floor, passes
-    assert all(c.ok for c in latency_checks(1.09, 50, 1.0, 0.10, noise_floor_ms=0.05))
-    assert all(c.ok for c in latency_checks(0.14, 50, 0.10, 0.10, noise_floor_ms=0.05))
-    assert not all(c.ok for c in latency_checks(0.16, 50, 0.10, 0.10, noise_floor_ms=0.05))
+
+
+def test_latency_decisions_on_synthetic_rounds():
+    def res(p50s, p99s):
+        return {"batch1": {"p50_ms": float(np.median(p50s)), "p99_ms": float(np.median(p99s)),
+                           "rounds_p50_ms": p50s, "rounds_p99_ms": p99s}}
+
+    champ = res([0.10] * 5, [0.20, 0.21, 0.19, 0.20, 0.20])
+    # +29 % in one noisy round of five is no evidence of a regression
+    noisy = res([0.10] * 5, [0.20, 0.21, 0.19, 0.20, 0.29])
+    assert all(c.ok for c in latency_checks(noisy, 5.0, champ, 0.10, 0.0, 0.95))
+    slower = res([0.15] * 5, [0.30, 0.31, 0.29, 0.30, 0.31])
+    assert not all(c.ok for c in latency_checks(slower, 5.0, champ, 0.10, 0.0, 0.95))
+    # the same regression under the absolute noise floor passes
+    assert all(c.ok for c in latency_checks(slower, 5.0, champ, 0.10, 0.2, 0.95))
+    # a p99 interval straddling the budget is undecided (recorded), one entirely above fails
+    straddle = latency_checks(res([1.0] * 5, [0.8, 1.2, 0.9, 1.1, 1.0]), 1.0, None, 0.1, 0.0, 0.95)[0]
+    assert straddle.decision is Decision.UNDECIDED and straddle.ok
+    assert latency_checks(res([1.0] * 5, [1.5, 1.6, 1.4, 1.5, 1.5]), 1.0, None, 0.1, 0.0, 0.95)[0].decision \
+        is Decision.FAIL
 
 
 def test_harness_statistics_on_a_synthetic_clock():
@@ -154,7 +181,7 @@ def test_harness_statistics_on_a_synthetic_clock():
 
 
 def _cand(precision, p99, ok=True):
-    checks = [Check(name="accuracy", ok=ok, detail="accuracy gate: auc dropped 0.02")]
+    checks = [passed("accuracy") if ok else failed("accuracy", detail="accuracy gate: auc dropped 0.02")]
     return Candidate(precision=precision, engine_dir="", version="v", status=Status.OK if ok else Status.REJECTED,
                      checks=checks, p99_ms=p99)
 

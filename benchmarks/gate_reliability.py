@@ -1,0 +1,301 @@
+"""Gate reliability: false rejects on healthy nights, and what catches each planted fault.
+
+    python benchmarks/gate_reliability.py [--nights 10] [--home DIR] [--derive 5] [--plants-only]
+
+``--derive K`` first runs K healthy nights up to the accuracy gate on seeds and dates of their own
+and prints the agreement of every healthy variant with FP32 PyTorch (|Δp| mean / p99 / max, calibration
+shift, flip rate, the same on the tail) and the bounds derived from it (largest healthy value × 2, tail
+and max × 3, rounded up): the numbers behind ``gates.agreement`` (docs/gates.md).
+
+Then N healthy smoke nights on consecutive dates in one home (so each night meets the previous night's
+champion), each with its own data seed: the stages run in this process as the DAG runs them, on the
+``cpu`` target. It prints every rejection with its reason, the false-reject rate per precision, the
+champion decision and the promotions per family, and the wall time the gates add to a night.
+
+Then the planted suite on the last night's run: each fault beside its healthy control, run through the
+same gate functions, with the check that caught it. Not a test: it prints, it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines import faults, stages  # noqa: E402
+from pipelines.config import Family, load_config  # noqa: E402
+from pipelines.records import Status  # noqa: E402
+
+FACTOR, TAIL_FACTOR = 2.0, 3.0
+
+
+def _cfg(home: Path, seed: int):
+    return load_config(profile="smoke", env={"FACTORY_HOME": str(home)}, overrides={
+        "data": {"seed": seed}, "engines": {"targets": [{"name": "cpu", "required": True}]}})
+
+
+def _through_variants(cfg, date: str):
+    p = stages.plan(cfg, date)
+    fs = stages.build_features(cfg, p, stages.ingest(cfg, p))
+    out = []
+    for fam in p.families:
+        ex = stages.export(cfg, p, stages.train(cfg, p, fs, fam))
+        out.append(stages.make_variants(cfg, p, ex))
+    return p, out
+
+
+def night(cfg, date: str) -> dict:
+    """One night in this process: the DAG's stages in its order, on the cpu target."""
+    p, vss = _through_variants(cfg, date)
+    accs, gated, gate_s = [], [], 0.0
+    for vs in vss:
+        for t in cfg.targets():
+            for prec in t.precisions:
+                stages.build_engine(cfg, p, vs, prec, t.name)
+        t0 = time.perf_counter()
+        acc = stages.gate_accuracy(cfg, p, vs)
+        accs.append(acc)
+        gated += [stages.gate_target(cfg, p, acc, t.name) for t in cfg.targets()]
+        gate_s += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = stages.gate_report(cfg, p, accs, gated)
+    gate_s += time.perf_counter() - t0
+    published = [stages.publish(cfg, p, fam, str(report)) for fam in p.families]
+    return {"plan": p, "variants": vss, "accuracy": accs, "gated": gated, "published": published, "gate_s": gate_s}
+
+
+def derive(base: Path, k: int) -> None:
+    rows = collections.defaultdict(list)
+    for i in range(k):
+        home = base / f"derive-{i}"
+        cfg = _cfg(home, 500 + i)
+        date = (dt.date(2026, 10, 1) + dt.timedelta(days=i)).isoformat()
+        p, vss = _through_variants(cfg, date)
+        for vs in vss:
+            acc = stages.gate_accuracy(cfg, p, vs)
+            for v in acc.verdicts:
+                rows[v["precision"]].append((vs.family, v["metrics"]))
+        shutil.rmtree(home, ignore_errors=True)
+    keys = [("mean_abs", "agree_mean_abs", FACTOR), ("p99_abs", "agree_p99_abs", FACTOR),
+            ("max_abs", "agree_max_abs", TAIL_FACTOR), ("bias", "agree_bias", FACTOR),
+            ("flip_rate", "agree_flip_rate", FACTOR), ("tail_mean_abs", "tail_agree_mean_abs", TAIL_FACTOR),
+            ("tail_bias", "tail_agree_bias", TAIL_FACTOR)]
+    print(f"\n## Agreement of healthy variants with FP32 PyTorch ({k} seeds × 3 families, smoke test splits)\n")
+    print("| precision | statistic | " + " | ".join(f.value for f in Family) + " | largest | × | derived bound |")
+    print("|---|---|" + "---|" * (len(Family) + 3))
+    for prec, items in sorted(rows.items()):
+        for name, key, factor in keys:
+            per_fam = {f.value: max((abs(m.get(key, 0.0)) for fam, m in items if fam == f.value), default=0.0)
+                       for f in Family}
+            largest = max(per_fam.values())
+            bound = _round_up(max(largest * factor, 1e-6 if "flip" not in name else 0.0))
+            print(f"| {prec} | {name} | " + " | ".join(f"{per_fam[f.value]:.2e}" for f in Family)
+                  + f" | {largest:.2e} | {factor:g} | {bound:.1e} |")
+
+
+def _round_up(x: float) -> float:
+    if x <= 0:
+        return 0.0
+    e = np.floor(np.log10(x))
+    return float(np.ceil(x / 10 ** e) * 10 ** e)
+
+
+def healthy(base: Path, n: int) -> tuple[Path, dict]:
+    home = base / "healthy"
+    shutil.rmtree(home, ignore_errors=True)
+    rejections, counts = [], collections.Counter()
+    promotions = collections.Counter()
+    decided = collections.Counter()
+    gate_s, last = [], None
+    print(f"\n## {n} healthy nights (smoke profile, one home, data seed per night)\n")
+    print("| night | family | variant verdicts (fp32/fp16/int8) | selected | vs champion | promoted |")
+    print("|---|---|---|---|---|---|")
+    for i in range(n):
+        date = (dt.date(2026, 11, 1) + dt.timedelta(days=i)).isoformat()
+        cfg = _cfg(home, 100 + i)
+        t0 = time.perf_counter()
+        out = night(cfg, date)
+        gate_s.append((out["gate_s"], time.perf_counter() - t0))
+        promoted = {(v["target"], f.family): v["promoted"] for f in out["published"] for v in f.versions}
+        accs = {a.family: a for a in out["accuracy"]}
+        for g in out["gated"]:
+            verdicts = {v["precision"]: v for v in accs[g.family].verdicts}
+            for v in verdicts.values():
+                counts[("variant", v["precision"])] += 1
+                if v["status"] != Status.OK:
+                    rejections.append((date, g.family, v["precision"], "accuracy",
+                                       "; ".join(c["detail"] for c in v["checks"] if not c["ok"])))
+            champ_note = "—"
+            for c in g.candidates:
+                counts[("engine", c["precision"])] += 1
+                if c["status"] != Status.OK:
+                    rejections.append((date, g.family, c["precision"], f"gate_{g.target}",
+                                       "; ".join(k["detail"] for k in c["checks"] if not k["ok"])))
+                vc = next((k for k in c["checks"] if k["name"] == "vs_champion"), None)
+                if vc and c["outcome"] == "selected":
+                    champ_note = vc["decision"]
+                    decided[(g.family, vc["decision"])] += 1
+            was = promoted.get((g.target, g.family), False)
+            promotions[g.family] += int(was)
+            vtext = "/".join(verdicts[p]["status"] if p in verdicts else "—" for p in ("fp32", "fp16", "int8"))
+            print(f"| {date} | {g.family} | {vtext} | {g.selected or '—'} | {champ_note} | {'yes' if was else 'no'} |")
+        last = (cfg, out)
+    print("\n### False rejects per precision\n")
+    print("| precision | variants rejected | engines rejected |")
+    print("|---|---|---|")
+    for prec in ("fp32", "fp16", "int8"):
+        rv = sum(1 for r in rejections if r[2] == prec and r[3] == "accuracy")
+        re_ = sum(1 for r in rejections if r[2] == prec and r[3] != "accuracy")
+        print(f"| {prec} | {rv} of {counts[('variant', prec)]} | {re_} of {counts[('engine', prec)]} |")
+    print("\n### Every rejection\n")
+    for r in rejections or [("—", "—", "—", "—", "none")]:
+        print(f"- {r[0]} {r[1]} {r[2]} at {r[3]}: {r[4]}")
+    print("\n### Promotions and champion decisions\n")
+    print("| family | promoted nights | non-inferior | undecided | worse |")
+    print("|---|---|---|---|---|")
+    for f in Family:
+        print(f"| {f.value} | {promotions[f.value]} of {n} | {decided[(f.value, 'pass')]} | "
+              f"{decided[(f.value, 'undecided')]} | {decided[(f.value, 'fail')]} |")
+    gs = np.array(gate_s)
+    print(f"\nGates (accuracy + gate_cpu + report) took {gs[:, 0].mean():.1f} s of a {gs[:, 1].mean():.1f} s night "
+          f"on average ({gs[:, 0].min():.1f}–{gs[:, 0].max():.1f} s).")
+    return home, {"cfg": last[0], "out": last[1]}
+
+
+def _caught(checks: list[dict]) -> str:
+    names = [c["name"] for c in checks if not c["ok"]]
+    return ", ".join(names) if names else "NOT CAUGHT"
+
+
+def plants(base: Path, last: dict) -> None:
+    """Each fault on a copy of the last healthy night's run, through the gate functions, beside its control."""
+    from pipelines.benchmark import OnnxRuntimeRunner, infer_batched
+    from pipelines.datasets import load_splits
+    from pipelines.engines.base import build_engine as build
+    from pipelines.engines.base import onnx_io
+    from pipelines.gates import accuracy_verdict, tail_mask
+    from pipelines.models import positive_probability
+
+    cfg, out = last["cfg"], last["out"]
+    p0 = out["plan"]
+    rows = []
+
+    def gate_with(family: str, precision: str, plant) -> tuple[str, str]:
+        """Plant into ``precision``'s cpu engine on a copy of the run; returns (planted, control) outcomes."""
+        work = Path(tempfile.mkdtemp(dir=base))
+        run = work / "run"
+        shutil.copytree(p0.run_dir, run)
+        p = p0.model_copy(update={"run_dir": str(run)})
+        vs = next(v for v in out["variants"] if v.family == family)
+        vs = vs.model_copy(update={"variants": [v.model_copy(update={"onnx_uri": str(run / family / "variants" /
+                                                                                      Path(v.onnx_uri).name)})
+                                                for v in vs.variants]})
+        engine_dir = run / family / "engines" / "cpu" / precision
+        plant(engine_dir, run)
+        acc = stages.gate_accuracy(cfg, p, vs)
+        g = stages.gate_target(cfg, p, acc, "cpu")
+        got = {c["precision"]: c for c in g.candidates}
+        planted = got[precision]
+        controls = [c for k, c in got.items() if k != precision]
+        ctrl = ", ".join(f"{c['precision']} {c['status']}" for c in controls)
+        shutil.rmtree(work, ignore_errors=True)
+        return (f"{planted['status']}: {_caught(planted['checks'])}", ctrl)
+
+    def with_engine(fn):
+        def plant(engine_dir: Path, run: Path) -> None:
+            tmp = engine_dir.parent / "planted.onnx"
+            fn(engine_dir / "model.onnx", tmp)
+            faults.replace_engine(engine_dir, tmp)
+            tmp.unlink()
+        return plant
+
+    test = {f: load_splits(Path(p0.run_dir) / f / "train" / "splits.npz")["test"] for f in p0.families}
+    for delta in (0.02, 0.04, 0.10):
+        res = gate_with("market_alert", "int8", with_engine(lambda s, d, k=delta: faults.shift_outputs(s, d, k)))
+        rows.append((f"market_alert int8 engine, outputs +{delta}", *res))
+    thr = faults.rare_threshold(test["market_alert"].x, 2, 0.002)
+    res = gate_with("market_alert", "fp32", with_engine(lambda s, d: faults.nan_on_rare_inputs(s, d, 2, thr)))
+    rows.append(("market_alert fp32 engine, NaN on 0.2 % of inputs", *res))
+    res = gate_with("price_direction", "fp32", with_engine(lambda s, d: faults.slow_down(s, d)))
+    rows.append(("price_direction fp32 engine, slow (extra matmuls)", *res))
+
+    def other_graph(engine_dir: Path, run: Path) -> None:  # the fp32 engine rebuilt from the fp16 graph
+        from pipelines import engines
+        from pipelines.availability import host_facts
+        from pipelines.engines.base import BuildSpec
+
+        fam = Family.FRAUD_RISK
+        src = run / fam / "variants" / "model.fp16.onnx"
+        tgt = cfg.target("cpu")
+        ins, outs, prof = onnx_io(src, cfg.families[fam])
+        spec = BuildSpec(family=fam, version="planted", precision="fp32", target=tgt, onnx=src, profile=prof,
+                         options=cfg.engines.onnxruntime.model_dump(), calibration_sha256=None)
+        shutil.rmtree(engine_dir)
+        build(engines.builder_for("onnxruntime", cfg.engine_store), spec, engine_dir, ins, outs, host_facts())
+    res = gate_with("fraud_risk", "fp32", other_graph)
+    rows.append(("fraud_risk fp32 engine built from another graph (the fp16 one)", *res))
+
+    # variant level: INT8 graphs with one perturbed scale, and a tail collapse, through the accuracy verdict
+    fam = Family.PRICE_DIRECTION
+    base_int8 = Path(p0.run_dir) / fam / "variants" / "model.int8.onnx"
+    ref = np.load(Path(p0.run_dir) / fam / "accuracy" / "reference.npy")
+    t = test[fam]
+    bounds, thr_f = cfg.gates.families[fam], cfg.families[fam].threshold
+    scales = faults.activation_scales(base_int8)
+    caught = 0
+    for name in scales:
+        for factor in (16.0, 1 / 16):
+            with tempfile.TemporaryDirectory(dir=base) as d:
+                bad = faults.scale_one(base_int8, Path(d) / "bad.onnx", name, factor)
+                prob = infer_batched(OnnxRuntimeRunner(bad, threads=0), t.x, 4096)
+            v = accuracy_verdict(fam, "int8", t, ref, prob, bounds, thr_f, cfg.gates)
+            dp = np.abs(np.asarray(positive_probability(fam, prob)) - np.asarray(positive_probability(fam, ref)))
+            caught += v.status is Status.REJECTED
+            rows.append((f"price_direction int8, scale {name} ×{factor:g} (mean |Δp| {np.nanmean(dp):.4f}, "
+                         f"max {np.nanmax(dp):.3f})", f"{v.status}: {_caught([c.model_dump() for c in v.checks])}",
+                         "—"))
+    collapsed = ref.copy()
+    tail = tail_mask(fam, t)
+    collapsed[tail] = 0.5
+    v = accuracy_verdict(fam, "int8", t, ref, collapsed, bounds, thr_f, cfg.gates)
+    rows.append((f"price_direction, outputs 0.5 on the {int(tail.sum())} extreme-move windows",
+                 f"{v.status}: {_caught([c.model_dump() for c in v.checks])}", "—"))
+    ok = accuracy_verdict(fam, "int8", t, ref, infer_batched(OnnxRuntimeRunner(base_int8, threads=0), t.x, 4096),
+                          bounds, thr_f, cfg.gates)
+    rows.append(("control: the healthy price_direction int8 graph", f"{ok.status}", "—"))
+    print("\n## Planted faults\n")
+    print("| plant | planted candidate | healthy controls beside it |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} |")
+    print(f"\nINT8 scale corruptions caught: {caught} of {2 * len(scales)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nights", type=int, default=10)
+    ap.add_argument("--derive", type=int, default=0, help="seeds for the agreement-bound derivation first")
+    ap.add_argument("--home", type=Path, default=None, help="working directory (default: a temporary one)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    base = args.home or Path(tempfile.mkdtemp(prefix="gate-reliability-"))
+    base.mkdir(parents=True, exist_ok=True)
+    if args.derive:
+        derive(base, args.derive)
+    if args.nights:
+        _, last = healthy(base, args.nights)
+        plants(base, last)
+
+
+if __name__ == "__main__":
+    main()
