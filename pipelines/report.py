@@ -148,11 +148,12 @@ def print_gates(report: dict[str, Any], console=None) -> None:
     if not console.is_terminal:
         console.width = max(console.width, 160)
     acc = {(a["family"], v["precision"]): v for a in report["accuracy"] for v in a["verdicts"]}
-    table = Table(title=f"Gates {report['date']} · test split vs FP32 PyTorch · latency on the target")
-    for col in ("family", "target", "prec", "AUC", "ΔAUC", "tail ΔBrier", "parity |Δ|", "p50 b1", "p99 b1",
-                "p99 opt", "thrpt/s", "champion p99", "outcome"):
-        table.add_column(col, justify="left" if col in ("family", "target", "prec", "outcome") else "right",
-                         overflow="fold")
+    table = Table(title=f"Gates {report['date']} · each engine's own outputs vs FP32 PyTorch on the test split · "
+                        f"latency interleaved with the champion")
+    for col in ("family", "target", "prec", "AUC", "ΔAUC [CI]", "mean|Δp|", "flips", "p50 b1", "p99 b1 [CI]",
+                "p99 opt", "champion p99", "vs champion", "outcome"):
+        table.add_column(col, justify="left" if col in ("family", "target", "prec", "outcome", "vs champion")
+                         else "right", overflow="fold")
     for g in report["targets"]:
         if not g["candidates"]:
             table.add_row(g["family"], g["target"], "—", *["—"] * 9, f"[yellow]{g['status']}[/]")
@@ -162,17 +163,25 @@ def print_gates(report: dict[str, Any], console=None) -> None:
             v = acc.get((g["family"], c["precision"]), {})
             m = v.get("metrics", {})
             checks = {k["name"]: k for k in c["checks"]}
-            tail = next((k for k in v.get("checks", []) if k["name"] == "tail_brier"), {})
+            auc = checks.get("engine_auc_drop", {})
+            agree = checks.get("engine_agree_mean_abs", {})
+            flips = checks.get("engine_decision_flips", {})
+            p99 = checks.get("p99_budget", {})
+            vs = checks.get("vs_champion", {})
             b = c.get("benchmark") or {}
             style = "green" if c["outcome"] == "selected" else ("red" if c["status"] != "ok" else "white")
-            outcome = _short_outcome(c)
             table.add_row(
-                g["family"], g["target"], c["precision"], _fmt(m.get("auc"), 4),
-                f"{m['auc'] - m['ref_auc']:+.4f}" if "auc" in m else "—", _fmt(tail.get("value"), 4),
-                f"{checks['parity']['value']:.1e}" if checks.get("parity", {}).get("value") is not None else "—",
-                _fmt(b.get("batch1", {}).get("p50_ms"), 3), _fmt(c.get("p99_ms"), 3),
-                _fmt(b.get("opt", {}).get("p99_ms"), 3), _fmt(b.get("opt", {}).get("throughput"), 0),
-                _fmt(champ.get("p99_ms"), 3) if champ.get("comparable") else "—", f"[{style}]{outcome}[/]")
+                g["family"], g["target"], c["precision"], _fmt(c.get("auc") or m.get("auc"), 4),
+                (f"{-auc['value']:+.4f} [{-auc['ci'][1]:+.4f}, {-auc['ci'][0]:+.4f}]" if auc.get("ci") else
+                 (auc.get("decision") or "—")),
+                _fmt(agree.get("value"), 5) if agree.get("value") is not None else "—",
+                f"{flips['value']:.2%}" if flips.get("value") is not None else "—",
+                _fmt(b.get("batch1", {}).get("p50_ms"), 3),
+                (f"{p99['value']:.3f} [{p99['ci'][0]:.3f}, {p99['ci'][1]:.3f}]" if p99.get("ci") else
+                 _fmt(c.get("p99_ms"), 3)),
+                _fmt(b.get("opt", {}).get("p99_ms"), 3),
+                _fmt(champ.get("p99_ms"), 3) if champ.get("comparable") else "—",
+                vs.get("decision", "—") if vs else "—", f"[{style}]{_short_outcome(c)}[/]")
     console.print(table)
 
 
