@@ -22,6 +22,37 @@ class RegistryError(RuntimeError):
     """A registry lookup found nothing or the registry refused; the message names the model and alias."""
 
 
+class NoSuchAlias(RegistryError):
+    """The registry answered, and no version carries the alias (or the model does not exist yet).
+
+    The only answer that means "there is no champion". Anything else (a refused connection, a
+    timeout, a 5xx) is :class:`RegistryUnavailable` and must never be read as "no champion".
+    """
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry could not answer: the message names the endpoint (never its credentials) and the cause."""
+
+
+def _answered_no_alias(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "")
+    text = str(exc)
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    return code == "INVALID_PARAMETER_VALUE" and "alias" in text and "not found" in text
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:300] if text.strip() else ""
+
+
+def redact(text: str) -> str:
+    """``scheme://user:secret@host`` → ``scheme://***@host`` wherever it appears in ``text``."""
+    import re
+
+    return re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@", r"\1***@", text)
+
+
 def model_name(family: str, target: str) -> str:
     return f"{family}.{target}"
 
@@ -94,7 +125,12 @@ class Registry:
         return str(mv.version)
 
     def resolve(self, family: str, target: str, alias: str) -> Any:
-        """The model version an alias points at (RegistryError naming model and alias when none)."""
+        """The model version an alias points at.
+
+        Raises:
+            NoSuchAlias: the registry answered that no version has the alias.
+            RegistryUnavailable: the registry did not answer (connection, timeout, server error).
+        """
         from mlflow.exceptions import MlflowException
 
         name = model_name(family, target)
@@ -102,7 +138,13 @@ class Registry:
             return self.client.get_model_version_by_alias(name, alias)
         except MlflowException as exc:
             detail = getattr(exc, "message", str(exc))
-            raise RegistryError(f"{name}: no version has alias '{alias}' ({detail})") from exc
+            if _answered_no_alias(exc):
+                raise NoSuchAlias(f"{name}: no version has alias '{alias}' ({detail})") from exc
+            raise RegistryUnavailable(f"{name}: the registry at {redact(self.uri)} did not answer for alias "
+                                      f"'{alias}': {redact(_first_line(detail))}") from exc
+        except Exception as exc:  # requests/urllib3 errors that MLflow lets through
+            raise RegistryUnavailable(f"{name}: the registry at {redact(self.uri)} did not answer for alias "
+                                      f"'{alias}': {type(exc).__name__}: {redact(_first_line(str(exc)))}") from exc
 
     def get_model_tag(self, family: str, target: str, key: str) -> str | None:
         """A tag of the registered model ``<family>.<target>`` (None when unset)."""
@@ -117,8 +159,8 @@ class Registry:
         self.client.get_model_version(name, version)  # raises naming the version when absent
         previous = None
         try:
-            previous = self.client.get_model_version_by_alias(name, CHAMPION).version
-        except Exception:
+            previous = self.resolve(family, target, CHAMPION).version
+        except NoSuchAlias:
             pass
         self.client.set_registered_model_alias(name, CHAMPION, version)
         for key, value in (("promoted_by", by), ("promoted_why", why), ("promoted_at", _now()),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipelines.config import FactoryConfig
 
-from .registry import CHAMPION, Registry, RegistryError
+from .registry import CHAMPION, NoSuchAlias, Registry, RegistryError
 from .store import open_store
 
 _DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64"}
@@ -53,7 +53,7 @@ def write_repository(cfg: FactoryConfig, family: str, dest: Path) -> Path:
     for t in cfg.targets():
         try:
             mv = registry.resolve(family, t.name, CHAMPION)
-        except RegistryError:
+        except NoSuchAlias:
             continue
         champions[t.name] = (t, mv.tags["factory_version"])
     gpu = {k: v for k, v in champions.items() if v[0].backend == "tensorrt"}

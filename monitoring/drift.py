@@ -230,7 +230,7 @@ def check(cfg: Any, family: str, target: str, since: dt.datetime, until: dt.date
     the episode tag and sets ``triggered``; without (``factory drift check``) the episode is
     only read, because only the DAG can emit the retrain asset event that must follow.
     """
-    from model_registry.registry import Registry, RegistryError
+    from model_registry.registry import NoSuchAlias, Registry
 
     from .serving import read_predictions
 
@@ -240,7 +240,7 @@ def check(cfg: Any, family: str, target: str, since: dt.datetime, until: dt.date
     registry = Registry(cfg.tracking_uri)
     try:
         champion = registry.resolve(family, target, "champion")
-    except RegistryError as exc:
+    except NoSuchAlias as exc:  # an outage raises: the check fails rather than reading "no champion"
         result.status, result.reason = DriftStatus.NO_CHAMPION, str(exc)
         log.warning("drift %s/%s: %s", family, target, exc)
         return result

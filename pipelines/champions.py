@@ -16,13 +16,18 @@ log = logging.getLogger(__name__)
 
 
 def read_champion(cfg: FactoryConfig, family: str, target: str) -> dict[str, Any] | None:
-    """The champion's registry facts and a local, verified copy of its engine directory; None when there is none."""
-    from model_registry.registry import CHAMPION, Registry, RegistryError
+    """The champion's registry facts and a local, verified copy of its engine directory; None when there is none.
+
+    Raises:
+        model_registry.registry.RegistryUnavailable: the registry did not answer. A gate must not read an
+            outage as "no champion" (that silently turns the comparison off); the task fails and retries.
+    """
+    from model_registry.registry import CHAMPION, NoSuchAlias, Registry
     from model_registry.store import open_store
 
     try:
         mv = Registry(cfg.tracking_uri).resolve(family, target, CHAMPION)
-    except RegistryError:
+    except NoSuchAlias:  # only the registry's own "no such alias" means there is no champion
         return None
     tags = mv.tags or {}
     version = tags.get("factory_version", "")
@@ -32,4 +37,4 @@ def read_champion(cfg: FactoryConfig, family: str, target: str) -> dict[str, Any
         with committed_dir(local) as tmp:
             store.fetch(family, target, version, tmp)
     return {"family": family, "target": target, "registry_version": str(mv.version), "version": version,
-            "precision": tags.get("precision"), "engine_dir": str(local)}
+            "precision": tags.get("precision"), "date": tags.get("date"), "engine_dir": str(local)}

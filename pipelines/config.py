@@ -139,6 +139,9 @@ class QuantizeConfig(_Strict):
 
 Precision = Literal["fp32", "fp16", "int8"]
 _TARGET_NAME = re.compile(r"^(cpu|sm_(\d)(\d+))$")
+COMPUTE_CAPABILITIES = ("sm_70", "sm_72", "sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_100", "sm_101",
+                        "sm_103", "sm_110", "sm_120", "sm_121")
+"""NVIDIA compute capabilities a GPU target may name (Volta to Blackwell); ``sm_9x`` or ``sm_999`` is a typo."""
 
 
 class TargetConfig(_Strict):
@@ -167,8 +170,9 @@ class TargetConfig(_Strict):
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             return data
         name = data["name"]
-        if not _TARGET_NAME.match(name):
-            raise ValueError(f"target name {name!r}: expected 'cpu' or 'sm_XY' (e.g. sm_86, sm_90, sm_100)")
+        if not _TARGET_NAME.match(name) or (name != "cpu" and name not in COMPUTE_CAPABILITIES):
+            raise ValueError(f"target name {name!r}: expected 'cpu' or a real compute capability "
+                             f"({', '.join(COMPUTE_CAPABILITIES)})")
         data = dict(data)
         gpu = name != "cpu"
         data.setdefault("backend", "tensorrt" if gpu else "onnxruntime")
@@ -593,6 +597,10 @@ def load_config(
             raise ConfigError(f"config file {cfg_file}: top level must be a mapping, got {type(loaded).__name__}")
         layered = _deep_merge(layered, loaded)
         source = str(cfg_file)
+        try:  # the file's own values are checked before a profile can overlay (and hide) them
+            FactoryConfig.model_validate({k: v for k, v in layered.items() if k != "profile"})
+        except ValidationError as exc:
+            raise ConfigError(_format_error(exc, source)) from exc
     chosen = profile or env.get("FACTORY_PROFILE") or layered.get("profile") or "default"
     if chosen not in PROFILES:
         raise ConfigError(f"profile: unknown profile {chosen!r}; choose one of {sorted(PROFILES)}")

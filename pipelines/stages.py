@@ -370,12 +370,20 @@ def gate_target(cfg: FactoryConfig, p: Plan, acc: AccuracyReport, target: str) -
         threads = m.build.get("options", {}).get("intra_op_threads", 1)
         return engine_runner(d, m.backend, m.engine_file, threads=threads, cuda_graph=cfg.benchmark.cuda_graphs)
 
+    from model_registry.registry import RegistryUnavailable
+    from model_registry.store import StoreError
+
     runners, champ_prob = {}, None
-    try:
+    try:  # a registry outage raises (the task retries): it is never "no champion"
         champion = read_champion(cfg, fam, target)
-    except Exception as exc:  # the registry or store is down or the copy is bad: measure without it, say so
-        champion = {"comparable": False, "reason": f"champion unavailable: {type(exc).__name__}: {exc}"}
+    except StoreError as exc:  # the registry named a champion whose copy is bad: measured without it, said so
+        champion = {"comparable": False, "reason": f"champion's engine unusable: {exc}"}
         log.warning("%s/%s: %s", fam, target, champion["reason"])
+    except RegistryUnavailable:
+        raise
+    if champion is None:
+        champion = {"comparable": False, "reason": "no champion yet: the registry has no 'champion' alias for "
+                                                   f"{fam}.{target}"}
     if champion and "engine_dir" in champion:
         try:  # the champion, on this host, on today's test window
             cm = verify_manifest(Path(champion["engine_dir"]))
@@ -480,6 +488,30 @@ def reference_window(cfg: FactoryConfig, p: Plan, family: str) -> Path:
     return dest
 
 
+def _auto_promote(registry, family: str, target: str, version: str, date: str, why: str) -> tuple[bool, str]:
+    """Move ``champion`` to ``version`` unless the current champion was trained on a newer night.
+
+    Two dates run at once, or a re-run of an old date, must not replace a champion from fresher data.
+    A registry outage raises (the task retries); only the registry's "no such alias" means no champion.
+    """
+    from model_registry.registry import NoSuchAlias
+
+    try:
+        current = registry.resolve(family, target, "champion")
+    except NoSuchAlias:
+        current = None
+    if current is not None and str(current.version) == str(version):
+        return False, f"v{version} is already the champion"
+    champ_date = ((current.tags or {}).get("date") or "") if current is not None else ""
+    if champ_date > date:
+        note = (f"not promoted: champion v{current.version} was trained for {champ_date}, newer than this "
+                f"night's {date}")
+        log.warning("%s/%s: %s", family, target, note)
+        return False, note
+    registry.promote(family, target, version, by="policy:auto_promote", why=why)
+    return True, ""
+
+
 def publish(cfg: FactoryConfig, p: Plan, family: str, report_uri: str) -> PublishResult:
     """Track the family's night in MLflow, push each selected engine to the store, register it.
 
@@ -537,15 +569,13 @@ def publish(cfg: FactoryConfig, p: Plan, family: str, report_uri: str) -> Publis
             version = registry.register(family, g["target"], uri, manifest, sha256_file(engine_dir / "manifest.json"),
                                         run.info.run_id, {"source_run": run.info.run_id, "data_window": window,
                                                           "git_commit": commit, "date": p.date}, description)
-            promoted = False
+            promoted, note = False, ""
             if cfg.gates.auto_promote:
-                champ = (g.get("champion") or {}).get("registry_version")
-                if champ != version:
-                    registry.promote(family, g["target"], version, by="policy:auto_promote",
-                                     why=f"nightly {p.date}: passed every gate; lowest p99 {win['p99_ms']:.3f} ms")
-                    promoted = True
+                promoted, note = _auto_promote(registry, family, g["target"], version, p.date,
+                                               f"nightly {p.date}: passed every gate; lowest p99 "
+                                               f"{win['p99_ms']:.3f} ms")
             versions.append({"target": g["target"], "registry_version": version, "store_uri": uri,
-                             "precision": g["selected"], "promoted": promoted})
+                             "precision": g["selected"], "promoted": promoted, "note": note})
             log.info("%s/%s: registered v%s (%s) at %s%s", family, g["target"], version, g["selected"], uri,
                      ", promoted to champion" if promoted else "")
     return PublishResult(family=family, run_id=run.info.run_id, versions=versions)
@@ -574,7 +604,7 @@ def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported:
 
 def record_outcome(cfg: FactoryConfig, date: str) -> list[str]:
     """Export the night's outcome and champion freshness to Prometheus; returns the failed tasks."""
-    from model_registry.registry import Registry, RegistryError
+    from model_registry.registry import NoSuchAlias, Registry
     from monitoring.batch import nightly_outcome
 
     from .orchestration import read_failures
@@ -589,7 +619,7 @@ def record_outcome(cfg: FactoryConfig, date: str) -> list[str]:
             for t in cfg.targets():
                 try:
                     mv = registry.resolve(fam.value, t.name, "champion")
-                except RegistryError:
+                except NoSuchAlias:
                     continue
                 when = (mv.tags or {}).get("promoted_at")
                 champions[(fam.value, t.name)] = (dt.datetime.fromisoformat(when).timestamp() if when

@@ -51,3 +51,25 @@ def test_unknown_profile_and_missing_file(factory_home):
 def test_split_must_sum_to_one(factory_home):
     with pytest.raises(ConfigError, match=r"train\.split"):
         load_config(overrides={"train": {"split": [0.5, 0.2, 0.2]}})
+
+
+@pytest.mark.parametrize("body, key", [
+    ("train:\n  batch_size: lots\n", r"train\.batch_size"),
+    ("train:\n  max_epochs: -5\n", r"train\.max_epochs"),
+    ("engines:\n  targets: [cpu, sm_9x]\n", r"target name 'sm_9x'"),
+])
+def test_file_values_are_checked_before_the_profile_overlays_them(factory_home, tmp_path, body, key):
+    """The smoke profile sets these keys itself; a bad value in the file must still be named, not hidden."""
+    bad = tmp_path / "factory.yaml"
+    bad.write_text(body)
+    with pytest.raises(ConfigError, match=key) as err:
+        load_config(bad, profile="smoke")
+    assert str(bad) in str(err.value)
+
+
+def test_a_target_must_be_a_real_compute_capability(factory_home):
+    for name in ("sm_999", "sm_9x", "sm_91"):
+        with pytest.raises(ConfigError, match=f"target name '{name}'"):
+            load_config(overrides={"engines": {"targets": ["cpu", name]}})
+    assert [t.name for t in load_config(overrides={"engines": {"targets": ["cpu", "sm_120"]}}).targets()] == [
+        "cpu", "sm_120"]

@@ -32,6 +32,8 @@ def test_fp16_graph_runs_and_stays_close(pdir_onnx, tmp_path):
     graph = onnx.load(str(tmp_path / "model.fp16.onnx")).graph
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer)
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # FP32 I/O kept
+    assert [o.type.tensor_type.elem_type for o in graph.output] == [onnx.TensorProto.FLOAT]
+    assert _run(tmp_path / "model.fp16.onnx", x[:4]).dtype == np.float32
     np.testing.assert_allclose(_run(tmp_path / "model.fp16.onnx", x[:32]), _run(src, x[:32]), atol=2e-2)
 
 
@@ -75,3 +77,33 @@ def test_bad_calibration_sets_are_named():
         check_calibration(np.zeros((10, 64, 8), np.float32), 16)
     with pytest.raises(CalibrationError, match="non-empty"):
         check_calibration(np.zeros((0, 16), np.float32), 16)
+
+
+def test_fp16_outputs_are_fp32_for_every_family_and_halves_are_never_read_as_floats(tmp_path, export_small_model):
+    """The converter wrote ``prob`` as float16 (measured on all three families); a runner that reads those
+    bytes as float32 scores garbage. The graph casts inside, and runners read the declared dtype."""
+    from pipelines.benchmark import TensorRTRunner
+
+    shapes = {Family.MARKET_ALERT: (8, 40, 16), Family.PRICE_DIRECTION: (8, 64, 16), Family.FRAUD_RISK: (8, 11)}
+    for fam, shape in shapes.items():
+        x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+        _, src = export_small_model(fam, x, tmp_path / f"{fam}.fp32.onnx", fit_norm=True)
+        onnx_fp32_to_fp16(src, tmp_path / f"{fam}.fp16.onnx")
+        out = _run(tmp_path / f"{fam}.fp16.onnx", x)
+        assert out.dtype == np.float32 and np.allclose(out, _run(src, x), atol=2e-2), fam
+    # TensorRT runner: buffers follow the engine's declared tensor dtypes (stand-in engine, no TensorRT here)
+    class _Trt:
+        class DataType:
+            HALF, FLOAT = "half", "float"
+
+        @staticmethod
+        def nptype(t):
+            return {"half": np.float16, "float": np.float32}[t]
+
+    class _Engine:
+        def get_tensor_dtype(self, name):
+            return "half" if name == "prob" else "float"
+
+    runner = TensorRTRunner.__new__(TensorRTRunner)
+    runner.trt, runner.engine, runner.input, runner.output = _Trt, _Engine(), "features", "prob"
+    assert runner.dtype("prob") == np.float16 and runner.dtype("features") == np.float32
