@@ -50,6 +50,11 @@ def ingest(cfg: FactoryConfig, p: Plan) -> LakeSnapshot:
     from .data.simulator import simulate_market, simulate_transactions
     from .data.validation import DataValidationError
 
+    for d in p.lake_dates:  # a feed that lands a symbol the config does not name is ignored, and says so
+        extra = sorted(set(lake.list_symbols(cfg.lake_uri, MARKET_DATASET, d)) - set(cfg.data.symbols))
+        if extra:
+            log.warning("ingest: lake %s date=%s holds symbol(s) %s not in data.symbols %s: ignored", cfg.lake_uri,
+                        d, extra, cfg.data.symbols)
     wanted = [lake.Partition(MARKET_DATASET, d, s) for d in p.lake_dates for s in cfg.data.symbols]
     wanted += [lake.Partition(TRANSACTIONS_DATASET, d, TRANSACTIONS_SYMBOL) for d in p.lake_dates]
     written, rows = 0, 0

@@ -55,7 +55,7 @@ def write_partition(lake_uri: str, part: Partition, df: pd.DataFrame) -> str:
     """Validate ``df`` against the dataset schema and write it atomically. Returns the path."""
     schema = SCHEMAS[part.dataset]
     table = pa.Table.from_pandas(df, preserve_index=False)
-    validate_table(table, part.dataset, part.key)
+    validate_table(table, part.dataset, part.key, part.date)
     table = table.cast(schema)
     fs, path = partition_file(lake_uri, part)
     parent = path.rsplit("/", 1)[0]
@@ -83,7 +83,7 @@ def read_partition(lake_uri: str, part: Partition) -> pd.DataFrame:
             table = pq.read_table(src)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataValidationError(part.key, None, f"unreadable Parquet: {exc}") from exc
-    validate_table(table, part.dataset, part.key)
+    validate_table(table, part.dataset, part.key, part.date)
     return table.cast(SCHEMAS[part.dataset]).to_pandas()
 
 

@@ -18,8 +18,15 @@ class DataValidationError(ValueError):
         super().__init__(f"{partition}: {where}: {problem}")
 
 
-def validate_table(table: pa.Table, dataset: str, partition: str) -> None:
-    """Raise :class:`DataValidationError` unless ``table`` meets the dataset's contract."""
+MAX_PRICE_DEVIATION = 0.5
+"""A price further than this fraction from the row's level-1 mid is an outlier (a fat-finger 1e9, a unit slip)."""
+
+
+def validate_table(table: pa.Table, dataset: str, partition: str, day: str | None = None) -> None:
+    """Raise :class:`DataValidationError` unless ``table`` meets the dataset's contract.
+
+    ``day`` (``YYYY-MM-DD``, the partition's ``date=``): every timestamp must fall inside that UTC day.
+    """
     schema = SCHEMAS[dataset]
     missing = [n for n in schema.names if n not in table.column_names]
     extra = [n for n in table.column_names if n not in schema.names]
@@ -46,6 +53,15 @@ def validate_table(table: pa.Table, dataset: str, partition: str) -> None:
     back = np.flatnonzero(np.diff(ts) <= 0)
     if back.size:
         raise DataValidationError(partition, "ts", f"timestamps not strictly increasing at row {int(back[0]) + 1}")
+    if day is not None:
+        start = np.datetime64(day, "ns").astype(np.int64)
+        end = start + 86_400 * 10**9
+        outside = np.flatnonzero((ts < start) | (ts >= end))
+        if outside.size:
+            r = int(outside[0])
+            raise DataValidationError(partition, "ts", f"{outside.size} timestamp(s) outside the partition's day "
+                                                       f"{day}, first at row {r}: "
+                                                       f"{np.datetime64(int(ts[r]), 'ns')}")
     if dataset == MARKET_DATASET:
         _validate_book(table, partition)
     else:
@@ -54,15 +70,39 @@ def validate_table(table: pa.Table, dataset: str, partition: str) -> None:
             raise DataValidationError(partition, "amount", f"non-positive amount at row {int(np.argmax(amount <= 0))}")
 
 
+def _first(partition: str, column: str, bad: np.ndarray, what: str, values: np.ndarray | None = None) -> None:
+    rows = np.flatnonzero(bad)
+    if rows.size:
+        r = int(rows[0])
+        shown = f" ({values[r]!r})" if values is not None else ""
+        raise DataValidationError(partition, column, f"{what} in {rows.size} row(s), first at row {r}{shown}")
+
+
 def _validate_book(table: pa.Table, partition: str) -> None:
-    bid = table.column("bid_px_1").to_numpy()
-    ask = table.column("ask_px_1").to_numpy()
-    crossed = np.flatnonzero(bid >= ask)
-    if crossed.size:
-        r = int(crossed[0])
-        raise DataValidationError(partition, "bid_px_1",
-                                  f"crossed book (bid >= ask) in {crossed.size} row(s), first at row {r}: "
-                                  f"bid {bid[r]} >= ask {ask[r]}")
+    px = {(side, lvl): table.column(f"{side}_px_{lvl}").to_numpy() for side in ("bid", "ask")
+          for lvl in range(1, BOOK_LEVELS + 1)}
+    last = table.column("last_px").to_numpy()
+    for (side, lvl), values in px.items():
+        _first(partition, f"{side}_px_{lvl}", values <= 0, "non-positive price", values)
+    _first(partition, "last_px", last <= 0, "non-positive price", last)
+    for lvl in range(1, BOOK_LEVELS + 1):
+        bid, ask = px[("bid", lvl)], px[("ask", lvl)]
+        crossed = np.flatnonzero(bid >= ask)
+        if crossed.size:
+            r = int(crossed[0])
+            raise DataValidationError(partition, f"bid_px_{lvl}",
+                                      f"crossed book (bid >= ask) at level {lvl} in {crossed.size} row(s), first at "
+                                      f"row {r}: bid {bid[r]} >= ask {ask[r]}")
+    for lvl in range(2, BOOK_LEVELS + 1):  # bids fall and asks rise away from the touch
+        _first(partition, f"bid_px_{lvl}", px[("bid", lvl)] > px[("bid", lvl - 1)],
+               f"book not monotone (bid_px_{lvl} > bid_px_{lvl - 1})", px[("bid", lvl)])
+        _first(partition, f"ask_px_{lvl}", px[("ask", lvl)] < px[("ask", lvl - 1)],
+               f"book not monotone (ask_px_{lvl} < ask_px_{lvl - 1})", px[("ask", lvl)])
+    mid = (px[("bid", 1)] + px[("ask", 1)]) / 2
+    for name, values in [("last_px", last)] + [(f"{s}_px_{lvl}", px[(s, lvl)]) for s in ("ask", "bid")
+                                               for lvl in range(BOOK_LEVELS, 0, -1)]:
+        _first(partition, name, np.abs(values / mid - 1) > MAX_PRICE_DEVIATION,
+               f"price more than {MAX_PRICE_DEVIATION:.0%} from the level-1 mid (outlier)", values)
     for side in ("bid", "ask"):
         for lvl in range(1, BOOK_LEVELS + 1):
             name = f"{side}_sz_{lvl}"

@@ -66,7 +66,38 @@ def _extra(df):
     return df, "venue", "unexpected extra column"
 
 
-@pytest.mark.parametrize("corrupt", [_nan, _inf, _backwards, _crossed, _empty, _missing, _extra])
+def _negative_last(df):
+    df.loc[100:199, "last_px"] = -df.loc[100:199, "last_px"]
+    return df, "last_px", "non-positive price in 100 row(s), first at row 100"
+
+
+def _outlier(df):
+    df.loc[250, "last_px"] = 1e9
+    return df, "last_px", "from the level-1 mid (outlier) in 1 row(s), first at row 250"
+
+
+def _deep_outlier(df):
+    df.loc[12, "ask_px_5"] = 1e9  # monotone (asks rise), uncrossed: only the band sees it
+    return df, "ask_px_5", "outlier"
+
+
+def _crossed_level_2(df):
+    df.loc[30, "bid_px_2"] = df.loc[30, "ask_px_2"]
+    return df, "bid_px_2", "crossed book (bid >= ask) at level 2"
+
+
+def _not_monotone(df):
+    df.loc[44, "bid_px_3"] = df.loc[44, "bid_px_2"] + 0.5 * (df.loc[44, "ask_px_1"] - df.loc[44, "bid_px_2"])
+    return df, "bid_px_3", "book not monotone (bid_px_3 > bid_px_2)"
+
+
+def _other_day(df):
+    df["ts"] = df["ts"] - pd.Timedelta(days=1)  # yesterday's file copied under this date
+    return df, "ts", "outside the partition's day 2026-11-20, first at row 0"
+
+
+@pytest.mark.parametrize("corrupt", [_nan, _inf, _backwards, _crossed, _empty, _missing, _extra, _negative_last,
+                                     _outlier, _deep_outlier, _crossed_level_2, _not_monotone, _other_day])
 def test_bad_partition_is_rejected_and_nothing_written(tmp_path, ticks, corrupt):
     df, column, problem = corrupt(ticks.copy())
     with pytest.raises(DataValidationError) as err:
@@ -104,3 +135,14 @@ def test_transactions_schema_checked(tmp_path):
     tx.loc[4, "amount"] = -1.0
     with pytest.raises(DataValidationError, match="column 'amount': non-positive amount at row 4"):
         lake.write_partition(str(tmp_path), part, tx)
+
+
+def test_unknown_symbols_in_the_lake_are_logged_by_ingest(tmp_path, ticks, smoke_cfg, caplog):
+    from pipelines import stages
+
+    p = stages.plan(smoke_cfg, "2026-11-21")
+    lake.write_partition(smoke_cfg.lake_uri, lake.Partition(MARKET_DATASET, p.lake_dates[0], "ZZZ9"),
+                         simulate_market(p.lake_dates[0], "ZZZ9", 600, 7))
+    with caplog.at_level("WARNING"):
+        stages.ingest(smoke_cfg, p)
+    assert any("symbol(s) ['ZZZ9'] not in data.symbols" in r.getMessage() for r in caplog.records)
