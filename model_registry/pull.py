@@ -70,6 +70,39 @@ def check_compatible(manifest: dict, target: str) -> None:
         raise StoreError(f"engine optimized by onnxruntime {want}; this host has the older {have}")
 
 
+def check_registered(manifest: dict, mv) -> None:
+    """The store's engine must be the one the registry version names (content identity and engine sha256)."""
+    from pipelines.engines.base import engine_identity
+
+    tags = mv.tags or {}
+    want_id, want_sha = tags.get("engine_identity"), tags.get("engine_sha256")
+    got_id, got_sha = engine_identity(manifest), manifest["sha256"]["engine"]
+    if (want_id and want_id != got_id) or (want_sha and want_sha != got_sha):
+        raise StoreError(f"{mv.name} v{mv.version} names engine {want_sha or '?'} (identity {want_id or '?'}), but the "
+                         f"store's {tags.get('factory_version')} holds engine {got_sha} (identity {got_id}): refusing "
+                         f"a registry/store mismatch")
+
+
+def _clean_abandoned(versions: Path) -> None:
+    """Remove temporary download folders of pulls that died (their process is gone), e.g. after ``kill -9``."""
+    if not versions.is_dir():
+        return
+    for d in versions.glob(".tmp-*"):
+        pid = d.name.split("-")[1] if d.name.count("-") >= 2 else ""
+        alive = False
+        if pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+                alive = int(pid) != os.getpid()
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:
+                alive = True
+        if not alive:
+            shutil.rmtree(d, ignore_errors=True)
+            log.info("removed %s left by an interrupted pull", d)
+
+
 def _fsync_tree(folder: Path) -> None:
     for f in folder.iterdir():
         with open(f, "rb") as fh:
@@ -92,11 +125,13 @@ def pull(cfg: FactoryConfig, family: str, target: str = "auto", alias: str = "ch
     if final.is_dir() and current.is_symlink() and os.readlink(current) == f"versions/{name}":
         return Installed(family, target, alias, str(mv.version), version, final, changed=False)
     (base / "versions").mkdir(parents=True, exist_ok=True)
+    _clean_abandoned(base / "versions")
     if not final.is_dir():
-        tmp = base / "versions" / f".tmp-{uuid.uuid4().hex[:8]}"
+        tmp = base / "versions" / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             manifest = open_store(cfg.store_uri, cfg.registry.s3_endpoint_url).fetch(family, target, version, tmp)
+            check_registered(manifest, mv)
             check_compatible(manifest, target)
             _fsync_tree(tmp)
             os.replace(tmp, final)

@@ -103,22 +103,32 @@ class Registry:
                 description=f"{family} engines for target {target}, built and gated by the model factory. "
                             f"Aliases: '{CHAMPION}' serves, '{CHALLENGER}' is the newest version that passed.")
 
-    def find_by_sha(self, name: str, manifest_sha: str) -> Any | None:
-        found = self.client.search_model_versions(f"name='{name}' and tag.manifest_sha256='{manifest_sha}'")
-        return found[0] if found else None
+    def find(self, family: str, target: str, **tags: str) -> list[Any]:
+        """Versions of ``<family>.<target>`` whose tags equal ``tags`` (oldest first)."""
+        name = model_name(family, target)
+        query = " and ".join([f"name='{name}'"] + [f"tag.{k}='{v}'" for k, v in tags.items()])
+        return sorted(self.client.search_model_versions(query), key=lambda mv: int(mv.version))
 
     def register(self, family: str, target: str, source: str, manifest: dict, manifest_sha: str, run_id: str | None,
                  extra_tags: dict[str, str], description: str) -> str:
-        """Create (or find, on a retry) the version for one engine and point ``challenger`` at it."""
+        """Create (or find, on a re-run or a retry) the version for one engine and point ``challenger`` at it.
+
+        A version is found by the engine's content identity (tag ``engine_identity``, which leaves out build
+        times and hosts), so rebuilding the same engine never registers a second version.
+        """
+        from pipelines.engines.base import engine_identity
+
         name = model_name(family, target)
         self._ensure_model(name, family, target)
-        mv = self.find_by_sha(name, manifest_sha)
+        identity = engine_identity(manifest)
+        same = self.find(family, target, engine_identity=identity)
+        mv = same[0] if same else None
         if mv is None:
             tags = {"precision": manifest["precision"], "backend": manifest["backend"],
                     "backend_version": manifest["backend_version"],
                     "compute_capability": manifest["compute_capability"] or "cpu",
                     "manifest_sha256": manifest_sha, "engine_sha256": manifest["sha256"]["engine"],
-                    "factory_version": manifest["version"], **extra_tags}
+                    "engine_identity": identity, "factory_version": manifest["version"], **extra_tags}
             mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags,
                                                   description=description)
         self.client.set_registered_model_alias(name, CHALLENGER, mv.version)

@@ -21,7 +21,9 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from pipelines.engines.base import hash_mismatch
+import hashlib
+
+from pipelines.engines.base import engine_identity, hash_mismatch
 from pipelines.fsutil import committed_dir, sha256_file
 
 COMMITTED = "_COMMITTED"
@@ -41,9 +43,49 @@ def check_name(name: str, what: str = "file name") -> str:
 
 
 def version_files(manifest: dict) -> list[str]:
-    """The files a version holds according to its manifest (checked names)."""
-    names = {MANIFEST, manifest["engine_file"], manifest["onnx_file"], "reproduce.sh"}
+    """The files a version holds according to its manifest (checked names): the manifest, the engine, the ONNX,
+    and whatever else it lists with a sha256 (``files``). A file the manifest does not hash is never stored or
+    fetched."""
+    names = {MANIFEST, manifest["engine_file"], manifest["onnx_file"], *(manifest.get("files") or {})}
     return sorted(check_name(n) for n in names)
+
+
+REQUIRED = {"family": str, "target": str, "version": str, "backend": str, "backend_version": str, "precision": str,
+            "engine_file": str, "onnx_file": str, "sha256": dict}
+
+
+def parse_manifest(text: str | bytes, where: str) -> dict:
+    """A manifest from its JSON text, or :class:`StoreError` in one line naming ``where`` and what is wrong."""
+    try:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{where}: malformed {MANIFEST}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+                         ) from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{where}: malformed {MANIFEST}: expected an object, got {type(manifest).__name__}")
+    for key, kind in REQUIRED.items():
+        if not isinstance(manifest.get(key), kind):
+            raise StoreError(f"{where}: malformed {MANIFEST}: key {key!r} missing or not a {kind.__name__}")
+    for key in ("engine", "onnx"):
+        if not isinstance(manifest["sha256"].get(key), str):
+            raise StoreError(f"{where}: malformed {MANIFEST}: sha256.{key} missing")
+    if not isinstance(manifest.get("files", {}), dict):
+        raise StoreError(f"{where}: malformed {MANIFEST}: 'files' is not an object")
+    return manifest
+
+
+def read_manifest(folder: Path, where: str) -> dict:
+    path = Path(folder) / MANIFEST
+    if path.is_symlink():
+        raise StoreError(f"{where}: {MANIFEST} is a symlink (refused)")
+    if not path.is_file():
+        raise StoreError(f"{where}: no {MANIFEST}")
+    return parse_manifest(path.read_bytes(), where)
+
+
+def marker_body(manifest: dict) -> bytes:
+    """The ``_COMMITTED`` marker holds the engine identity; its own sha256 is its metadata."""
+    return engine_identity(manifest).encode()
 
 
 class EngineStore(Protocol):
@@ -88,15 +130,16 @@ class LocalStore:
 
     def put_version(self, src: Path, family: str, target: str, version: str) -> str:
         dest = self._dir(family, target, version)
-        if self.exists(family, target, version):
-            return str(dest)  # immutable: the same version is already there
-        manifest = json.loads((Path(src) / MANIFEST).read_text())
+        manifest = read_manifest(Path(src), str(src))
+        if self.exists(family, target, version):  # immutable: the same engine may be put again, no other
+            _same_engine(read_manifest(dest, f"{self.uri} {family}/{target}/{version}"), manifest,
+                         f"{family}/{target}/{version}")
+            return str(dest)
         verify_dir(Path(src), manifest, f"{src}")
         with committed_dir(dest) as tmp:
             for name in version_files(manifest):
-                if (Path(src) / name).is_file():
-                    shutil.copy2(Path(src) / name, tmp / name)
-            (tmp / COMMITTED).write_text(manifest["sha256"]["engine"])
+                shutil.copyfile(Path(src) / name, tmp / name)
+            (tmp / COMMITTED).write_bytes(marker_body(manifest))
         return str(dest)
 
     def put_files(self, src: Path, prefix: str) -> str:
@@ -110,13 +153,16 @@ class LocalStore:
 
     def fetch(self, family: str, target: str, version: str, dest: Path) -> dict:
         src = self._dir(family, target, version)
+        where = f"{self.uri} {family}/{target}/{version}"
         if not (src / COMMITTED).is_file():
             raise StoreError(f"{self.uri}: no committed version {family}/{target}/{version}")
-        manifest = json.loads((src / MANIFEST).read_text())
+        manifest = read_manifest(src, where)
         for name in version_files(manifest):
+            if (src / name).is_symlink():
+                raise StoreError(f"{where}: {name} is a symlink (refused)")
             if (src / name).is_file():
                 shutil.copyfile(src / name, Path(dest) / name)
-        verify_dir(Path(dest), manifest, f"{family}/{target}/{version}")
+        verify_dir(Path(dest), manifest, where)
         return manifest
 
 
@@ -163,25 +209,32 @@ class S3Store:
         return sorted({k[len(base):].split("/")[0] for k in keys if k.endswith("/" + COMMITTED)})
 
     def put_version(self, src: Path, family: str, target: str, version: str) -> str:
-        if self.exists(family, target, version):
-            return f"s3://{self.bucket}/{self._vkey(family, target, version)}"
         src = Path(src)
-        manifest = json.loads((src / MANIFEST).read_text())
+        manifest = read_manifest(src, str(src))
+        if self.exists(family, target, version):  # immutable: the same engine may be put again, no other
+            _same_engine(self._manifest(family, target, version), manifest, f"{family}/{target}/{version}")
+            return f"s3://{self.bucket}/{self._vkey(family, target, version)}"
         verify_dir(src, manifest, str(src))
         staging = self._key(".staging", f"{family}.{target}.{version}.{uuid.uuid4().hex[:8]}")
-        names = [n for n in version_files(manifest) if (src / n).is_file()]
+        names = version_files(manifest)
         for name in names:  # 1. upload everything under a staging prefix (multipart when large)
             self.s3.upload_file(str(src / name), self.bucket, f"{staging}/{name}", Config=self.transfer,
                                 ExtraArgs={"Metadata": {"sha256": sha256_file(src / name)}})
         for name in names:  # 2. server-side copy into the version's prefix
             self.s3.copy({"Bucket": self.bucket, "Key": f"{staging}/{name}"}, self.bucket,
                          self._vkey(family, target, version, name), Config=self.transfer)
-        # 3. the marker, last: from here on readers see the version
-        self.s3.put_object(Bucket=self.bucket, Key=self._vkey(family, target, version, COMMITTED),
-                           Body=manifest["sha256"]["engine"].encode(),
-                           Metadata={"sha256": manifest["sha256"]["engine"]})
+        # 3. the marker, last: from here on readers see the version. Its metadata is its own hash.
+        body = marker_body(manifest)
+        self.s3.put_object(Bucket=self.bucket, Key=self._vkey(family, target, version, COMMITTED), Body=body,
+                           Metadata={"sha256": hashlib.sha256(body).hexdigest()})
         self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": f"{staging}/{n}"} for n in names]})
         return f"s3://{self.bucket}/{self._vkey(family, target, version)}"
+
+    def _manifest(self, family: str, target: str, version: str) -> dict:
+        return parse_manifest(self._manifest_bytes(family, target, version), f"{self.uri} {family}/{target}/{version}")
+
+    def _manifest_bytes(self, family: str, target: str, version: str) -> bytes:
+        return self.s3.get_object(Bucket=self.bucket, Key=self._vkey(family, target, version, MANIFEST))["Body"].read()
 
     def put_files(self, src: Path, prefix: str) -> str:
         """Upload the files of ``src`` (reports: not engine versions) under ``<prefix>/``, each with its sha256."""
@@ -196,8 +249,10 @@ class S3Store:
         if not self.exists(family, target, version):
             raise StoreError(f"{self.uri}: no committed version {family}/{target}/{version}")
         dest = Path(dest)
-        self.s3.download_file(self.bucket, self._vkey(family, target, version, MANIFEST), str(dest / MANIFEST))
-        manifest = json.loads((dest / MANIFEST).read_text())
+        where = f"{self.uri} {family}/{target}/{version}"
+        raw = self._manifest_bytes(family, target, version)
+        manifest = parse_manifest(raw, where)
+        (dest / MANIFEST).write_bytes(raw)
         for name in version_files(manifest):
             if name == MANIFEST:
                 continue
@@ -205,11 +260,17 @@ class S3Store:
                 self.s3.download_file(self.bucket, self._vkey(family, target, version, name), str(dest / name),
                                       Config=self.transfer)
             except Exception as exc:
-                if name == "reproduce.sh":
-                    continue
-                raise StoreError(f"{family}/{target}/{version}: cannot download {name}: {exc}") from exc
-        verify_dir(dest, manifest, f"{self.uri} {family}/{target}/{version}")
+                raise StoreError(f"{where}: cannot download {name}: {exc}") from exc
+        verify_dir(dest, manifest, where)
         return manifest
+
+
+def _same_engine(stored: dict, new: dict, where: str) -> None:
+    a, b = engine_identity(stored), engine_identity(new)
+    if a != b:
+        raise StoreError(f"{where}: the store already holds another engine under this version (identity {a[:12]}, "
+                         f"engine {stored['sha256']['engine'][:12]}); refusing to keep engine {b[:12]} "
+                         f"({new['sha256']['engine'][:12]}) under it")
 
 
 def open_store(uri: str, endpoint_url: str | None = None) -> EngineStore:

@@ -168,17 +168,18 @@ def delta_check(name: str, metric: str, y: np.ndarray, p_ref: np.ndarray, p: np.
         return undecided(name, f"{metric} cannot decide: undefined on the resamples ({events_what})", n=events)
     against = "the champion" if champion else "FP32"
     unit = "" if not relative else " (relative)"
+    diff = f"{metric} degradation ({'champion − challenger' if champion else 'FP32 − candidate'}) {point:+.4f}{unit}"
     ci = f"{gates.confidence:.0%} CI [{lo:+.4f}, {hi:+.4f}]"
     if lo > margin:
         return failed(name, point, margin, ci=(lo, hi), n=len(y),
-                      detail=f"{metric} worse than {against} by {point:+.4f}{unit}, {ci} entirely beyond the margin "
-                             f"{margin} ({events_what})")
+                      detail=f"{metric} worse than {against}: {diff}, {ci} entirely beyond the margin {margin} "
+                             f"({events_what})")
     if champion and hi > margin:
-        return undecided(name, f"{metric} vs {against}: {point:+.4f}{unit}, {ci} straddles the margin {margin}: "
-                               f"this window cannot decide ({events_what})", n=len(y), value=point, bound=margin,
-                         ci=(lo, hi))
+        return undecided(name, f"{diff}, {ci} straddles the margin {margin}: this window cannot decide "
+                               f"({events_what})", n=len(y), value=point, bound=margin, ci=(lo, hi))
     return passed(name, point, margin, ci=(lo, hi), n=len(y),
-                  detail=f"{metric} {point:+.4f}{unit} vs {against}, {ci} (margin {margin})")
+                  detail=f"{diff}, {ci}: {'non-inferior within' if champion else 'not shown beyond'} the margin "
+                         f"{margin} ({events_what})")
 
 
 def accuracy_verdict(family: Family, precision: str, split: Any, prob_ref: np.ndarray, prob: np.ndarray,

@@ -493,6 +493,21 @@ def reference_window(cfg: FactoryConfig, p: Plan, family: str) -> Path:
     return dest
 
 
+def _close_interrupted_runs(experiment: str, family: str, date: str) -> None:
+    """A publish killed mid-run leaves its MLflow run RUNNING for good; the re-run marks it FAILED."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="list",
+                              filter_string=f"tags.family = '{family}' and tags.date = '{date}' and "
+                                            f"attributes.status = 'RUNNING'")
+    client = mlflow.MlflowClient()
+    for run in runs:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        log.warning("%s %s: closed MLflow run %s left RUNNING by an interrupted publish as FAILED", family, date,
+                    run.info.run_id)
+
+
 def _auto_promote(registry, family: str, target: str, version: str, date: str, why: str) -> tuple[bool, str]:
     """Move ``champion`` to ``version`` unless the current champion was trained on a newer night.
 
@@ -535,10 +550,13 @@ def publish(cfg: FactoryConfig, p: Plan, family: str, report_uri: str) -> Publis
 
     from .fsutil import sha256_file
 
+    from pipelines.engines.base import engine_identity
+
     report = json.loads(Path(report_uri).read_text())
     run_dir = Path(p.run_dir)
     registry = Registry(cfg.tracking_uri)
     use_experiment(cfg, cfg.registry.experiment)
+    _close_interrupted_runs(cfg.registry.experiment, family, p.date)
     commit, window = _git_commit(), f"{p.lake_dates[0]}..{p.lake_dates[-1]}" if p.lake_dates else p.date
     metrics = json.loads((run_dir / family / "train" / "metrics.json").read_text())
     store = open_store(cfg.store_uri, cfg.registry.s3_endpoint_url)
@@ -565,7 +583,25 @@ def publish(cfg: FactoryConfig, p: Plan, family: str, report_uri: str) -> Publis
                 mlflow.log_metrics(summary_metrics(tele, f"{g['target']}.bench_gpu"))
             engine_dir = Path(win["engine_dir"])
             manifest = json.loads((engine_dir / "manifest.json").read_text())
-            uri = store.put_version(engine_dir, family, g["target"], manifest["version"])
+            identity = engine_identity(manifest)
+            # One version per family x target x date: a re-run that selects another engine for a date that is
+            # already registered keeps the registered one (and says so) rather than adding a second.
+            earlier = [mv for mv in registry.find(family, g["target"], date=p.date)
+                       if (mv.tags or {}).get("engine_identity") != identity]
+            if earlier:
+                mv = earlier[0]
+                note = (f"kept v{mv.version} ({(mv.tags or {}).get('precision')}, engine "
+                        f"{(mv.tags or {}).get('engine_identity', '')[:12]}) registered for {p.date} by an earlier "
+                        f"run; this run selected {g['selected']} (engine {identity[:12]}): nothing registered. "
+                        f"Delete v{mv.version} to replace it.")
+                log.warning("%s/%s: %s", family, g["target"], note)
+                versions.append({"target": g["target"], "registry_version": str(mv.version),
+                                 "store_uri": mv.source, "precision": (mv.tags or {}).get("precision"),
+                                 "promoted": False, "note": note})
+                continue
+            store_version = f"{manifest['version']}.{identity[:12]}"  # the content names the store folder
+            uri = store.put_version(engine_dir, family, g["target"], store_version)
+            manifest = {**manifest, "version": store_version}
             description = (f"{family} for {g['target']}: {manifest['precision']} {manifest['backend']} "
                            f"{manifest['backend_version']} engine from the {p.date} nightly (data {window}). "
                            f"Test AUC {win['auc']:.4f}; batch-1 p99 {win['p99_ms']:.3f} ms on the build host. "

@@ -91,6 +91,28 @@ class Manifest(Record):
     host: dict[str, Any]
     """Build host: hostname, CPU, GPU name, driver."""
     versions: dict[str, str]
+    files: dict[str, str] = {}
+    """sha256 of every file of the engine directory but the manifest itself: nothing unlisted is trusted."""
+
+    def identity(self) -> str:
+        """See :func:`engine_identity`."""
+        return engine_identity(self.model_dump(mode="json"))
+
+
+IDENTITY_KEYS = ("family", "target", "compute_capability", "backend", "backend_version", "precision", "engine_file",
+                 "onnx_file", "inputs", "outputs", "sha256")
+
+
+def engine_identity(manifest: dict[str, Any]) -> str:
+    """The content identity of an engine: a sha256 over what it computes and is built from, never over when or
+    where it was built (``build`` and ``host`` are left out). A rebuilt engine with the same bytes has the same
+    identity; the store and the registry recognise a version by it."""
+    import hashlib
+    import json
+
+    body = {k: manifest.get(k) for k in IDENTITY_KEYS}
+    body["hardware_compatibility"] = (manifest.get("build") or {}).get("hardware_compatibility")
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class EngineBuilder(Protocol):
@@ -214,7 +236,8 @@ def build_engine(builder: EngineBuilder, spec: BuildSpec, dest: Path, inputs: li
             build={"seconds": round(seconds, 3), "started_at": started.isoformat(),
                    "command": shlex.join(["python", *cmd[1:]]), "options": {**spec.options, **result},
                    "hardware_compatibility": spec.target.hardware_compatibility},
-            host=host, versions=_versions(builder))
+            host=host, versions=_versions(builder),
+            files={f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file() and f.name != MANIFEST})
         write_json(tmp / MANIFEST, manifest.to_xcom())
     return manifest
 
@@ -232,12 +255,19 @@ def _versions(builder: EngineBuilder) -> dict[str, str]:
 
 
 def hash_mismatch(folder: Path, manifest: dict[str, Any]) -> str | None:
-    """What is wrong with the engine and ONNX bytes in ``folder`` against ``manifest``'s sha256s; None if nothing."""
-    for key, name in (("engine", manifest["engine_file"]), ("onnx", manifest["onnx_file"])):
+    """What is wrong with the files in ``folder`` against ``manifest``'s sha256s; None if nothing.
+
+    Checks the engine and the ONNX, and every file the manifest lists in ``files``; a symlink is refused.
+    """
+    listed = dict(manifest.get("files") or {})
+    listed.update({manifest["engine_file"]: manifest["sha256"]["engine"], manifest["onnx_file"]: manifest["sha256"]["onnx"]})
+    for name, digest in sorted(listed.items()):
         f = Path(folder) / name
+        if f.is_symlink():
+            return f"{name} is a symlink (refused: only regular files listed with their sha256 are trusted)"
         if not f.is_file():
             return f"{name} listed in the manifest is missing"
-        if sha256_file(f) != manifest["sha256"][key]:
+        if sha256_file(f) != digest:
             return f"sha256 of {name} does not match the manifest"
     return None
 

@@ -240,3 +240,141 @@ def test_triton_config_maps_compute_capabilities_to_plans():
     assert 'cc_model_filenames [ { key: "9.0" value: "model.sm_90.plan" } ]' in text
     assert 'default_model_filename: "model.sm_90.plan"' in text
     assert "preferred_batch_size: [ 32 ]" in text and "dims: [ -1, 16 ]" in text
+
+
+def _rebuilt(engine: Path, tmp_path: Path) -> Path:
+    """The same engine "rebuilt": other build times and host in the manifest, same bytes."""
+    again = tmp_path / "rebuilt"
+    shutil.copytree(engine, again)
+    m = _manifest(again)
+    m["build"] = {**m["build"], "started_at": "2030-01-01T00:00:00+00:00", "seconds": 99.0}
+    m["host"] = {"hostname": "another-builder"}
+    (again / "manifest.json").write_text(json.dumps(m))
+    return again
+
+
+def test_store_keys_engines_by_content_and_refuses_another_engine_under_a_version(engines, aws_env, tmp_path):
+    import hashlib
+
+    from pipelines.engines.base import engine_identity
+
+    make_bucket(aws_env, "identity")
+    e1, e2 = engines
+    for store in (S3Store("s3://identity/engines", endpoint_url=aws_env), LocalStore(tmp_path / "store")):
+        store.put_version(e1, "fraud_risk", "cpu", "v")
+        store.put_version(_rebuilt(e1, tmp_path / type(store).__name__), "fraud_risk", "cpu", "v")  # same engine: ok
+        with pytest.raises(StoreError, match="already holds another engine under this version"):
+            store.put_version(e2, "fraud_risk", "cpu", "v")
+    s3 = S3Store("s3://identity/engines", endpoint_url=aws_env)
+    marker = s3.s3.get_object(Bucket="identity", Key="engines/fraud_risk/cpu/v/_COMMITTED")
+    body = marker["Body"].read()
+    assert body.decode() == engine_identity(_manifest(e1))
+    assert marker["Metadata"]["sha256"] == hashlib.sha256(body).hexdigest()  # the marker's own hash
+    for key in [o["Key"] for o in s3.s3.list_objects_v2(Bucket="identity", Prefix="engines/")["Contents"]]:
+        obj = s3.s3.get_object(Bucket="identity", Key=key)  # a generic bucket audit: every object its own hash
+        assert hashlib.sha256(obj["Body"].read()).hexdigest() == obj["Metadata"]["sha256"], key
+
+
+def test_store_trusts_only_what_the_manifest_hashes(engines, tmp_path):
+    e1, _ = engines
+    store = LocalStore(tmp_path / "store")
+    store.put_version(e1, "fraud_risk", "cpu", "v1")
+    version = tmp_path / "store" / "fraud_risk" / "cpu" / "v1"
+    assert set(_manifest(e1)["files"]) >= {"model.ort.onnx", "model.onnx", "reproduce.sh"}
+    # a symlink planted in a committed version (reproduce.sh → a file outside the store) is refused on read
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not yours")
+    (version / "reproduce.sh").unlink()
+    (version / "reproduce.sh").symlink_to(outside)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(StoreError, match="reproduce.sh is a symlink"):
+        store.fetch("fraud_risk", "cpu", "v1", dest)
+    assert not (dest / "reproduce.sh").exists()
+    # and on write
+    src = tmp_path / "src"
+    shutil.copytree(e1, src)
+    (src / "reproduce.sh").unlink()
+    (src / "reproduce.sh").symlink_to(outside)
+    with pytest.raises(StoreError, match="symlink"):
+        store.put_version(src, "fraud_risk", "cpu", "v2")
+    # an unlisted file in a version is never fetched
+    store.put_version(e1, "fraud_risk", "cpu", "v3")
+    (tmp_path / "store" / "fraud_risk" / "cpu" / "v3" / "extra.sh").write_text("rm -rf /")
+    dest3 = tmp_path / "dest3"
+    dest3.mkdir()
+    store.fetch("fraud_risk", "cpu", "v3", dest3)
+    assert not (dest3 / "extra.sh").exists()
+
+
+@pytest.mark.parametrize("text, problem", [("{not json", "not valid JSON"), ('{"family": "fraud_risk"}',
+                                                                             "key 'target' missing")])
+def test_a_malformed_manifest_is_one_clear_line(engines, tmp_path, text, problem):
+    e1, _ = engines
+    store = LocalStore(tmp_path / "store")
+    store.put_version(e1, "fraud_risk", "cpu", "v1")
+    (tmp_path / "store" / "fraud_risk" / "cpu" / "v1" / "manifest.json").write_text(text)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(StoreError) as err:
+        store.fetch("fraud_risk", "cpu", "v1", dest)
+    assert problem in str(err.value) and "malformed manifest.json" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_pull_refuses_a_store_that_disagrees_with_the_registry_and_cleans_a_killed_pull(
+        engines, mlflow_server, aws_env, tmp_path):
+    make_bucket(aws_env, "mismatch")
+    home = tmp_path / "home"
+    cfg = load_config(profile="smoke", env={"FACTORY_HOME": str(home)}, overrides={"registry": {
+        "tracking_uri": mlflow_server.uri, "store_uri": "s3://mismatch/engines", "s3_endpoint_url": aws_env}})
+    store = S3Store(cfg.store_uri, endpoint_url=aws_env)
+    reg = Registry(cfg.tracking_uri)
+    e1, e2 = engines
+    uri = store.put_version(e2, "mismatch_test", "cpu", "20261121.x")  # the store holds e2 under the version...
+    m1 = {**_manifest(e1), "family": "mismatch_test", "version": "20261121.x"}
+    v = reg.register("mismatch_test", "cpu", uri, m1, "sha", None, {}, "d")  # ...the registry says e1
+    reg.client.set_registered_model_alias("mismatch_test.cpu", CHAMPION, v)
+    dest = tmp_path / "serving"
+    killed = dest / "mismatch_test" / "cpu" / "versions" / ".tmp-999999-deadbeef"  # a pull killed by kill -9
+    killed.mkdir(parents=True)
+    (killed / "model.ort.onnx").write_bytes(b"x" * 1000)
+    with pytest.raises(StoreError) as err:
+        pull(cfg, "mismatch_test", "cpu", CHAMPION, dest)
+    assert _manifest(e1)["sha256"]["engine"] in str(err.value) and _manifest(e2)["sha256"]["engine"] in str(err.value)
+    assert not killed.exists()  # the next pull cleaned it
+    assert not (dest / "mismatch_test" / "cpu" / "current").exists()
+
+
+def test_a_registry_outage_is_never_no_champion(tmp_path):
+    from model_registry.registry import NoSuchAlias, RegistryUnavailable
+    from pipelines.champions import read_champion
+
+    from .conftest import free_port
+
+    port = free_port()  # nothing listens here
+    cfg = load_config(profile="smoke", env={"FACTORY_HOME": str(tmp_path)}, overrides={"registry": {
+        "tracking_uri": f"http://127.0.0.1:{port}"}})
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        with pytest.raises(RegistryUnavailable, match=f"registry at http://127.0.0.1:{port} did not answer"):
+            read_champion(cfg, "fraud_risk", "cpu")
+    finally:
+        os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    local = load_config(profile="smoke", env={"FACTORY_HOME": str(tmp_path)})
+    assert read_champion(local, "fraud_risk", "cpu") is None  # the registry answered: no alias
+    with pytest.raises(NoSuchAlias):
+        Registry(local.tracking_uri).resolve("fraud_risk", "cpu", CHAMPION)
+
+
+def test_auto_promotion_never_replaces_a_champion_from_a_newer_night(engines, mlflow_server):
+    from pipelines.stages import _auto_promote
+
+    e1, e2 = engines
+    reg = Registry(mlflow_server.uri)
+    newer = reg.register("dates_test", "cpu", "s3://x/1", _manifest(e1), "a", None, {"date": "2026-11-22"}, "d")
+    assert _auto_promote(reg, "dates_test", "cpu", newer, "2026-11-22", "why") == (True, "")
+    older = reg.register("dates_test", "cpu", "s3://x/2", _manifest(e2), "b", None, {"date": "2026-11-21"}, "d")
+    promoted, note = _auto_promote(reg, "dates_test", "cpu", older, "2026-11-21", "why")
+    assert not promoted and "trained for 2026-11-22, newer than this night's 2026-11-21" in note
+    assert reg.resolve("dates_test", "cpu", CHAMPION).version == newer
