@@ -179,8 +179,10 @@ class S3Store:
             raise StoreError(f"S3 store URI must start with s3://, got {uri!r}")
         bucket, _, prefix = uri[5:].partition("/")
         self.uri, self.bucket, self.prefix = uri, bucket, prefix.strip("/")
+        # bounded: each call at most max_attempts x (10 s connect + 30 s read), not boto's open-ended defaults
         self.s3 = boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
-                               config=Config(retries={"max_attempts": max_attempts, "mode": "standard"}))
+                               config=Config(retries={"max_attempts": max_attempts, "mode": "standard"},
+                                             connect_timeout=10, read_timeout=30))
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold_mib << 20,
                                        multipart_chunksize=max(multipart_threshold_mib, 5) << 20)
 

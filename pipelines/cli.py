@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -62,13 +63,63 @@ def run_nightly(cfg: FactoryConfig, date: str, config_path: str | None) -> int:
     """Run the nightly DAG once through ``dag.test()`` and print the summary. Returns the exit code."""
     from rich.console import Console
 
-    from . import orchestration, report
-
     console = Console()
     # The DAG reads the target matrix when parsed: let it see this run's config and profile.
     os.environ["FACTORY_PROFILE"] = cfg.profile
     if config_path:
         os.environ["FACTORY_CONFIG"] = str(Path(config_path).resolve())
+    with night_lock(cfg, date):
+        return _run_nightly_locked(cfg, date, config_path, console)
+
+
+class NightRunning(ConfigError):
+    """Another night for the same date runs in this home; the message names it."""
+
+
+@contextlib.contextmanager
+def night_lock(cfg: FactoryConfig, date: str):
+    """One night per date and home at a time: ``runs/<date>/.night.lock`` (created exclusively) names the running
+    night (pid, host, start). A lock whose process is gone (a killed night) is taken over."""
+    import socket
+
+    lock = cfg.run_dir(date) / ".night.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": dt.datetime.now(dt.timezone.utc).isoformat()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                other = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                other = {}
+            if other.get("host") == me["host"] and other.get("pid") and not _alive(int(other["pid"])):
+                lock.unlink(missing_ok=True)  # the night that held it was killed
+                continue
+            raise NightRunning(f"a night for {date} is already running in {cfg.home} (pid {other.get('pid')} on "
+                               f"{other.get('host')} since {other.get('started')}); wait for it or stop it") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_nightly_locked(cfg: FactoryConfig, date: str, config_path: str | None, console) -> int:
+    from . import orchestration, report
+
     prepare_airflow(cfg)
     orchestration.clear_failures(cfg, date)
     from airflow.dag_processing.dagbag import DagBag
@@ -121,7 +172,7 @@ def _cmd_drift(args: argparse.Namespace) -> int:
 
     from .report import print_drift
 
-    cfg = load_config(args.config, args.profile)
+    cfg = _load(args)
     until = args.until or dt.datetime.now(dt.timezone.utc)
     since = args.since or until - dt.timedelta(hours=args.hours or cfg.monitoring.drift.window_hours)
     result = check(cfg, args.family, args.target, since, until, record_episode=False)
@@ -174,7 +225,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from .replay import replay
     from .report import print_drift
 
-    cfg = load_config(args.config, args.profile)
+    cfg = _load(args)
     console = Console()
     os.environ["FACTORY_PROFILE"] = cfg.profile
     if args.config:
@@ -226,7 +277,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_nightly(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.profile)
+    cfg = _load(args)
     return run_nightly(cfg, args.date, args.config)
 
 
@@ -242,7 +293,7 @@ def _whoami() -> str:
 def _cmd_promote(args: argparse.Namespace) -> int:
     from model_registry.registry import Registry
 
-    cfg = load_config(args.config, args.profile)
+    cfg = _load(args)
     v = Registry(cfg.tracking_uri).promote(args.family, args.target, str(args.version), by=f"cli:{_whoami()}",
                                            why=args.why)
     print(f"{args.family}.{args.target}: champion -> v{v} (by {_whoami()}: {args.why})")
@@ -252,7 +303,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from model_registry.registry import Registry
 
-    cfg = load_config(args.config, args.profile)
+    cfg = _load(args)
     v = Registry(cfg.tracking_uri).rollback(args.family, args.target, by=f"cli:{_whoami()}", why=args.why)
     print(f"{args.family}.{args.target}: champion rolled back to v{v} (by {_whoami()}: {args.why})")
     return 0
@@ -261,7 +312,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_pull(args: argparse.Namespace) -> int:
     from model_registry.pull import pull, watch
 
-    cfg = load_config(args.config, args.profile)
+    cfg = _load(args)
     if args.watch:
         watch(cfg, args.family, args.target, args.alias, Path(args.dest), args.interval,
               on_change=lambda i: print(f"installed {i.family}/{i.target} v{i.registry_version} ({i.version}) "
@@ -276,7 +327,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 def _cmd_triton(args: argparse.Namespace) -> int:
     from model_registry.triton import write_repository
 
-    cfg = load_config(args.config, args.profile)
+    cfg = _load(args)
     print(f"wrote {write_repository(cfg, args.family, Path(args.dest))}")
     return 0
 
@@ -286,7 +337,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
     from model_registry.registry import ensure_local_backend
 
-    cfg = load_config(args.config, args.profile)
+    cfg = _load(args)
     ensure_local_backend(cfg.tracking_uri)
     print(f"MLflow UI on http://127.0.0.1:{args.port} (backend {cfg.tracking_uri})", flush=True)
     return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", cfg.tracking_uri,
@@ -383,6 +434,15 @@ def _iso_date(text: str) -> str:
         return dt.date.fromisoformat(text).isoformat()
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--date must be YYYY-MM-DD, got {text!r}") from exc
+
+
+def _load(args: argparse.Namespace):
+    """The config for a command, with the MLflow client's retries and timeouts bounded by it."""
+    from .preflight import apply_client_limits
+
+    cfg = load_config(args.config, args.profile)
+    apply_client_limits(cfg)
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:

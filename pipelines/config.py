@@ -354,6 +354,26 @@ class RegistryConfig(_Strict):
     """Engine store: a path or ``s3://bucket/prefix``; default ``<home>/engine_store``."""
     s3_endpoint_url: str | None = None
     """For MinIO or another S3-compatible endpoint; AWS when unset. Credentials: the AWS chain, never config."""
+    http_timeout_s: float = Field(10.0, gt=0)
+    """MLflow client: seconds per HTTP attempt (``MLFLOW_HTTP_REQUEST_TIMEOUT``)."""
+    http_max_retries: int = Field(2, ge=0)
+    """MLflow client: retries per request (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``; MLflow's own default is 7 with a
+    2 s backoff factor, minutes per call). Airflow's task retries multiply this bounded figure."""
+    http_backoff_s: float = Field(1.0, ge=0)
+    """MLflow client: backoff factor between retries (1, 2, 4 … s)."""
+    preflight_timeout_s: float = Field(5.0, gt=0)
+    """The night's first task reaches every service within this many seconds, or fails naming it."""
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials_in_uri(cls, v: str | None) -> str | None:
+        from urllib.parse import urlparse
+
+        if v and "://" in v and (urlparse(v).username or urlparse(v).password):
+            raise ValueError("credentials in the tracking URI would reach every log line that prints it; use "
+                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+                             "environment instead")
+        return v
 
 
 class DriftConfig(_Strict):
@@ -551,7 +571,8 @@ def _format_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  {loc}: {msg} (got {err.get('input')!r})")
+        got = re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@']+@", r"\1***@", repr(err.get("input")))
+        lines.append(f"  {loc}: {msg} (got {got})")
     return f"invalid configuration ({source}):\n" + "\n".join(lines)
 
 

@@ -14,6 +14,10 @@ import numpy as np
 import pandas as pd
 
 from .config import Family, FactoryConfig
+
+
+class InsufficientDataError(ValueError):
+    """Too little data to train or gate a family (bad input: the same lake fails the same way; no retry)."""
 from .features import FRAUD_FEATURES, MARKET_FEATURES, make_windows
 
 
@@ -83,7 +87,8 @@ def _market_windows(features: pd.DataFrame, family: Family, cfg: FactoryConfig) 
         ))
         label_end.append(session["label_end_ts"].to_numpy(np.int64)[ends])
     if not parts:
-        raise ValueError(f"{family}: no session is longer than the {fam.window}-tick window")
+        raise InsufficientDataError(f"{family}: no session is longer than the {fam.window}-tick window "
+                                    f"(families.{family}.window); more ticks per day (data.ticks_per_day) are needed")
     merged = Split(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Split)})
     return merged, np.concatenate(label_end)
 
@@ -112,6 +117,7 @@ def build_family_data(family: Family, cfg: FactoryConfig, market: pd.DataFrame |
     train = train[_evenly(len(train), cfg.train.max_train_samples)]
     for name, idx in (("train", train), ("validation", val), ("test", test)):
         if len(idx) == 0 or len(np.unique(data.y[idx])) < 2:
-            raise ValueError(f"{family}: the {name} split has {len(idx)} samples and lacks both classes; "
-                             f"more lake days (data.history_days) or ticks are needed")
+            raise InsufficientDataError(f"{family}: the {name} split has {len(idx)} samples and lacks both classes "
+                                        f"({len(data)} windows in all); more lake days (data.history_days) or "
+                                        f"ticks are needed")
     return FamilyData(family, list(names), data.take(train), data.take(val), data.take(test))

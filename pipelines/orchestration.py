@@ -58,12 +58,14 @@ def run_date(context: Mapping[str, Any]) -> str:
 
 def _is_bad_input(exc: BaseException) -> bool:
     from .data.validation import DataValidationError
+    from .datasets import InsufficientDataError
     from .engines.base import EngineBuildError, TargetUnavailableError
     from .export import ParityError
     from .quantize import CalibrationError
+    from .train import NonFiniteLossError
 
     return isinstance(exc, (DataValidationError, ConfigError, ParityError, CalibrationError, EngineBuildError,
-                            TargetUnavailableError))
+                            TargetUnavailableError, InsufficientDataError, NonFiniteLossError))
 
 
 def record_failure(cfg: FactoryConfig, date: str, task: str, exc: BaseException) -> Path:
@@ -91,6 +93,9 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     map_index = getattr(ti, "map_index", -1)
     label = kwargs.get("family") or ("" if map_index in (-1, None) else map_index)
     task = ti.task_id + (f"[{label}]" if label != "" else "")
+    from .preflight import apply_client_limits
+
+    apply_client_limits(cfg)
     try:
         records = [_to_record(stage, i, a) for i, a in enumerate(args)]
         result = stage(cfg, *records, **kwargs)

@@ -24,8 +24,14 @@ log = logging.getLogger(__name__)
 def plan(cfg: FactoryConfig, date: str, families: list[str] | None = None, trigger: str = "schedule") -> Plan:
     """Resolve the logical date into the lake days to use and the families to train.
 
-    ``families`` (from a drift trigger) narrows the night to those families.
+    ``families`` (from a drift trigger) narrows the night to those families. First, the preflight: the
+    tracking server, the engine store, the run root and the lake are reached with short timeouts, and a
+    failure names the endpoint and what failed (:class:`pipelines.preflight.PreflightError`, final).
     """
+    from .preflight import preflight
+
+    for line in preflight(cfg):  # every service the night needs, reached now with short timeouts
+        log.info("preflight ok: %s", line)
     day = dt.date.fromisoformat(date)
     lake_dates = [(day - dt.timedelta(days=k)).isoformat() for k in range(cfg.data.history_days, 0, -1)]
     enabled = [f.value for f in cfg.enabled_families]

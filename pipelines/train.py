@@ -20,6 +20,10 @@ from .models import build_model, positive_probability
 log = logging.getLogger(__name__)
 
 
+class NonFiniteLossError(ValueError):
+    """Training diverged to NaN/inf (bad input: features out of range, or train.lr too high; no retry)."""
+
+
 @dataclass
 class TrainOutcome:
     model: nn.Module
@@ -107,7 +111,13 @@ def train_family(family: Family, data: FamilyData, cfg: FactoryConfig) -> TrainO
             scaler.step(opt)
             scaler.update()
             sched.step()
-            total += float(loss) * len(idx)
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise NonFiniteLossError(
+                    f"{family}: training loss is {value} at epoch {epoch}, batch {i // tc.batch_size + 1}: the "
+                    f"features hold values the model cannot fit (check the lake partitions of the night) or "
+                    f"train.lr={tc.lr} is too high")
+            total += value * len(idx)
             seen += len(idx)
         val = evaluate_split(family, predict(model, data.val.x), data.val, fam.threshold)
         history.append({"epoch": epoch, "train_loss": total / seen, "val_auc": val["auc"]})

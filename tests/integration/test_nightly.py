@@ -185,6 +185,20 @@ def test_rerun_same_date_is_idempotent(night, services):
     assert all(g["champion"] and g["champion"]["comparable"] and g["champion"]["p99_ms"] > 0 for g in cpu)
     leftovers = [p for p in (home / "runs").rglob(".tmp-*")] + [p for p in (home / "runs").rglob(".old-*")]
     assert leftovers == []
+    # the registry tells the truth about the store: one version per family x target for the date, same engine
+    from model_registry.registry import CHAMPION, Registry
+    from model_registry.store import S3Store
+    from pipelines.engines.base import engine_identity
+
+    reg = Registry(services["FACTORY__REGISTRY__TRACKING_URI"])
+    store = S3Store("s3://nightly/engines", endpoint_url=services["FACTORY__REGISTRY__S3_ENDPOINT_URL"])
+    for fam in FAMILIES:
+        assert len(reg.find(fam, "cpu", date=DATE)) == 1
+        mv = reg.resolve(fam, "cpu", CHAMPION)
+        dest = home / "check" / fam
+        dest.mkdir(parents=True)
+        manifest = store.fetch(fam, "cpu", mv.tags["factory_version"], dest)
+        assert (engine_identity(manifest), manifest["precision"]) == (mv.tags["engine_identity"], mv.tags["precision"])
 
 
 def test_replay_catches_the_shift_and_triggers_retraining_once_per_episode(night, services):
@@ -240,6 +254,73 @@ def test_next_night_meets_the_champion_on_evidence_and_promotes_a_non_inferior_c
         if win is not None:  # a selected challenger was not shown worse, so it is the champion now
             v = promoted[(g["family"], "cpu")]
             assert v["promoted"] and reg.resolve(g["family"], "cpu", CHAMPION).version == v["registry_version"]
+
+
+_PUBLISH = """
+import os, signal, sys
+from model_registry import registry, store
+from pipelines import stages
+from pipelines.config import load_config
+
+where, family, date, report = sys.argv[1:5]
+def die(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+def after(cls, name):
+    orig = getattr(cls, name)
+    def wrapped(*a, **k):
+        out = orig(*a, **k)
+        die()
+        return out
+    setattr(cls, name, wrapped)
+if where == "after_store_put":
+    after(store.S3Store, "put_version")
+elif where == "after_register":
+    after(registry.Registry, "register")
+elif where == "before_promote":
+    registry.Registry.promote = die
+cfg = load_config(profile="smoke")
+stages.publish(cfg, stages.plan(cfg, date), family, report)
+"""
+
+
+def test_kill_9_at_any_point_of_publish_then_rerun_leaves_registry_matching_store(night, services, tmp_path):
+    """publish killed after the store put, after registering, and before promoting, then run to the end:
+    one version for the date, no MLflow run left RUNNING, and the registry's engine is the store's byte for byte."""
+    import mlflow
+
+    from model_registry.registry import CHAMPION, Registry
+    from model_registry.store import S3Store
+    from pipelines.engines.base import engine_identity
+    from pipelines.fsutil import sha256_file
+
+    home, _ = night
+    family, db = "price_direction", tmp_path / "mlflow.db"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("FACTORY", "AIRFLOW"))}, **services,
+           "FACTORY_HOME": str(home), "FACTORY__REGISTRY__TRACKING_URI": f"sqlite:///{db}",
+           "FACTORY__REGISTRY__STORE_URI": "s3://nightly/kill-test"}
+    report = str(home / "runs" / DATE / "gates" / "report.json")
+    for where in ("after_store_put", "after_register", "before_promote", "none"):
+        proc = subprocess.run([sys.executable, "-c", _PUBLISH, where, family, DATE, report], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == (0 if where == "none" else -9), (where, proc.stderr[-3000:])
+    reg = Registry(f"sqlite:///{db}")
+    versions = reg.find(family, "cpu")
+    assert [mv.tags["date"] for mv in versions] == [DATE]  # exactly one version for the date
+    mv = reg.resolve(family, "cpu", CHAMPION)
+    assert mv.version == versions[0].version
+    store = S3Store("s3://nightly/kill-test", endpoint_url=services["FACTORY__REGISTRY__S3_ENDPOINT_URL"])
+    assert store.versions(family, "cpu") == [mv.tags["factory_version"]]  # nothing orphaned in the store
+    got = tmp_path / "fetched"
+    got.mkdir()
+    manifest = store.fetch(family, "cpu", mv.tags["factory_version"], got)
+    assert engine_identity(manifest) == mv.tags["engine_identity"]
+    assert sha256_file(got / manifest["engine_file"]) == mv.tags["engine_sha256"] == manifest["sha256"]["engine"]
+    assert manifest["precision"] == mv.tags["precision"]
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string=f"tags.family = '{family}'")
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"]
+    assert sum(r.info.status == "FAILED" for r in runs) == 3  # the three killed runs, closed by the re-runs
 
 
 def test_bad_partition_fails_the_run_naming_task_partition_and_column(tmp_path):

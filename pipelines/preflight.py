@@ -1,0 +1,140 @@
+"""Preflight: reach every service a night needs before any work, with short timeouts, and bound every client.
+
+A night that cannot reach its tracking server, engine store, run root or lake fails in its first
+task, naming the endpoint and what failed (refused, timeout, DNS, credentials, missing bucket),
+never a secret. :func:`apply_client_limits` sets the MLflow client's retries and timeouts from the
+config, so one call's worst case is bounded and stated (docs/registry.md), and Airflow's retries
+multiply a known figure instead of MLflow's own retry loop.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .config import ConfigError, FactoryConfig
+
+
+class PreflightError(ConfigError):
+    """A service the night needs is unreachable or refuses us; the message names the endpoint and the failure.
+
+    Bad input (final, no retry): the endpoint, its credentials or the bucket must be fixed first.
+    """
+
+
+def redact(uri: str) -> str:
+    """``scheme://user:secret@host`` → ``scheme://***@host``."""
+    import re
+
+    return re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@", r"\1***@", uri)
+
+
+def apply_client_limits(cfg: FactoryConfig) -> None:
+    """MLflow's HTTP retries and timeouts from ``registry.*`` (environment variables MLflow reads per request)."""
+    r = cfg.registry
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(r.http_max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(r.http_timeout_s))
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(r.http_backoff_s)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
+
+
+def worst_case_call_s(cfg: FactoryConfig) -> float:
+    """One MLflow request's worst case: every attempt times out, plus urllib3's backoff between attempts."""
+    r = cfg.registry
+    backoff = sum(r.http_backoff_s * 2 ** k for k in range(r.http_max_retries))
+    return r.http_timeout_s * (r.http_max_retries + 1) + backoff + 0.5 * r.http_max_retries
+
+
+def _why(exc: BaseException) -> str:
+    """refused | timeout | DNS | … from a socket/urllib error."""
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, socket.gaierror):
+        return f"DNS: cannot resolve the host ({reason.strerror})"
+    if isinstance(reason, ConnectionRefusedError):
+        return "refused: nothing listens on that port"
+    if isinstance(reason, (TimeoutError, socket.timeout)) or "timed out" in str(reason):
+        return "timeout: no answer"
+    return f"{type(reason).__name__}: {reason}"
+
+
+def check_tracking(uri: str, timeout_s: float) -> None:
+    if uri.startswith("sqlite:///"):
+        _check_writable(Path(uri[len("sqlite:///"):]).parent, "registry.tracking_uri")
+        return
+    if not uri.startswith(("http://", "https://")):
+        return  # databricks, file stores…: MLflow reports its own errors
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout_s) as resp:
+            if resp.status >= 400:
+                raise PreflightError(f"tracking server {redact(uri)}: HTTP {resp.status} on /health")
+    except urllib.error.HTTPError as exc:
+        what = "credentials refused" if exc.code in (401, 403) else f"HTTP {exc.code}"
+        raise PreflightError(f"tracking server {redact(uri)} (registry.tracking_uri): {what}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise PreflightError(f"tracking server {redact(uri)} (registry.tracking_uri) is unreachable: {_why(exc)}"
+                             ) from None
+
+
+def check_s3(uri: str, endpoint_url: str | None, timeout_s: float, what: str) -> None:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
+                                     NoCredentialsError, ReadTimeoutError)
+
+    bucket = uri[len("s3://"):].split("/", 1)[0]
+    where = f"{what} {uri} at {redact(endpoint_url) if endpoint_url else 'AWS'}"
+    client = boto3.client("s3", endpoint_url=endpoint_url, config=Config(
+        connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 1, "mode": "standard"}))
+    try:
+        client.head_bucket(Bucket=bucket)
+    except NoCredentialsError:
+        raise PreflightError(f"{where}: credentials: none found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a "
+                             f"profile or an instance role)") from None
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise PreflightError(f"{where}: missing bucket {bucket!r}") from None
+        if status in (401, 403) or code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            raise PreflightError(f"{where}: credentials refused ({code or status})") from None
+        raise PreflightError(f"{where}: {code or status}") from None
+    except (ConnectTimeoutError, ReadTimeoutError):
+        raise PreflightError(f"{where}: timeout: no answer within {timeout_s:g} s") from None
+    except EndpointConnectionError as exc:
+        raise PreflightError(f"{where}: refused or unreachable ({_why(exc)})") from None
+    except BotoCoreError as exc:
+        raise PreflightError(f"{where}: {type(exc).__name__}") from None
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".preflight-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise PreflightError(f"{what} {folder}: not writable ({exc.strerror})") from None
+
+
+def preflight(cfg: FactoryConfig) -> list[str]:
+    """Reach the tracking server, the engine store, the run root and the lake; returns what was checked."""
+    timeout = cfg.registry.preflight_timeout_s
+    checked = []
+    check_tracking(cfg.tracking_uri, timeout)
+    checked.append(f"tracking {redact(cfg.tracking_uri)}")
+    for uri, what in ((cfg.store_uri, "engine store (registry.store_uri)"), (cfg.lake_uri, "lake (data.lake_uri)")):
+        if uri.startswith("s3://"):
+            check_s3(uri, cfg.registry.s3_endpoint_url, timeout, what)
+        elif what.startswith("lake") and cfg.data.source == "lake":
+            if not Path(uri).is_dir():
+                raise PreflightError(f"{what} {uri}: no such directory (data.source is 'lake')")
+        else:
+            _check_writable(Path(uri), what)
+        checked.append(f"{what.split(' (')[0]} {redact(uri)}")
+    _check_writable(cfg.home / "runs", "run root")
+    checked.append(f"run root {cfg.home / 'runs'}")
+    return checked
