@@ -19,8 +19,14 @@ FAMILIES = ("market_alert", "price_direction", "fraud_risk")
 MIN_AUC = {"market_alert": 0.75, "price_direction": 0.55, "fraud_risk": 0.85}
 
 
-def _factory(home: Path, *args: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACTORY", "AIRFLOW"))}
+MARKERS = {"AWS_ACCESS_KEY_ID": "AKIAMARKERKEY7QX0", "AWS_SECRET_ACCESS_KEY": "marker-aws-secret-5b1f",
+           "MLFLOW_TRACKING_USERNAME": "marker-user-77", "MLFLOW_TRACKING_PASSWORD": "marker-pw-91c2"}
+"""Credentials in every place the factory takes them from; no output may ever contain one."""
+
+
+def _factory(home: Path, *args: str, extra_env: dict | None = None,
+             drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACTORY", "AIRFLOW", *drop))}
     env.update({"FACTORY_HOME": str(home), "COLUMNS": "200", **(extra_env or {})})
     cmd = [str(Path(sys.executable).with_name("factory")), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=home.parent)
@@ -31,7 +37,7 @@ def services(mlflow_server, s3_server):
     """The smoke night registers in a real MLflow server and pushes to a real S3 server (moto) over HTTP."""
     from .conftest import make_bucket
 
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {**MARKERS, "AWS_DEFAULT_REGION": "us-east-1"}
     os.environ.update(env)
     make_bucket(s3_server, "nightly")
     return {**env, "FACTORY__REGISTRY__TRACKING_URI": mlflow_server.uri,
@@ -321,6 +327,73 @@ def test_kill_9_at_any_point_of_publish_then_rerun_leaves_registry_matching_stor
                               filter_string=f"tags.family = '{family}'")
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
     assert sum(r.info.status == "FAILED" for r in runs) == 3  # the three killed runs, closed by the re-runs
+
+
+def test_no_credential_reaches_any_output(night, services, mlflow_server):
+    """Marker credentials (AWS keys, MLflow basic auth) were in the environment of every night of this module:
+    none appears in the console output, task logs, run directories, summaries or either database."""
+    home, proc = night
+    leaks = []
+    for marker in MARKERS.values():
+        if marker in proc.stdout + proc.stderr:
+            leaks.append(("console", marker))
+        for root in (home, mlflow_server.root):
+            for f in Path(root).rglob("*"):
+                if f.is_file() and marker.encode() in f.read_bytes():
+                    leaks.append((str(f), marker))
+    assert leaks == []
+
+
+def test_a_closed_tracking_port_ends_the_night_at_once_naming_the_endpoint(tmp_path):
+    import time
+
+    from .conftest import free_port
+
+    port = free_port()
+    t0 = time.perf_counter()
+    proc = _factory(tmp_path / "home", "nightly", "--profile", "smoke", "--date", DATE,
+                    extra_env={"FACTORY__REGISTRY__TRACKING_URI": f"http://127.0.0.1:{port}"})
+    elapsed = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert f"tracking server http://127.0.0.1:{port} (registry.tracking_uri) is unreachable: refused" in out
+    assert elapsed < 180, elapsed  # docs/registry.md: preflight fails at once; no MLflow retry storm
+    assert "Retrying" not in out
+
+
+def test_a_store_without_credentials_ends_the_night_at_once_naming_it(tmp_path, services):
+    import time
+
+    t0 = time.perf_counter()
+    proc = _factory(tmp_path / "home", "nightly", "--profile", "smoke", "--date", DATE, drop=("AWS_",),
+                    extra_env={"FACTORY__REGISTRY__STORE_URI": "s3://nightly/nocreds",
+                               "FACTORY__REGISTRY__S3_ENDPOINT_URL": services["FACTORY__REGISTRY__S3_ENDPOINT_URL"],
+                               "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                               "AWS_EC2_METADATA_DISABLED": "true"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "engine store (registry.store_uri) s3://nightly/nocreds" in out and "credentials: none found" in out
+    assert time.perf_counter() - t0 < 180
+
+
+def test_a_second_night_for_the_same_date_is_refused_naming_the_running_one(tmp_path):
+    import json as _json
+    import socket
+
+    home = tmp_path / "home"
+    lock = home / "runs" / DATE / ".night.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(_json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-11-22T02:00"}))
+    proc = _factory(home, "nightly", "--profile", "smoke", "--date", DATE)
+    assert proc.returncode == 2
+    assert f"a night for {DATE} is already running" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
+    lock.write_text(_json.dumps({"pid": 2 ** 22 + 7, "host": socket.gethostname(), "started": "x"}))  # gone
+    from pipelines.cli import night_lock
+    from pipelines.config import load_config
+
+    with night_lock(load_config(profile="smoke", env={"FACTORY_HOME": str(home)}), DATE):  # a killed night's lock
+        assert _json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
 
 
 def test_bad_partition_fails_the_run_naming_task_partition_and_column(tmp_path):

@@ -93,7 +93,7 @@ def test_export_stage_raises_parity_error(smoke_cfg, monkeypatch):
     p = stages.plan(smoke_cfg, "2026-11-22")
     model = build_model(Family.FRAUD_RISK, smoke_cfg.families[Family.FRAUD_RISK], 11)
     ckpt = smoke_cfg.home / "m.pt"
-    ckpt.parent.mkdir(parents=True)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"family": "fraud_risk", "family_config": smoke_cfg.families[Family.FRAUD_RISK].model_dump(),
                 "n_features": 11, "feature_names": [], "state_dict": model.state_dict()}, ckpt)
     from pipelines.datasets import FamilyData, Split
