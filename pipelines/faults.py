@@ -76,9 +76,18 @@ def nan_on_rare_inputs(src: Path, dest: Path, feature: int, above: float) -> Pat
 
 
 def rare_threshold(x: np.ndarray, feature: int, share: float) -> float:
-    """The value of ``feature``'s window maximum above which ``share`` of the windows ``x`` lie."""
+    """The largest value of ``feature``'s window maximum that at least ``share`` of the windows ``x`` exceed.
+
+    Overlapping windows share their extreme tick, so the maxima tie: a plain quantile can leave no window
+    above it. The planted fault then fires on a few windows (at least one), never on none.
+    """
     per_window = x[..., feature].reshape(len(x), -1).max(axis=1)
-    return float(np.quantile(per_window, 1 - share))
+    want = max(1, int(round(share * len(x))))
+    values = np.unique(per_window)[::-1]
+    for v in values[1:]:
+        if int((per_window > v).sum()) >= want:
+            return float(v)
+    return float(values[-1])
 
 
 def slow_down(src: Path, dest: Path, size: int = 384, repeats: int = 6) -> Path:
@@ -131,4 +140,6 @@ def replace_engine(engine_dir: Path, new_engine: Path) -> None:
     target = engine_dir / manifest["engine_file"]
     target.write_bytes(Path(new_engine).read_bytes())
     manifest["sha256"]["engine"] = sha256_file(target)
+    if manifest.get("files"):
+        manifest["files"][manifest["engine_file"]] = manifest["sha256"]["engine"]
     (engine_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
