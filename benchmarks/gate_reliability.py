@@ -100,14 +100,15 @@ def derive(base: Path, k: int) -> None:
             largest = max(per_fam.values())
             bound = _round_up(max(largest * factor, 1e-6 if "flip" not in name else 0.0))
             print(f"| {prec} | {name} | " + " | ".join(f"{per_fam[f.value]:.2e}" for f in Family)
-                  + f" | {largest:.2e} | {factor:g} | {bound:.1e} |")
+                  + f" | {largest:.2e} | {factor:g} | {bound:.2g} |")
 
 
 def _round_up(x: float) -> float:
+    """Up to two significant digits (1.04e-2 → 1.1e-2)."""
     if x <= 0:
         return 0.0
-    e = np.floor(np.log10(x))
-    return float(np.ceil(x / 10 ** e) * 10 ** e)
+    e = np.floor(np.log10(x)) - 1
+    return float(np.ceil(round(x / 10 ** e, 9)) * 10 ** e)
 
 
 def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, dict]:
