@@ -34,6 +34,15 @@ class RegistryUnavailable(RegistryError):
     """The registry could not answer: the message names the endpoint (never its credentials) and the cause."""
 
 
+def _requests_error() -> type[BaseException]:
+    try:
+        from requests.exceptions import RequestException
+
+        return RequestException
+    except ImportError:  # pragma: no cover
+        return OSError
+
+
 def _answered_no_alias(exc: Exception) -> bool:
     code = getattr(exc, "error_code", "")
     text = str(exc)
@@ -152,7 +161,7 @@ class Registry:
                 raise NoSuchAlias(f"{name}: no version has alias '{alias}' ({detail})") from exc
             raise RegistryUnavailable(f"{name}: the registry at {redact(self.uri)} did not answer for alias "
                                       f"'{alias}': {redact(_first_line(detail))}") from exc
-        except Exception as exc:  # requests/urllib3 errors that MLflow lets through
+        except (OSError, _requests_error()) as exc:  # connection errors that MLflow lets through
             raise RegistryUnavailable(f"{name}: the registry at {redact(self.uri)} did not answer for alias "
                                       f"'{alias}': {type(exc).__name__}: {redact(_first_line(str(exc)))}") from exc
 

@@ -359,8 +359,8 @@ class RegistryConfig(_Strict):
     http_max_retries: int = Field(2, ge=0)
     """MLflow client: retries per request (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``; MLflow's own default is 7 with a
     2 s backoff factor, minutes per call). Airflow's task retries multiply this bounded figure."""
-    http_backoff_s: float = Field(1.0, ge=0)
-    """MLflow client: backoff factor between retries (1, 2, 4 … s)."""
+    http_backoff_s: int = Field(1, ge=0)
+    """MLflow client: backoff factor between retries (1, 2, 4 … s; MLflow takes an integer)."""
     preflight_timeout_s: float = Field(5.0, gt=0)
     """The night's first task reaches every service within this many seconds, or fails naming it."""
 
