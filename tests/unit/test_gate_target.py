@@ -1,0 +1,123 @@
+"""gate_<target> on a real (small) fraud_risk night: each planted engine is rejected by the check that should
+catch it, while the healthy engines beside it pass."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import faults, stages
+from pipelines.config import load_config
+from pipelines.records import Status
+
+DATE = "2026-11-22"
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    home = tmp_path_factory.mktemp("gate_target") / "factory"
+    cfg = load_config(profile="smoke", env={"FACTORY_HOME": str(home)}, overrides={
+        "engines": {"targets": [{"name": "cpu", "required": True}]}, "benchmark": {"iters": 280, "rounds": 7}})
+    p = stages.plan(cfg, DATE, families=["fraud_risk"])
+    fs = stages.build_features(cfg, p, stages.ingest(cfg, p))
+    vs = stages.make_variants(cfg, p, stages.export(cfg, p, stages.train(cfg, p, fs, "fraud_risk")))
+    for prec in ("fp32", "fp16"):
+        stages.build_engine(cfg, p, vs, prec, "cpu")
+    return cfg, p, vs
+
+
+def _gate(night, tmp_path, plant=None):
+    cfg, p0, vs = night
+    run = tmp_path / "run"
+    shutil.copytree(p0.run_dir, run)
+    p = p0.model_copy(update={"run_dir": str(run)})
+    vs = vs.model_copy(update={"variants": [v.model_copy(update={"onnx_uri": str(run / "fraud_risk" / "variants" /
+                                                                                   Path(v.onnx_uri).name)})
+                                            for v in vs.variants]})
+    if plant:
+        plant(run / "fraud_risk" / "engines" / "cpu" / "fp32", run, cfg)
+    acc = stages.gate_accuracy(cfg, p, vs)
+    g = stages.gate_target(cfg, p, acc, "cpu")
+    return {c["precision"]: c for c in g.candidates}, g
+
+
+def _engine_plant(fn):
+    def plant(engine_dir, run, cfg):
+        tmp = engine_dir.parent / "planted.onnx"
+        fn(engine_dir / "model.onnx", tmp, run)
+        faults.replace_engine(engine_dir, tmp)
+    return plant
+
+
+def _failed(c):
+    return {k["name"] for k in c["checks"] if not k["ok"]}
+
+
+def test_healthy_engines_pass_with_lineage_agreement_and_latency_rounds(night, tmp_path):
+    got, g = _gate(night, tmp_path)
+    assert g.status is Status.OK and g.selected in ("fp32", "fp16")
+    for c in got.values():
+        assert c["status"] == "ok", _failed(c)
+        names = {k["name"] for k in c["checks"]}
+        assert {"lineage", "engine_finite", "engine_agree_mean_abs", "parity", "p99_budget"} <= names
+    assert g.champion["comparable"] is False and "no champion yet" in g.champion["reason"]
+
+
+def test_an_engine_with_shifted_outputs_is_rejected_on_its_own_outputs(night, tmp_path):
+    got, _ = _gate(night, tmp_path, _engine_plant(lambda s, d, run: faults.shift_outputs(s, d, 0.04)))
+    assert got["fp32"]["status"] == "rejected" and got["fp16"]["status"] == "ok"
+    assert {"engine_agree_mean_abs", "engine_calibration_shift"} <= _failed(got["fp32"])
+    parity = next(k for k in got["fp32"]["checks"] if k["name"] == "parity")
+    assert parity["decision"] == "fail" and parity["gating"] is False  # diagnostic only
+
+
+def test_nan_on_rare_inputs_is_caught_on_every_test_window(night, tmp_path):
+    from pipelines.datasets import load_splits
+
+    cfg, p, _ = night
+    test = load_splits(Path(p.run_dir) / "fraud_risk" / "train" / "splits.npz")["test"]
+    thr = faults.rare_threshold(test.x, 0, 0.002)
+    rare = int((test.x[:, 0] > thr).sum())
+    assert 1 <= rare <= 0.01 * len(test.x)
+    got, _ = _gate(night, tmp_path, _engine_plant(lambda s, d, run: faults.nan_on_rare_inputs(s, d, 0, thr)))
+    assert "engine_finite" in _failed(got["fp32"]) and got["fp16"]["status"] == "ok"
+    finite = next(k for k in got["fp32"]["checks"] if k["name"] == "engine_finite")
+    assert finite["value"] == rare and f"on {len(test.x)} test windows" in finite["detail"]
+
+
+def test_an_engine_built_from_another_graph_fails_lineage(night, tmp_path):
+    def other_graph(engine_dir, run, cfg):  # the fp32 engine rebuilt from the fp16 graph
+        fp32_dir = engine_dir
+        shutil.rmtree(fp32_dir)
+        shutil.copytree(run / "fraud_risk" / "engines" / "cpu" / "fp16", fp32_dir)
+        import json
+
+        m = json.loads((fp32_dir / "manifest.json").read_text())
+        m["precision"] = "fp32"
+        (fp32_dir / "manifest.json").write_text(json.dumps(m))
+
+    got, _ = _gate(night, tmp_path, other_graph)
+    assert "lineage" in _failed(got["fp32"])
+    assert "not the fp32 variant that passed accuracy" in next(
+        k["detail"] for k in got["fp32"]["checks"] if k["name"] == "lineage")
+    assert got["fp16"]["status"] == "ok"
+
+
+def test_a_slow_engine_fails_the_regression_against_the_champion(night, tmp_path):
+    """With a champion in the registry, a slowed candidate is caught by the interleaved rounds."""
+    from model_registry.registry import Registry
+
+    cfg, p, _ = night
+    got, g = _gate(night, tmp_path)
+    report = stages.gate_report(cfg, p, [], [g])
+    stages.publish(cfg, p, "fraud_risk", str(report))
+    assert Registry(cfg.tracking_uri).resolve("fraud_risk", "cpu", "champion")
+    got, g = _gate(night, tmp_path / "again", _engine_plant(lambda s, d, run: faults.slow_down(s, d)))
+    assert g.champion["comparable"]
+    assert {"p50_vs_champion", "p99_vs_champion"} & _failed(got["fp32"]), _failed(got["fp32"])
+    assert got["fp16"]["status"] == "ok"
+    vs = next(k for k in got["fp16"]["checks"] if k["name"] == "vs_champion")
+    assert vs["decision"] in ("pass", "undecided") and vs["ok"]
