@@ -193,48 +193,34 @@ def plants(base: Path, last: dict) -> None:
     rows = []
 
     def gate_with(family: str, precision: str, plant) -> tuple[str, str]:
-        """Plant into ``precision``'s cpu engine on a copy of the run; returns (planted, control) outcomes."""
-        work = Path(tempfile.mkdtemp(dir=base))
-        run = work / "run"
-        shutil.copytree(p0.run_dir, run)
-        p = p0.model_copy(update={"run_dir": str(run)})
+        """Plant into a copy of the run; returns (planted candidate's outcome, its controls' statuses)."""
         vs = next(v for v in out["variants"] if v.family == family)
-        vs = vs.model_copy(update={"variants": [v.model_copy(update={"onnx_uri": str(run / family / "variants" /
-                                                                                      Path(v.onnx_uri).name)})
-                                                for v in vs.variants]})
-        engine_dir = run / family / "engines" / "cpu" / precision
-        plant(engine_dir, run)
-        acc = stages.gate_accuracy(cfg, p, vs)
-        g = stages.gate_target(cfg, p, acc, "cpu")
+        with tempfile.TemporaryDirectory(dir=base) as work:
+            g = faults.gate_planted(cfg, p0, vs, "cpu", Path(work), plant)
         got = {c["precision"]: c for c in g.candidates}
-        planted = got[precision]
-        controls = [c for k, c in got.items() if k != precision]
-        ctrl = ", ".join(f"{c['precision']} {c['status']}" for c in controls)
-        shutil.rmtree(work, ignore_errors=True)
-        return (f"{planted['status']}: {_caught(planted['checks'])}", ctrl)
+        ctrl = ", ".join(f"{c['precision']} {c['status']}" for k, c in got.items() if k != precision)
+        return f"{got[precision]['status']}: {_caught(got[precision]['checks'])}", ctrl
 
-    def with_engine(fn):
-        def plant(engine_dir: Path, run: Path) -> None:
-            tmp = engine_dir.parent / "planted.onnx"
-            fn(engine_dir / "model.onnx", tmp)
-            faults.replace_engine(engine_dir, tmp)
-            tmp.unlink()
-        return plant
+    def with_engine(family: str, precision: str, fn):
+        return faults.in_engine(family, "cpu", precision, fn)
 
     test = {f: load_splits(Path(p0.run_dir) / f / "train" / "splits.npz")["test"] for f in p0.families}
     for delta in (0.02, 0.04, 0.10):
-        res = gate_with("market_alert", "int8", with_engine(lambda s, d, k=delta: faults.shift_outputs(s, d, k)))
+        res = gate_with("market_alert", "int8",
+                        with_engine("market_alert", "int8", lambda s, d, k=delta: faults.shift_outputs(s, d, k)))
         rows.append((f"market_alert int8 engine, outputs +{delta}", *res))
     tx = test["market_alert"].x
     thr = faults.rare_threshold(tx, 2, 0.002)
     hit = int((tx[..., 2].reshape(len(tx), -1).max(axis=1) > thr).sum())
-    res = gate_with("market_alert", "fp32", with_engine(lambda s, d: faults.nan_on_rare_inputs(s, d, 2, thr)))
+    res = gate_with("market_alert", "fp32",
+                    with_engine("market_alert", "fp32", lambda s, d: faults.nan_on_rare_inputs(s, d, 2, thr)))
     rows.append((f"market_alert fp32 engine, NaN on rare inputs ({hit} of {len(tx)} test windows, "
                  f"{hit / len(tx):.2%})", *res))
-    res = gate_with("price_direction", "fp32", with_engine(lambda s, d: faults.slow_down(s, d)))
+    res = gate_with("price_direction", "fp32",
+                    with_engine("price_direction", "fp32", lambda s, d: faults.slow_down(s, d)))
     rows.append(("price_direction fp32 engine, slow (extra matmuls)", *res))
 
-    def other_graph(engine_dir: Path, run: Path) -> None:  # the fp32 engine rebuilt from the fp16 graph
+    def other_graph(run: Path) -> None:  # the fp32 engine rebuilt from the fp16 graph
         from pipelines import engines
         from pipelines.availability import host_facts
         from pipelines.engines.base import BuildSpec
@@ -245,6 +231,7 @@ def plants(base: Path, last: dict) -> None:
         ins, outs, prof = onnx_io(src, cfg.families[fam])
         spec = BuildSpec(family=fam, version="planted", precision="fp32", target=tgt, onnx=src, profile=prof,
                          options=cfg.engines.onnxruntime.model_dump(), calibration_sha256=None)
+        engine_dir = run / fam / "engines" / "cpu" / "fp32"
         shutil.rmtree(engine_dir)
         build(engines.builder_for("onnxruntime", cfg.engine_store), spec, engine_dir, ins, outs, host_facts())
     res = gate_with("fraud_risk", "fp32", other_graph)

@@ -143,3 +143,32 @@ def replace_engine(engine_dir: Path, new_engine: Path) -> None:
     if manifest.get("files"):
         manifest["files"][manifest["engine_file"]] = manifest["sha256"]["engine"]
     (engine_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def gate_planted(cfg, p, vs, target: str, workdir: Path, plant=None):
+    """Re-run the accuracy gate and ``gate_<target>`` of one family on a copy of a finished run, after
+    ``plant(run_dir)`` has broken something in the copy. Returns the target's record."""
+    import shutil
+
+    from . import stages
+
+    run = Path(workdir) / "run"
+    shutil.copytree(p.run_dir, run)
+    p = p.model_copy(update={"run_dir": str(run)})
+    vs = vs.model_copy(update={"variants": [v.model_copy(update={"onnx_uri": str(run / vs.family / "variants" /
+                                                                                   Path(v.onnx_uri).name)})
+                                            for v in vs.variants]})
+    if plant is not None:
+        plant(run)
+    return stages.gate_target(cfg, p, stages.gate_accuracy(cfg, p, vs), target)
+
+
+def in_engine(family: str, target: str, precision: str, make):
+    """A plant for :func:`gate_planted`: ``make(engine's source ONNX, dest)`` writes the broken engine."""
+    def plant(run: Path) -> None:
+        engine_dir = run / family / "engines" / target / precision
+        tmp = engine_dir.parent / f".planted-{precision}.onnx"
+        make(engine_dir / "model.onnx", tmp)
+        replace_engine(engine_dir, tmp)
+        tmp.unlink()
+    return plant

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipelines import faults, stages
@@ -30,26 +29,13 @@ def night(tmp_path_factory):
 
 
 def _gate(night, tmp_path, plant=None):
-    cfg, p0, vs = night
-    run = tmp_path / "run"
-    shutil.copytree(p0.run_dir, run)
-    p = p0.model_copy(update={"run_dir": str(run)})
-    vs = vs.model_copy(update={"variants": [v.model_copy(update={"onnx_uri": str(run / "fraud_risk" / "variants" /
-                                                                                   Path(v.onnx_uri).name)})
-                                            for v in vs.variants]})
-    if plant:
-        plant(run / "fraud_risk" / "engines" / "cpu" / "fp32", run, cfg)
-    acc = stages.gate_accuracy(cfg, p, vs)
-    g = stages.gate_target(cfg, p, acc, "cpu")
+    cfg, p, vs = night
+    g = faults.gate_planted(cfg, p, vs, "cpu", tmp_path, plant)
     return {c["precision"]: c for c in g.candidates}, g
 
 
 def _engine_plant(fn):
-    def plant(engine_dir, run, cfg):
-        tmp = engine_dir.parent / "planted.onnx"
-        fn(engine_dir / "model.onnx", tmp, run)
-        faults.replace_engine(engine_dir, tmp)
-    return plant
+    return faults.in_engine("fraud_risk", "cpu", "fp32", fn)
 
 
 def _failed(c):
@@ -67,7 +53,7 @@ def test_healthy_engines_pass_with_lineage_agreement_and_latency_rounds(night, t
 
 
 def test_an_engine_with_shifted_outputs_is_rejected_on_its_own_outputs(night, tmp_path):
-    got, _ = _gate(night, tmp_path, _engine_plant(lambda s, d, run: faults.shift_outputs(s, d, 0.04)))
+    got, _ = _gate(night, tmp_path, _engine_plant(lambda s, d: faults.shift_outputs(s, d, 0.04)))
     assert got["fp32"]["status"] == "rejected" and got["fp16"]["status"] == "ok"
     assert {"engine_agree_mean_abs", "engine_calibration_shift"} <= _failed(got["fp32"])
     parity = next(k for k in got["fp32"]["checks"] if k["name"] == "parity")
@@ -82,15 +68,15 @@ def test_nan_on_rare_inputs_is_caught_on_every_test_window(night, tmp_path):
     thr = faults.rare_threshold(test.x, 0, 0.002)
     rare = int((test.x[:, 0] > thr).sum())
     assert 1 <= rare <= 0.01 * len(test.x)
-    got, _ = _gate(night, tmp_path, _engine_plant(lambda s, d, run: faults.nan_on_rare_inputs(s, d, 0, thr)))
+    got, _ = _gate(night, tmp_path, _engine_plant(lambda s, d: faults.nan_on_rare_inputs(s, d, 0, thr)))
     assert "engine_finite" in _failed(got["fp32"]) and got["fp16"]["status"] == "ok"
     finite = next(k for k in got["fp32"]["checks"] if k["name"] == "engine_finite")
     assert finite["value"] == rare and f"on {len(test.x)} test windows" in finite["detail"]
 
 
 def test_an_engine_built_from_another_graph_fails_lineage(night, tmp_path):
-    def other_graph(engine_dir, run, cfg):  # the fp32 engine rebuilt from the fp16 graph
-        fp32_dir = engine_dir
+    def other_graph(run):  # the fp32 engine replaced by the fp16 graph's engine, labelled fp32
+        fp32_dir = run / "fraud_risk" / "engines" / "cpu" / "fp32"
         shutil.rmtree(fp32_dir)
         shutil.copytree(run / "fraud_risk" / "engines" / "cpu" / "fp16", fp32_dir)
         import json
@@ -115,7 +101,7 @@ def test_a_slow_engine_fails_the_regression_against_the_champion(night, tmp_path
     report = stages.gate_report(cfg, p, [], [g])
     stages.publish(cfg, p, "fraud_risk", str(report))
     assert Registry(cfg.tracking_uri).resolve("fraud_risk", "cpu", "champion")
-    got, g = _gate(night, tmp_path / "again", _engine_plant(lambda s, d, run: faults.slow_down(s, d)))
+    got, g = _gate(night, tmp_path / "again", _engine_plant(lambda s, d: faults.slow_down(s, d)))
     assert g.champion["comparable"]
     assert {"p50_vs_champion", "p99_vs_champion"} & _failed(got["fp32"]), _failed(got["fp32"])
     assert got["fp16"]["status"] == "ok"

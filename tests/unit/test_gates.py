@@ -15,7 +15,7 @@ from pipelines.config import Family, load_config
 from pipelines.datasets import Split
 from pipelines.evidence import Decision
 from pipelines.export import INPUT_NAME, OUTPUT_NAME
-from pipelines.gates import (Candidate, accuracy_verdict, champion_check, failed, latency_checks, onnx_runner,
+from pipelines.gates import (Candidate, accuracy_verdict, failed, latency_checks, onnx_runner,
                              parity_check, passed, select, tail_mask)
 from pipelines.quantize import onnx_fp32_to_int8
 from pipelines.records import Status
