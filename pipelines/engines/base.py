@@ -260,7 +260,8 @@ def hash_mismatch(folder: Path, manifest: dict[str, Any]) -> str | None:
     Checks the engine and the ONNX, and every file the manifest lists in ``files``; a symlink is refused.
     """
     listed = dict(manifest.get("files") or {})
-    listed.update({manifest["engine_file"]: manifest["sha256"]["engine"], manifest["onnx_file"]: manifest["sha256"]["onnx"]})
+    listed[manifest["engine_file"]] = manifest["sha256"]["engine"]
+    listed[manifest["onnx_file"]] = manifest["sha256"]["onnx"]
     for name, digest in sorted(listed.items()):
         f = Path(folder) / name
         if f.is_symlink():
