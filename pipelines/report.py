@@ -61,6 +61,8 @@ def print_variants(summary: dict[str, Any], console) -> None:
                 note = ", ".join(v["kept_fp32"]) if v["kept_fp32"] else ""
             table.add_row(row["family"], v["precision"], _fmt(m["auc"], 4), f"{m['auc'] - base:+.4f}",
                           _fmt(m["accuracy"], 4), note, _fmt(v["seconds"], 1))
+        for prec, why in sorted((vs.get("not_offered") or {}).items()):
+            table.add_row(row["family"], prec, "—", "—", "—", f"[yellow]not offered[/]: {why}", "—")
     console.print(table)
 
 
@@ -85,7 +87,11 @@ def print_engines(summary: dict[str, Any], console) -> None:
             table.add_row(row["family"], e["target"], e["precision"], status, backend,
                           _fmt(e["seconds"], 2) if e["status"] == "ok" else "—", detail)
     for (target, backend, reason), which in sorted(skipped.items()):
-        table.add_row(f"{len(which)} builds", target, "all", "[yellow]skipped[/]", backend, "—", reason)
+        fams = sorted({w.split("/")[0] for w in which})
+        precs = sorted({w.split("/")[1] for w in which})
+        who = fams[0] if len(fams) == 1 else f"{len(which)} builds"
+        table.add_row(who, target, precs[0] if len(precs) == 1 else "all", "[yellow]skipped[/]", backend, "—",
+                      reason)
     console.print(table)
 
 
