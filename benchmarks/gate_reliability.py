@@ -112,16 +112,19 @@ def _round_up(x: float) -> float:
 
 
 def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, dict]:
+    """N healthy nights. A candidate rejected by any check but the champion comparison is a false reject (the
+    data and the build are healthy); a challenger shown worse than the champion is the champion policy at work,
+    counted apart, with its interval."""
     home = base / "healthy"
     shutil.rmtree(home, ignore_errors=True)
-    rejections, counts = [], collections.Counter()
-    promotions = collections.Counter()
-    decided = collections.Counter()
+    false_rejects, counts = [], collections.Counter()
+    promotions, decided, worse = collections.Counter(), collections.Counter(), []
     gate_s, last = [], None
     print(f"\n## {n} healthy nights (smoke profile, one home, data seeds {seed_base}–{seed_base + n - 1}, from "
           f"{start})\n")
-    print("| night | family | variant verdicts (fp32/fp16/int8) | selected | vs champion | promoted |")
-    print("|---|---|---|---|---|---|")
+    print("| night | family | variants fp32/fp16/int8 | engines fp32/fp16/int8 (all but the champion check) | "
+          "challenger vs champion (AUC, champion − challenger) | selected | promoted |")
+    print("|---|---|---|---|---|---|---|")
     for i in range(n):
         date = (start + dt.timedelta(days=i)).isoformat()
         cfg = _cfg(home, seed_base + i)
@@ -135,43 +138,65 @@ def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, d
             for v in verdicts.values():
                 counts[("variant", v["precision"])] += 1
                 if v["status"] != Status.OK:
-                    rejections.append((date, g.family, v["precision"], "accuracy",
-                                       "; ".join(c["detail"] for c in v["checks"] if not c["ok"])))
-            champ_note = "—"
+                    false_rejects.append((date, g.family, v["precision"], "accuracy",
+                                          "; ".join(c["detail"] for c in v["checks"] if not c["ok"])))
+            engines, champ = {}, None
             for c in g.candidates:
                 counts[("engine", c["precision"])] += 1
-                if c["status"] != Status.OK:
-                    rejections.append((date, g.family, c["precision"], f"gate_{g.target}",
-                                       "; ".join(k["detail"] for k in c["checks"] if not k["ok"])))
+                own = [k for k in c["checks"] if not k["ok"] and k["name"] != "vs_champion"]
+                engines[c["precision"]] = "rejected" if own else "ok"
+                if own:
+                    false_rejects.append((date, g.family, c["precision"], f"gate_{g.target}",
+                                          "; ".join(k["detail"] for k in own)))
                 vc = next((k for k in c["checks"] if k["name"] == "vs_champion"), None)
-                if vc and c["outcome"] == "selected":
-                    champ_note = vc["decision"]
-                    decided[(g.family, vc["decision"])] += 1
+                if vc and (champ is None or c["precision"] == "fp32"):
+                    champ = vc
+            if champ is not None:
+                decided[(g.family, champ["decision"])] += 1
+                if champ["decision"] == "fail":
+                    worse.append((date, g.family, champ["detail"]))
             was = promoted.get((g.target, g.family), False)
             promotions[g.family] += int(was)
             vtext = "/".join(verdicts[p]["status"] if p in verdicts else "—" for p in ("fp32", "fp16", "int8"))
-            print(f"| {date} | {g.family} | {vtext} | {g.selected or '—'} | {champ_note} | {'yes' if was else 'no'} |")
+            etext = "/".join(engines.get(p, "—") for p in ("fp32", "fp16", "int8"))
+            ctext = "— (no champion yet)"
+            if champ is not None:
+                word = {"pass": "non-inferior", "fail": "worse", "undecided": "undecided"}[champ["decision"]]
+                ci = champ.get("ci")
+                ctext = word + (f" {champ['value']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else
+                                " (too few positives)")
+            print(f"| {date} | {g.family} | {vtext} | {etext} | {ctext} | {g.selected or '—'} | "
+                  f"{'yes' if was else 'no'} |")
         last = (cfg, out)
-    print("\n### False rejects per precision\n")
-    print("| precision | variants rejected | engines rejected |")
+    print("\n### False rejects per precision (healthy data, healthy builds)\n")
+    print("| precision | variants rejected (accuracy) | engines rejected (gate_cpu, champion check aside) |")
     print("|---|---|---|")
     for prec in ("fp32", "fp16", "int8"):
-        rv = sum(1 for r in rejections if r[2] == prec and r[3] == "accuracy")
-        re_ = sum(1 for r in rejections if r[2] == prec and r[3] != "accuracy")
+        rv = sum(1 for r in false_rejects if r[2] == prec and r[3] == "accuracy")
+        re_ = sum(1 for r in false_rejects if r[2] == prec and r[3] != "accuracy")
         print(f"| {prec} | {rv} of {counts[('variant', prec)]} | {re_} of {counts[('engine', prec)]} |")
-    print("\n### Every rejection\n")
-    for r in rejections or [("—", "—", "—", "—", "none")]:
+    print("\n### Every false reject\n")
+    for r in false_rejects or [("—", "—", "—", "—", "none")]:
         print(f"- {r[0]} {r[1]} {r[2]} at {r[3]}: {r[4]}")
-    print("\n### Promotions and champion decisions\n")
-    print("| family | promoted nights | non-inferior | undecided | worse |")
+    print("\n### Champion decisions and promotions\n")
+    print("| family | promoted nights | non-inferior | undecided (policy: promote) | worse (champion stays) |")
     print("|---|---|---|---|---|")
     for f in Family:
         print(f"| {f.value} | {promotions[f.value]} of {n} | {decided[(f.value, 'pass')]} | "
               f"{decided[(f.value, 'undecided')]} | {decided[(f.value, 'fail')]} |")
+    for w in worse:
+        print(f"- {w[0]} {w[1]}: {w[2]}")
     gs = np.array(gate_s)
     print(f"\nGates (accuracy + gate_cpu + report) took {gs[:, 0].mean():.1f} s of a {gs[:, 1].mean():.1f} s night "
           f"on average ({gs[:, 0].min():.1f}–{gs[:, 0].max():.1f} s).")
     return home, {"cfg": last[0], "out": last[1]}
+
+
+def _moved(vs, p):
+    """A variant set whose graphs are read from run directory ``p.run_dir``."""
+    return vs.model_copy(update={"variants": [v.model_copy(update={"onnx_uri": str(Path(p.run_dir) / vs.family /
+                                                                                   "variants" / Path(v.onnx_uri).name)})
+                                              for v in vs.variants]})
 
 
 def _caught(checks: list[dict]) -> str:
@@ -189,7 +214,20 @@ def plants(base: Path, last: dict) -> None:
     from pipelines.models import positive_probability
 
     cfg, out = last["cfg"], last["out"]
-    p0 = out["plan"]
+    # The plants meet a champion that is the last night's own selection, in a registry of their own: every
+    # control beside a plant is then the same model as the champion, and only the plant can fail.
+    ctl = base / "plants"
+    shutil.rmtree(ctl, ignore_errors=True)
+    cfg = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={
+        "tracking_uri": f"sqlite:///{ctl / 'mlflow.db'}", "store_uri": str(ctl / "store")})})
+    gated = [faults.gate_planted(cfg, out["plan"], vs, "cpu", ctl / "control") for vs in out["variants"][:1]]
+    p0 = out["plan"].model_copy(update={"run_dir": str(ctl / "control" / "run")})
+    gated += [stages.gate_target(cfg, p0, stages.gate_accuracy(cfg, p0, _moved(vs, p0)), "cpu")
+              for vs in out["variants"][1:]]
+    report = stages.gate_report(cfg, p0, [], gated)
+    for fam in p0.families:
+        stages.publish(cfg, p0, fam, str(report))
+    out = {**out, "plan": p0, "variants": [_moved(vs, p0) for vs in out["variants"]]}
     rows = []
 
     def gate_with(family: str, precision: str, plant) -> tuple[str, str]:

@@ -331,8 +331,11 @@ def test_kill_9_at_any_point_of_publish_then_rerun_leaves_registry_matching_stor
 
 def test_no_credential_reaches_any_output(night, services, mlflow_server):
     """Marker credentials (AWS keys, MLflow basic auth) were in the environment of every night of this module:
-    none appears in the console output, task logs, run directories, summaries or either database."""
+    no secret appears in the console output, task logs, run directories, summaries or either database. The
+    MLflow user name is an identity, not a secret: the tracking server records it as each run's user, and only
+    there."""
     home, proc = night
+    user = MARKERS["MLFLOW_TRACKING_USERNAME"]
     leaks = []
     for marker in MARKERS.values():
         if marker in proc.stdout + proc.stderr:
@@ -340,8 +343,12 @@ def test_no_credential_reaches_any_output(night, services, mlflow_server):
         for root in (home, mlflow_server.root):
             for f in Path(root).rglob("*"):
                 if f.is_file() and marker.encode() in f.read_bytes():
-                    leaks.append((str(f), marker))
-    assert leaks == []
+                    leaks.append((f.name, marker))
+    assert [(f, m) for f, m in leaks if not (m == user and f == "mlflow.db")] == []
+    runs = json.loads((home / "runs" / DATE / "summary.json").read_text())["published"]
+    from model_registry.registry import Registry
+
+    assert Registry(mlflow_server.uri).client.get_run(runs[0]["run_id"]).info.user_id == user
 
 
 def test_a_closed_tracking_port_ends_the_night_at_once_naming_the_endpoint(tmp_path):
@@ -358,7 +365,8 @@ def test_a_closed_tracking_port_ends_the_night_at_once_naming_the_endpoint(tmp_p
     assert proc.returncode == 1, out[-3000:]
     assert f"tracking server http://127.0.0.1:{port} (registry.tracking_uri) is unreachable: refused" in out
     assert elapsed < 180, elapsed  # docs/registry.md: preflight fails at once; no MLflow retry storm
-    assert "Retrying" not in out
+    # the outcome task still asks the registry for champion freshness: one call, MLflow retries bounded at 2
+    assert out.count("Retrying (Retry(") <= 2, out.count("Retrying (Retry(")
 
 
 def test_a_store_without_credentials_ends_the_night_at_once_naming_it(tmp_path, services):
