@@ -41,11 +41,12 @@ class MlflowServer:
 
     def start(self) -> "MlflowServer":
         self.root.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.root / "server.log", "w")  # a pipe nobody reads would block the server when full
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--default-artifact-root", (self.root / "artifacts").as_uri(), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         _wait(f"{self.uri}/health", self.proc, "mlflow server")
         return self
 
@@ -63,18 +64,27 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def s3_server():
-    """moto's S3 server over HTTP; yields its endpoint URL. Dummy credentials only."""
+def s3_server(tmp_path_factory):
+    """moto's S3 server over HTTP; yields its endpoint URL. Dummy credentials only.
+
+    Its access log goes to a file: a pipe nobody reads fills after ~64 KiB of request lines and then
+    blocks the server mid-request (seen: every S3 call timing out once enough tests had run).
+    """
     port = free_port()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     moto = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.PIPE,
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
                             stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     _wait(url, proc, "moto server")
     yield url
     os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+    log.close()
 
 
 @pytest.fixture

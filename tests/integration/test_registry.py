@@ -71,7 +71,7 @@ def test_upload_dying_midway_leaves_no_visible_version(engines, aws_env, monkeyp
     e1, _ = engines
     version = _manifest(e1)["version"]
     calls = {"n": 0}
-    real_copy = store.s3.copy
+    real_copy = store.s3.copy_object
 
     def dying_copy(*a, **k):
         calls["n"] += 1
@@ -79,13 +79,13 @@ def test_upload_dying_midway_leaves_no_visible_version(engines, aws_env, monkeyp
             raise ConnectionError("worker killed mid-upload")
         return real_copy(*a, **k)
 
-    monkeypatch.setattr(store.s3, "copy", dying_copy)
+    monkeypatch.setattr(store.s3, "copy_object", dying_copy)
     with pytest.raises(ConnectionError):
         store.put_version(e1, "fraud_risk", "cpu", version)
     assert not store.exists("fraud_risk", "cpu", version) and store.versions("fraud_risk", "cpu") == []
     with pytest.raises(StoreError, match="no committed version"):
         store.fetch("fraud_risk", "cpu", version, Path("unused"))
-    monkeypatch.setattr(store.s3, "copy", real_copy)
+    monkeypatch.setattr(store.s3, "copy_object", real_copy)
     store.put_version(e1, "fraud_risk", "cpu", version)  # the retry completes it
     assert store.versions("fraud_risk", "cpu") == [version]
 
