@@ -9,11 +9,12 @@ ONNX Runtime on validation → **engine_<target>**: one task per target of the m
 (`engines.targets`), on that target's queue and pool, mapped over family × precision:
 ONNX Runtime for `cpu`, TensorRT through Polygraphy for `sm_XY`. A target whose
 hardware or backend this worker lacks records `skipped` with the reason (a failure
-when the target is `required`) → **accuracy** per family: every variant against the
-FP32 PyTorch reference on the test split (AUC, accuracy, precision/recall, Sharpe,
-tail-regime Brier, NaN) → **gate_<target>** per family, on the target's queue and
-pool: engine parity vs its ONNX (Polygraphy comparator), latency (p50/p90/p99 at
-batch 1 and opt batch), the champion measured beside it, and the selection →
+when the target is `required`) → **accuracy** per family: every variant's own outputs
+against the FP32 PyTorch model's on every test window (agreement with measured bounds,
+metric deltas rejected only on paired-bootstrap evidence, NaN) → **gate_<target>** per
+family, on the target's queue and pool: each engine scored on its own outputs the same
+way, lineage to the variant that passed, parity vs its ONNX (diagnostic), latency
+interleaved with the champion in rounds, the paired champion comparison, and the selection →
 **gate_report**: `gates/report.json` and the accuracy-vs-p99 plot → **publish** per
 family: an MLflow run (params, metrics, PyTorch and ONNX models, gate report), each
 selected engine pushed to the engine store and registered as a version of
