@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import FactoryConfig
+from pipelines.fsutil import pid_alive
 
 from .registry import Registry
 from .store import StoreError, check_name, open_store
@@ -89,16 +90,7 @@ def _clean_abandoned(versions: Path) -> None:
         return
     for d in versions.glob(".tmp-*"):
         pid = d.name.split("-")[1] if d.name.count("-") >= 2 else ""
-        alive = False
-        if pid.isdigit():
-            try:
-                os.kill(int(pid), 0)
-                alive = int(pid) != os.getpid()
-            except ProcessLookupError:
-                alive = False
-            except PermissionError:
-                alive = True
-        if not alive:
+        if not (pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))):
             shutil.rmtree(d, ignore_errors=True)
             log.info("removed %s left by an interrupted pull", d)
 

@@ -34,15 +34,6 @@ class RegistryUnavailable(RegistryError):
     """The registry could not answer: the message names the endpoint (never its credentials) and the cause."""
 
 
-def _requests_error() -> type[BaseException]:
-    try:
-        from requests.exceptions import RequestException
-
-        return RequestException
-    except ImportError:  # pragma: no cover
-        return OSError
-
-
 def _answered_no_alias(exc: Exception) -> bool:
     code = getattr(exc, "error_code", "")
     text = str(exc)
@@ -53,13 +44,6 @@ def _answered_no_alias(exc: Exception) -> bool:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else ""
-
-
-def redact(text: str) -> str:
-    """``scheme://user:secret@host`` → ``scheme://***@host`` wherever it appears in ``text``."""
-    import re
-
-    return re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@", r"\1***@", text)
 
 
 def model_name(family: str, target: str) -> str:
@@ -151,6 +135,9 @@ class Registry:
             RegistryUnavailable: the registry did not answer (connection, timeout, server error).
         """
         from mlflow.exceptions import MlflowException
+        from requests.exceptions import RequestException
+
+        from pipelines.config import redact
 
         name = model_name(family, target)
         try:
@@ -161,7 +148,7 @@ class Registry:
                 raise NoSuchAlias(f"{name}: no version has alias '{alias}' ({detail})") from exc
             raise RegistryUnavailable(f"{name}: the registry at {redact(self.uri)} did not answer for alias "
                                       f"'{alias}': {redact(_first_line(detail))}") from exc
-        except (OSError, _requests_error()) as exc:  # connection errors that MLflow lets through
+        except (OSError, RequestException) as exc:  # connection errors that MLflow lets through
             raise RegistryUnavailable(f"{name}: the registry at {redact(self.uri)} did not answer for alias "
                                       f"'{alias}': {type(exc).__name__}: {redact(_first_line(str(exc)))}") from exc
 

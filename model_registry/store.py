@@ -223,12 +223,11 @@ class S3Store:
             self.s3.upload_file(str(src / name), self.bucket, f"{staging}/{name}", Config=self.transfer,
                                 ExtraArgs={"Metadata": {"sha256": sha256_file(src / name)}})
         for name in names:  # 2. server-side copy into the version's prefix (one request below S3's 5 GiB limit)
-            source = {"Bucket": self.bucket, "Key": f"{staging}/{name}"}
+            source, key = {"Bucket": self.bucket, "Key": f"{staging}/{name}"}, self._vkey(family, target, version, name)
             if (src / name).stat().st_size < 5 << 30:
-                self.s3.copy_object(CopySource=source, Bucket=self.bucket, Key=self._vkey(family, target, version, name),
-                                    MetadataDirective="COPY")
+                self.s3.copy_object(CopySource=source, Bucket=self.bucket, Key=key, MetadataDirective="COPY")
             else:
-                self.s3.copy(source, self.bucket, self._vkey(family, target, version, name), Config=self.transfer)
+                self.s3.copy(source, self.bucket, key, Config=self.transfer)
         # 3. the marker, last: from here on readers see the version. Its metadata is its own hash.
         body = marker_body(manifest)
         self.s3.put_object(Bucket=self.bucket, Key=self._vkey(family, target, version, COMMITTED), Body=body,

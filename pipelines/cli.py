@@ -82,6 +82,8 @@ def night_lock(cfg: FactoryConfig, date: str):
     night (pid, host, start). A lock whose process is gone (a killed night) is taken over."""
     import socket
 
+    from .fsutil import pid_alive
+
     lock = cfg.run_dir(date) / ".night.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": dt.datetime.now(dt.timezone.utc).isoformat()}
@@ -93,7 +95,7 @@ def night_lock(cfg: FactoryConfig, date: str):
                 other = json.loads(lock.read_text() or "{}")
             except (OSError, json.JSONDecodeError):
                 other = {}
-            if other.get("host") == me["host"] and other.get("pid") and not _alive(int(other["pid"])):
+            if other.get("host") == me["host"] and other.get("pid") and not pid_alive(int(other["pid"])):
                 lock.unlink(missing_ok=True)  # the night that held it was killed
                 continue
             raise NightRunning(f"a night for {date} is already running in {cfg.home} (pid {other.get('pid')} on "
@@ -105,16 +107,6 @@ def night_lock(cfg: FactoryConfig, date: str):
         yield
     finally:
         lock.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _run_nightly_locked(cfg: FactoryConfig, date: str, config_path: str | None, console) -> int:

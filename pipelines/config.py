@@ -23,6 +23,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "FACTORY__"
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@']+@")
+
+
+def redact(text: str) -> str:
+    """``scheme://user:secret@host`` → ``scheme://***@host`` wherever a URI appears in ``text``."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 class ConfigError(ValueError):
@@ -571,8 +577,7 @@ def _format_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        got = re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@']+@", r"\1***@", repr(err.get("input")))
-        lines.append(f"  {loc}: {msg} (got {got})")
+        lines.append(f"  {loc}: {msg} (got {redact(repr(err.get('input')))})")
     return f"invalid configuration ({source}):\n" + "\n".join(lines)
 
 

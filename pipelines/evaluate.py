@@ -5,6 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 TRADING_DAYS = 252
+BACKTEST_MARGIN = 0.05
+"""The direction backtest trades when P(up) is more than this far from 0.5."""
+
+
+def sharpe_annualisation(trades: int, ts_ns: np.ndarray) -> float:
+    """sqrt(trades per year): the trades per day observed in the window, times 252 days."""
+    days = max(len(np.unique(np.asarray(ts_ns) // 86_400_000_000_000)), 1)
+    return float(np.sqrt(trades / days * TRADING_DAYS))
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
@@ -31,7 +39,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> di
     }
 
 
-def backtest(p_up: np.ndarray, fwd_ret_bps: np.ndarray, ts_ns: np.ndarray, margin: float = 0.05,
+def backtest(p_up: np.ndarray, fwd_ret_bps: np.ndarray, ts_ns: np.ndarray, margin: float = BACKTEST_MARGIN,
              cost_bps: float = 0.0) -> dict[str, float]:
     """Trade the direction signal over the test window.
 
@@ -46,10 +54,8 @@ def backtest(p_up: np.ndarray, fwd_ret_bps: np.ndarray, ts_ns: np.ndarray, margi
     pnl = pos[traded] * np.asarray(fwd_ret_bps, dtype=np.float64)[traded] - cost_bps
     if len(pnl) < 2 or pnl.std() == 0:
         return {"sharpe": 0.0, "hit_rate": 0.0, "trades": float(len(pnl)), "pnl_bps": float(pnl.sum())}
-    days = max(len(np.unique(np.asarray(ts_ns) // 86_400_000_000_000)), 1)
-    per_year = len(pnl) / days * TRADING_DAYS
     return {
-        "sharpe": float(pnl.mean() / pnl.std() * np.sqrt(per_year)),
+        "sharpe": float(pnl.mean() / pnl.std() * sharpe_annualisation(len(pnl), ts_ns)),
         "hit_rate": float((pnl > 0).mean()),
         "trades": float(len(pnl)),
         "pnl_bps": float(pnl.sum()),

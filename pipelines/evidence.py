@@ -14,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 
+from .evaluate import BACKTEST_MARGIN
+
 
 class Decision(StrEnum):
     PASS = "pass"
@@ -73,9 +75,6 @@ class Interval:
     level: float
     resamples: int
 
-    def to_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
-
 
 def paired_bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, *, resamples: int = 1000,
                      level: float = 0.95, seed: int = 0, chunk: int = 100) -> Interval:
@@ -117,7 +116,7 @@ def _ratio_rows(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def metric_rows(name: str, y: np.ndarray, p: np.ndarray, threshold: float, idx: np.ndarray,
-                ret: np.ndarray | None = None, margin: float = 0.05, annualise: float = 1.0) -> np.ndarray:
+                ret: np.ndarray | None = None, margin: float = BACKTEST_MARGIN, annualise: float = 1.0) -> np.ndarray:
     """Metric ``name`` of outputs ``p`` on each resample row ``idx`` (NaN where it is undefined).
 
     ``auc``; ``accuracy``, ``precision``, ``recall`` at ``threshold``; ``brier``; ``sharpe`` of the

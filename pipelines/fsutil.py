@@ -46,6 +46,17 @@ def write_json(path: Path, obj: Any) -> Path:
     return path
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a lock or temporary folder it left is still in use)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

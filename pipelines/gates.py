@@ -110,15 +110,14 @@ def tail_mask(family: Family, split: Any, quantile: float = 0.95) -> np.ndarray:
     return mask
 
 
-def agreement_checks(a: Agreement, tail: Agreement | None, b: AgreementBounds, precision: str, min_events: int,
-                     what: str = "") -> list[Check]:
+def agreement_checks(a: Agreement, tail: Agreement | None, b: AgreementBounds, precision: str,
+                     min_events: int) -> list[Check]:
     """Candidate vs FP32 PyTorch on the same windows, against bounds measured on healthy variants."""
-    pre = f"{what} " if what else ""
 
     def bound(name: str, value: float, limit: float, sentence: str, n: int) -> Check:
         ok = value <= limit
         return Check(name=name, decision=Decision.PASS if ok else Decision.FAIL, value=value, bound=limit, n=n,
-                     detail=f"{pre}{sentence} {value:.2e} vs FP32 on {n} windows, bound {limit:.2e} ({precision})")
+                     detail=f"{sentence} {value:.2e} vs FP32 on {n} windows, bound {limit:.2e} ({precision})")
 
     checks = [bound("agree_mean_abs", a.mean_abs, b.mean_abs, "mean |Δp|", a.n),
               bound("agree_p99_abs", a.p99_abs, b.p99_abs, "p99 |Δp|", a.n),
@@ -127,7 +126,7 @@ def agreement_checks(a: Agreement, tail: Agreement | None, b: AgreementBounds, p
               bound("decision_flips", a.flip_rate, b.flip_rate,
                     f"{a.flips} flipped decisions ({a.new_alerts} new alerts); flip rate", a.n)]
     if tail is None or tail.n < min_events:
-        checks.append(undecided("tail_agreement", f"{pre}cannot decide on the tail: {tail.n if tail else 0} "
+        checks.append(undecided("tail_agreement", f"cannot decide on the tail: {tail.n if tail else 0} "
                                 f"extreme-move windows (< min_events {min_events})", n=tail.n if tail else 0))
     else:
         checks += [bound("tail_mean_abs", tail.mean_abs, b.tail_mean_abs, "on extreme-move windows, mean |Δp|",
@@ -224,11 +223,11 @@ def accuracy_verdict(family: Family, precision: str, split: Any, prob_ref: np.nd
                                   events_what=f"{npos} positives; {alerts_ref} FP32 vs {alerts} candidate alerts "
                                               f"at {threshold}"))
     if bounds.sharpe_rel_tol is not None:
+        from .evaluate import BACKTEST_MARGIN, sharpe_annualisation
+
         ret = np.asarray(split.fwd_ret_bps, dtype=np.float64)
-        margin = 0.05
-        trades = [int((np.abs(q - 0.5) > margin).sum()) for q in (p_ref, p)]
-        days = max(len(np.unique(np.asarray(split.ts) // 86_400_000_000_000)), 1)
-        annualise = float(np.sqrt(max(trades[0], 1) / days * 252))
+        trades = [int((np.abs(q - 0.5) > BACKTEST_MARGIN).sum()) for q in (p_ref, p)]
+        annualise = sharpe_annualisation(max(trades[0], 1), split.ts)
         checks.append(delta_check("sharpe", "sharpe", y, p_ref, p, threshold, bounds.sharpe_rel_tol, gates,
                                   events=min(trades), events_what=f"{trades[0]} FP32 vs {trades[1]} candidate trades",
                                   relative=True, ret=ret, annualise=annualise))

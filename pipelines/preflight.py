@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .config import ConfigError, FactoryConfig
+from .config import ConfigError, FactoryConfig, redact
 
 
 class PreflightError(ConfigError):
@@ -23,13 +23,6 @@ class PreflightError(ConfigError):
 
     Bad input (final, no retry): the endpoint, its credentials or the bucket must be fixed first.
     """
-
-
-def redact(uri: str) -> str:
-    """``scheme://user:secret@host`` → ``scheme://***@host``."""
-    import re
-
-    return re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@", r"\1***@", uri)
 
 
 def apply_client_limits(cfg: FactoryConfig) -> None:

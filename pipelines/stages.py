@@ -207,9 +207,8 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
     from .fsutil import sha256_file
     from .quantize import (Precision, array_sha256, calibration_set, check_calibration, onnx_fp32_to_fp16,
                            onnx_fp32_to_int8, quantization_coverage)
-    from .train import evaluate_split
-
     from .gates import tail_mask
+    from .train import evaluate_split
 
     fam = Family(ex.family)
     splits = load_splits(Path(p.run_dir) / ex.family / "train" / "splits.npz")
@@ -381,7 +380,6 @@ def gate_target(cfg: FactoryConfig, p: Plan, acc: AccuracyReport, target: str) -
         threads = m.build.get("options", {}).get("intra_op_threads", 1)
         return engine_runner(d, m.backend, m.engine_file, threads=threads, cuda_graph=cfg.benchmark.cuda_graphs)
 
-    from model_registry.registry import RegistryUnavailable
     from model_registry.store import StoreError
 
     runners, champ_prob = {}, None
@@ -390,12 +388,10 @@ def gate_target(cfg: FactoryConfig, p: Plan, acc: AccuracyReport, target: str) -
     except StoreError as exc:  # the registry named a champion whose copy is bad: measured without it, said so
         champion = {"comparable": False, "reason": f"champion's engine unusable: {exc}"}
         log.warning("%s/%s: %s", fam, target, champion["reason"])
-    except RegistryUnavailable:
-        raise
     if champion is None:
         champion = {"comparable": False, "reason": "no champion yet: the registry has no 'champion' alias for "
                                                    f"{fam}.{target}"}
-    if champion and "engine_dir" in champion:
+    if "engine_dir" in champion:
         try:  # the champion, on this host, on today's test window
             cm = verify_manifest(Path(champion["engine_dir"]))
             cr = runner(Path(champion["engine_dir"]), cm)
@@ -554,9 +550,8 @@ def publish(cfg: FactoryConfig, p: Plan, family: str, report_uri: str) -> Publis
     from model_registry.store import open_store
     from monitoring.nvml import summary_metrics
 
+    from .engines.base import engine_identity
     from .fsutil import sha256_file
-
-    from pipelines.engines.base import engine_identity
 
     report = json.loads(Path(report_uri).read_text())
     run_dir = Path(p.run_dir)

@@ -94,10 +94,6 @@ class Manifest(Record):
     files: dict[str, str] = {}
     """sha256 of every file of the engine directory but the manifest itself: nothing unlisted is trusted."""
 
-    def identity(self) -> str:
-        """See :func:`engine_identity`."""
-        return engine_identity(self.model_dump(mode="json"))
-
 
 IDENTITY_KEYS = ("family", "target", "compute_capability", "backend", "backend_version", "precision", "engine_file",
                  "onnx_file", "inputs", "outputs", "sha256")
