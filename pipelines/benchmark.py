@@ -203,6 +203,10 @@ class TensorRTRunner:
         """The numpy dtype the engine declares for tensor ``name`` (an FP16-output engine writes halves)."""
         return np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
 
+    def output_buffer_dtype(self) -> Any:
+        """The torch dtype of the output buffers: the engine's declared one, never an assumed float32."""
+        return self.torch.from_numpy(np.empty(0, dtype=self.dtype(self.output))).dtype
+
     def _bind(self, x: np.ndarray) -> tuple[Any, Any, Any, Any]:
         torch = self.torch
         x = np.ascontiguousarray(x, dtype=self.dtype(self.input))
@@ -210,7 +214,7 @@ class TensorRTRunner:
         host_in = torch.from_numpy(x).pin_memory()
         dev_in = host_in.to("cuda")
         shape = tuple(self.context.get_tensor_shape(self.output))
-        out_dtype = torch.from_numpy(np.empty(0, dtype=self.dtype(self.output))).dtype
+        out_dtype = self.output_buffer_dtype()
         dev_out = torch.empty(shape, dtype=out_dtype, device="cuda")
         host_out = torch.empty(shape, dtype=out_dtype, pin_memory=True)
         self.context.set_tensor_address(self.input, dev_in.data_ptr())

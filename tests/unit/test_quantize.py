@@ -92,10 +92,9 @@ def test_fp16_outputs_are_fp32_for_every_family_and_halves_are_never_read_as_flo
         out = _run(tmp_path / f"{fam}.fp16.onnx", x)
         assert out.dtype == np.float32 and np.allclose(out, _run(src, x), atol=2e-2), fam
     # TensorRT runner: buffers follow the engine's declared tensor dtypes (stand-in engine, no TensorRT here)
-    class _Trt:
-        class DataType:
-            HALF, FLOAT = "half", "float"
+    import torch
 
+    class _Trt:
         @staticmethod
         def nptype(t):
             return {"half": np.float16, "float": np.float32}[t]
@@ -105,5 +104,6 @@ def test_fp16_outputs_are_fp32_for_every_family_and_halves_are_never_read_as_flo
             return "half" if name == "prob" else "float"
 
     runner = TensorRTRunner.__new__(TensorRTRunner)
-    runner.trt, runner.engine, runner.input, runner.output = _Trt, _Engine(), "features", "prob"
+    runner.trt, runner.torch, runner.engine, runner.input, runner.output = _Trt, torch, _Engine(), "features", "prob"
     assert runner.dtype("prob") == np.float16 and runner.dtype("features") == np.float32
+    assert runner.output_buffer_dtype() is torch.float16  # the buffer _bind allocates for this engine
