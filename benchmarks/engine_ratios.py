@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.benchmark import OnnxRuntimeRunner, TorchRunner, benchmark_runner  # noqa: E402
-from pipelines.config import Family, load_config  # noqa: E402
+from factory_core.config import Family, load_config  # noqa: E402
 
 N_FEATURES = {Family.MARKET_ALERT: 16, Family.PRICE_DIRECTION: 16, Family.FRAUD_RISK: 11}
 
@@ -35,7 +35,7 @@ def _models(cfg, run_dir: Path | None):
     import torch
 
     from pipelines.models import build_model
-    from pipelines.stages import load_model
+    from pipelines.models import load_model
 
     for fam in cfg.enabled_families:
         fc = cfg.families[fam]
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _trt_rows(run_dir, fam, x, opt, b):
-    from pipelines.availability import first_gpu, tensorrt_version
+    from factory_core.availability import first_gpu, tensorrt_version
 
     gpu = first_gpu()
     if run_dir is None or not tensorrt_version() or gpu is None:

@@ -33,8 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import faults, stages  # noqa: E402
-from pipelines.config import Family, load_config  # noqa: E402
-from pipelines.records import Status  # noqa: E402
+from factory_core.config import Family, load_config  # noqa: E402
+from factory_core.contracts import Status  # noqa: E402
 
 FACTOR = 3.0
 
@@ -47,31 +47,33 @@ def _cfg(home: Path, seed: int):
 def _through_variants(cfg, date: str):
     p = stages.plan(cfg, date)
     fs = stages.build_features(cfg, p, stages.ingest(cfg, p))
-    out = []
+    out, trained = [], []
     for fam in p.families:
-        ex = stages.export(cfg, p, stages.train(cfg, p, fs, fam))
+        tr = stages.train(cfg, p, fs, fam)
+        ex = stages.export(cfg, p, tr)
+        trained.append((tr, ex))
         out.append(stages.make_variants(cfg, p, ex))
-    return p, out
+    return p, out, trained
 
 
 def night(cfg, date: str) -> dict:
     """One night in this process: the DAG's stages in its order, on the cpu target."""
-    p, vss = _through_variants(cfg, date)
+    p, vss, trained = _through_variants(cfg, date)
     accs, gated, gate_s = [], [], 0.0
     for vs in vss:
-        for t in cfg.targets():
-            for prec in t.precisions:
-                stages.build_engine(cfg, p, vs, prec, t.name)
+        built = {t.name: [stages.build_engine(cfg, p, vs, prec, t.name) for prec in t.precisions]
+                 for t in cfg.declared_targets()}
         t0 = time.perf_counter()
         acc = stages.gate_accuracy(cfg, p, vs)
         accs.append(acc)
-        gated += [stages.gate_target(cfg, p, acc, t.name) for t in cfg.targets()]
+        gated += [stages.gate_target(cfg, p, acc, built[t.name], t.name) for t in cfg.declared_targets()]
         gate_s += time.perf_counter() - t0
     t0 = time.perf_counter()
     report = stages.gate_report(cfg, p, accs, gated)
     gate_s += time.perf_counter() - t0
-    published = [stages.publish(cfg, p, fam, str(report)) for fam in p.families]
-    return {"plan": p, "variants": vss, "accuracy": accs, "gated": gated, "published": published, "gate_s": gate_s}
+    published = [stages.publish(cfg, p, tr, ex, report) for tr, ex in trained]
+    return {"plan": p, "variants": vss, "accuracy": accs, "gated": gated, "published": published, "gate_s": gate_s,
+            "trained": trained}
 
 
 def derive(base: Path, k: int) -> None:
@@ -80,11 +82,11 @@ def derive(base: Path, k: int) -> None:
         home = base / f"derive-{i}"
         cfg = _cfg(home, 500 + i)  # seeds and dates of their own: the validation nights never see them
         date = (dt.date(2026, 10, 1) + dt.timedelta(days=i)).isoformat()
-        p, vss = _through_variants(cfg, date)
+        p, vss, trained = _through_variants(cfg, date)
         for vs in vss:
             acc = stages.gate_accuracy(cfg, p, vs)
             for v in acc.verdicts:
-                rows[v["precision"]].append((vs.family, v["metrics"]))
+                rows[v.precision].append((vs.family, v.metrics))
         shutil.rmtree(home, ignore_errors=True)
     keys = [("mean_abs", "agree_mean_abs"), ("p99_abs", "agree_p99_abs"), ("max_abs", "agree_max_abs"),
             ("bias", "agree_bias"), ("flip_rate", "agree_flip_rate"), ("tail_mean_abs", "tail_agree_mean_abs"),
@@ -131,17 +133,17 @@ def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, d
         t0 = time.perf_counter()
         out = night(cfg, date)
         gate_s.append((out["gate_s"], time.perf_counter() - t0))
-        promoted = {(v["target"], f.family): v["promoted"] for f in out["published"] for v in f.versions}
-        accs = {a.family: a for a in out["accuracy"]}
+        promoted = {(v.target, f.family): v.promoted for f in out["published"] for v in f.versions}
+        accs = {a.family: a.model_dump(mode="json") for a in out["accuracy"]}
         for g in out["gated"]:
-            verdicts = {v["precision"]: v for v in accs[g.family].verdicts}
+            verdicts = {v["precision"]: v for v in accs[g.family]["verdicts"]}
             for v in verdicts.values():
                 counts[("variant", v["precision"])] += 1
                 if v["status"] != Status.OK:
                     false_rejects.append((date, g.family, v["precision"], "accuracy",
                                           "; ".join(c["detail"] for c in v["checks"] if not c["ok"])))
             engines, champ = {}, None
-            for c in g.candidates:
+            for c in g.model_dump(mode="json")["candidates"]:
                 counts[("engine", c["precision"])] += 1
                 own = [k for k in c["checks"] if not k["ok"] and k["name"] != "vs_champion"]
                 engines[c["precision"]] = "rejected" if own else "ok"
@@ -192,13 +194,6 @@ def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, d
     return home, {"cfg": last[0], "out": last[1]}
 
 
-def _moved(vs, p):
-    """A variant set whose graphs are read from run directory ``p.run_dir``."""
-    return vs.model_copy(update={"variants": [v.model_copy(update={"onnx_uri": str(Path(p.run_dir) / vs.family /
-                                                                                   "variants" / Path(v.onnx_uri).name)})
-                                              for v in vs.variants]})
-
-
 def _caught(checks: list[dict]) -> str:
     names = [c["name"] for c in checks if not c["ok"]]
     return ", ".join(names) if names else "NOT CAUGHT"
@@ -220,14 +215,19 @@ def plants(base: Path, last: dict) -> None:
     shutil.rmtree(ctl, ignore_errors=True)
     cfg = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={
         "tracking_uri": f"sqlite:///{ctl / 'mlflow.db'}", "store_uri": str(ctl / "store")})})
+    old = out["plan"].run_uri
     gated = [faults.gate_planted(cfg, out["plan"], vs, "cpu", ctl / "control") for vs in out["variants"][:1]]
-    p0 = out["plan"].model_copy(update={"run_dir": str(ctl / "control" / "run")})
-    gated += [stages.gate_target(cfg, p0, stages.gate_accuracy(cfg, p0, _moved(vs, p0)), "cpu")
-              for vs in out["variants"][1:]]
+    p0 = faults.rebase(out["plan"], old, str(ctl / "control" / "run"))
+    moved = [faults.rebase(vs, old, p0.run_uri) for vs in out["variants"]]
+    for vs in moved[1:]:
+        folder = Path(p0.run_uri) / vs.family / "engines" / "cpu"
+        built = [stages.EngineResult(family=vs.family, precision=d.name, target="cpu", backend="onnxruntime",
+                                     status=stages.Status.OK, engine_dir=str(d)) for d in sorted(folder.iterdir())]
+        gated.append(stages.gate_target(cfg, p0, stages.gate_accuracy(cfg, p0, vs), built, "cpu"))
     report = stages.gate_report(cfg, p0, [], gated)
-    for fam in p0.families:
-        stages.publish(cfg, p0, fam, str(report))
-    out = {**out, "plan": p0, "variants": [_moved(vs, p0) for vs in out["variants"]]}
+    for tr, ex in out["trained"]:
+        stages.publish(cfg, p0, faults.rebase(tr, old, p0.run_uri), faults.rebase(ex, old, p0.run_uri), report)
+    out = {**out, "plan": p0, "variants": moved}
     rows = []
 
     def gate_with(family: str, precision: str, plant) -> tuple[str, str]:
@@ -235,14 +235,14 @@ def plants(base: Path, last: dict) -> None:
         vs = next(v for v in out["variants"] if v.family == family)
         with tempfile.TemporaryDirectory(dir=base) as work:
             g = faults.gate_planted(cfg, p0, vs, "cpu", Path(work), plant)
-        got = {c["precision"]: c for c in g.candidates}
-        ctrl = ", ".join(f"{c['precision']} {c['status']}" for k, c in got.items() if k != precision)
-        return f"{got[precision]['status']}: {_caught(got[precision]['checks'])}", ctrl
+        got = {c.precision: c for c in g.candidates}
+        ctrl = ", ".join(f"{c.precision} {c.status}" for k, c in got.items() if k != precision)
+        return f"{got[precision].status}: {_caught([c.model_dump() for c in got[precision].checks])}", ctrl
 
     def with_engine(family: str, precision: str, fn):
         return faults.in_engine(family, "cpu", precision, fn)
 
-    test = {f: load_splits(Path(p0.run_dir) / f / "train" / "splits.npz")["test"] for f in p0.families}
+    test = {f: load_splits(Path(p0.run_uri) / f / "train" / "splits.npz")["test"] for f in p0.families}
     for delta in (0.02, 0.04, 0.10):
         res = gate_with("market_alert", "int8",
                         with_engine("market_alert", "int8", lambda s, d, k=delta: faults.shift_outputs(s, d, k)))
@@ -260,13 +260,13 @@ def plants(base: Path, last: dict) -> None:
 
     def other_graph(run: Path) -> None:  # the fp32 engine rebuilt from the fp16 graph
         from pipelines import engines
-        from pipelines.availability import host_facts
+        from factory_core.availability import host_facts
         from pipelines.engines.base import BuildSpec
 
         fam = Family.FRAUD_RISK
         src = run / fam / "variants" / "model.fp16.onnx"
-        tgt = cfg.target("cpu")
-        ins, outs, prof = onnx_io(src, cfg.families[fam])
+        tgt = cfg.declared_target("cpu")
+        ins, outs, prof = onnx_io(src, fam, cfg.families[fam])
         spec = BuildSpec(family=fam, version="planted", precision="fp32", target=tgt, onnx=src, profile=prof,
                          options=cfg.engines.onnxruntime.model_dump(), calibration_sha256=None)
         engine_dir = run / fam / "engines" / "cpu" / "fp32"
@@ -277,8 +277,8 @@ def plants(base: Path, last: dict) -> None:
 
     # variant level: INT8 graphs with one perturbed scale, and a tail collapse, through the accuracy verdict
     fam = Family.PRICE_DIRECTION
-    base_int8 = Path(p0.run_dir) / fam / "variants" / "model.int8.onnx"
-    ref = np.load(Path(p0.run_dir) / fam / "accuracy" / "reference.npy")
+    base_int8 = Path(p0.run_uri) / fam / "variants" / "model.int8.onnx"
+    ref = np.load(Path(p0.run_uri) / fam / "accuracy" / "reference.npy")
     t = test[fam]
     bounds, thr_f = cfg.gates.families[fam], cfg.families[fam].threshold
     scales = faults.activation_scales(base_int8)

@@ -20,7 +20,7 @@ skipped and no asset event is emitted. **summary** prints one line per check; it
 the run when a check failed (request_retrain still runs for the checks that succeeded).
 
 Params: `since` / `until` (ISO times; default: the window ending at the run's time),
-`families` (default: all enabled), `profile`, `config_path`.
+`families` (default: all enabled) and `profile`. The config file is `$FACTORY_CONFIG` on every host.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import datetime as dt
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipelines.config import load_config
+from factory_core.config import load_config
 from pipelines.orchestration import RETRAIN_ASSET, config_from_params, xcom_items
 
 _CFG = load_config()
@@ -47,7 +47,6 @@ RETRAIN = Asset(RETRAIN_ASSET)
     default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=1)},
     params={
         "profile": Param("default", enum=["default", "smoke"]),
-        "config_path": Param(None, type=["null", "string"]),
         "since": Param(None, type=["null", "string"], description="window start, ISO 8601 (UTC if naive)"),
         "until": Param(None, type=["null", "string"], description="window end, ISO 8601 (UTC if naive)"),
         "families": Param(None, type=["null", "array"], description="check only these families"),
@@ -60,7 +59,7 @@ def drift_monitor():
     def check(family_target: str) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from monitoring.drift import check as drift_check
+        from pipelines.drift import check as drift_check
 
         ctx = get_current_context()
         params = ctx["params"]

@@ -30,7 +30,10 @@ to Prometheus, for the "nightly failed" and "no fresh champion" alerts.
 The target matrix is read from the factory config when the DAG is parsed
 (`$FACTORY_CONFIG` or `./factory.yaml`, profile `$FACTORY_PROFILE`).
 
-Params: `profile` (`default` | `smoke`) and `config_path` (a `factory.yaml`).
+Params: `profile` (`default` | `smoke`: the size of a night), and `families` and `targets`, which narrow the
+night (a target left out records `skipped` with the reason). The DAG's shape (its `engine_<target>` and
+`gate_<target>` tasks) comes from the config file alone (`$FACTORY_CONFIG`), the same file every worker reads;
+`targets: auto` is resolved by the worker that builds, not where this file is parsed.
 Outputs live under `$FACTORY_HOME/runs/<date>/`. Every task is idempotent on the
 logical date: it writes to a temporary directory and renames it into place.
 Bad input (a malformed partition, a wrong config, a broken export) fails at once
@@ -47,11 +50,11 @@ import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 
 from pipelines import stages
-from pipelines.config import load_config
+from factory_core.config import load_config
 from pipelines.orchestration import (RETRAIN_ASSET, config_from_params, retrain_request, run_date, run_stage,
                                     xcom_items)
 
-TARGETS = load_config().targets()
+TARGETS = load_config().declared_targets()  # the DAG's shape: the config file alone, never a run's params
 
 
 @dag(
@@ -63,8 +66,11 @@ TARGETS = load_config().targets()
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True},
     params={
-        "profile": Param("default", enum=["default", "smoke"], description="size of the night"),
-        "config_path": Param(None, type=["null", "string"], description="factory.yaml to use"),
+        "profile": Param("default", enum=["default", "smoke"], description="size of the night (never its shape)"),
+        "families": Param(None, type=["null", "array"], items={"type": "string"},
+                          description="train only these families (default: every enabled one)"),
+        "targets": Param(None, type=["null", "array"], items={"type": "string"},
+                         description="build only these configured targets; the others record skipped"),
     },
     tags=["model-factory", "nightly"],
     doc_md=__doc__,
@@ -74,7 +80,8 @@ def nightly_model_factory():
     def plan() -> dict:
         ctx = get_current_context()
         families, trigger = retrain_request(ctx)
-        return run_stage(stages.plan, run_date(ctx), families=families, trigger=trigger)
+        return run_stage(stages.plan, run_date(ctx), families=families or ctx["params"].get("families"),
+                         trigger=trigger, targets=ctx["params"].get("targets"))
 
     @task
     def families(plan: dict) -> list[str]:
@@ -109,20 +116,21 @@ def nightly_model_factory():
         return run_stage(stages.gate_accuracy, plan, variant_set)
 
     @task
-    def gate(plan: dict, accuracy: dict, target: str) -> dict:
-        return run_stage(stages.gate_target, plan, accuracy, target=target)
+    def gate(plan: dict, accuracy: dict, built: list[dict], target: str) -> dict:
+        return run_stage(stages.gate_target, plan, accuracy, xcom_items(built), target=target)
 
     @task
-    def gate_report(plan: dict, accuracy: list[dict], gates: list) -> str:
+    def gate_report(plan: dict, accuracy: list[dict], gates: list) -> dict:
         return run_stage(stages.gate_report, plan, xcom_items(accuracy), [g for seq in gates for g in xcom_items(seq)])
 
     @task
-    def publish(plan: dict, family: str, report: str) -> dict:
-        return run_stage(stages.publish, plan, family=family, report_uri=report)
+    def publish(plan: dict, report: dict, night: tuple) -> dict:
+        trained, exported = night
+        return run_stage(stages.publish, plan, trained, exported, report)
 
     @task
     def summarize(plan: dict, trained: list[dict], exported: list[dict], variant_sets: list[dict],
-                  engines: list, report: str, published: list[dict]) -> str:
+                  engines: list, report: dict, published: list[dict]) -> str:
         built = [e for per_target in engines for e in xcom_items(per_target)]
         return run_stage(stages.summarize, plan, xcom_items(trained), xcom_items(exported), xcom_items(variant_sets), built,
                          report, xcom_items(published))
@@ -148,12 +156,12 @@ def nightly_model_factory():
         on_target = {"queue": t.queue, "pool": t.pool}
         b = engine.override(task_id=f"engine_{t.name}", **on_target).partial(plan=p, target=t.name)
         b = b.expand(variant_set=variant_sets, precision=t.precisions)
-        g = gate.override(task_id=f"gate_{t.name}", **on_target).partial(plan=p, target=t.name).expand(accuracy=acc)
-        b >> g
+        g = gate.override(task_id=f"gate_{t.name}", **on_target).partial(plan=p, built=b, target=t.name)
+        g = g.expand(accuracy=acc)
         built.append(b)
         gated.append(g)
     report = gate_report(p, acc, gated)
-    published = publish.partial(plan=p, report=report).expand(family=families(p))
+    published = publish.partial(plan=p, report=report).expand(night=trained.zip(exported))
     summarize(p, trained, exported, variant_sets, built, report, published) >> outcome()
 
 

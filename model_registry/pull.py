@@ -21,8 +21,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.config import FactoryConfig
-from pipelines.fsutil import pid_alive
+from factory_core.config import FactoryConfig
+from factory_core.fsutil import pid_alive
 
 from .registry import Registry
 from .store import StoreError, check_name, open_store
@@ -46,7 +46,7 @@ def local_target(choice: str) -> str:
     """``auto`` → this host's ``sm_XY`` from NVML, ``cpu`` when there is no GPU; anything else as given."""
     if choice != "auto":
         return check_name(choice, "target")
-    from pipelines.availability import first_gpu
+    from factory_core.availability import first_gpu
 
     gpu = first_gpu()
     return gpu.target_name if gpu else "cpu"
@@ -56,7 +56,7 @@ def check_compatible(manifest: dict, target: str) -> None:
     """The engine must be for this target, and loadable by this host's backend version."""
     if manifest["target"] != target:
         raise StoreError(f"engine is for target {manifest['target']}, this host is {target}")
-    from pipelines.availability import onnxruntime_version, tensorrt_version
+    from factory_core.availability import onnxruntime_version, tensorrt_version
 
     want = manifest["backend_version"]
     probe = tensorrt_version() if manifest["backend"] == "tensorrt" else onnxruntime_version()
@@ -73,7 +73,7 @@ def check_compatible(manifest: dict, target: str) -> None:
 
 def check_registered(manifest: dict, mv) -> None:
     """The store's engine must be the one the registry version names (content identity and engine sha256)."""
-    from pipelines.engines.base import engine_identity
+    from factory_core.contracts import engine_identity
 
     tags = mv.tags or {}
     want_id, want_sha = tags.get("engine_identity"), tags.get("engine_sha256")

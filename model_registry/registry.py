@@ -11,6 +11,8 @@ exists, so an MLflow outage never leaves an alias pointing at nothing.
 
 from __future__ import annotations
 
+from factory_core.errors import FactoryError
+
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 CHALLENGER, CHAMPION = "challenger", "champion"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(FactoryError, RuntimeError):
     """A registry lookup found nothing or the registry refused; the message names the model and alias."""
 
 
@@ -109,7 +111,7 @@ class Registry:
         A version is found by the engine's content identity (tag ``engine_identity``, which leaves out build
         times and hosts), so rebuilding the same engine never registers a second version.
         """
-        from pipelines.engines.base import engine_identity
+        from factory_core.contracts import engine_identity
 
         name = model_name(family, target)
         self._ensure_model(name, family, target)
@@ -137,7 +139,7 @@ class Registry:
         from mlflow.exceptions import MlflowException
         from requests.exceptions import RequestException
 
-        from pipelines.config import redact
+        from factory_core.config import redact
 
         name = model_name(family, target)
         try:

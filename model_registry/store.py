@@ -14,6 +14,8 @@ destination.
 
 from __future__ import annotations
 
+from factory_core.errors import FactoryError
+
 import json
 import re
 import shutil
@@ -23,15 +25,16 @@ from typing import Protocol
 
 import hashlib
 
-from pipelines.engines.base import engine_identity, hash_mismatch
-from pipelines.fsutil import committed_dir, sha256_file
+from factory_core.contracts import engine_identity, hash_mismatch
+from factory_core.fsutil import committed_dir, sha256_file
+from factory_core.layout import STORE_COMMITTED
 
-COMMITTED = "_COMMITTED"
+COMMITTED = STORE_COMMITTED
 MANIFEST = "manifest.json"
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
-class StoreError(RuntimeError):
+class StoreError(FactoryError, RuntimeError):
     """A store operation failed or found bad data; the message names the version and file."""
 
 

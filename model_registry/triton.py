@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pipelines.config import FactoryConfig
+from factory_core.config import AUTO, COMPUTE_CAPABILITIES, FactoryConfig, TargetConfig
 
 from .registry import CHAMPION, NoSuchAlias, Registry, RegistryError
 from .store import open_store
@@ -50,7 +50,10 @@ def write_repository(cfg: FactoryConfig, family: str, dest: Path) -> Path:
     """Write ``<dest>/<family>/{config.pbtxt, 1/<plans>}`` from the family's champions."""
     registry, store = Registry(cfg.tracking_uri), open_store(cfg.store_uri, cfg.registry.s3_endpoint_url)
     champions = {}
-    for t in cfg.targets():
+    declared = [t for t in cfg.declared_targets() if t.name != AUTO]
+    if len(declared) < len(cfg.declared_targets()):  # ``auto``: whichever architectures workers registered
+        declared += [TargetConfig(name=cc) for cc in COMPUTE_CAPABILITIES if cc not in {t.name for t in declared}]
+    for t in declared:
         try:
             mv = registry.resolve(family, t.name, CHAMPION)
         except NoSuchAlias:

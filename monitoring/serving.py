@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from factory_core import layout
+
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 
 
@@ -63,7 +65,7 @@ class PredictionLog:
     def __init__(self, root: str | Path, family: str, target: str, sample_rate: float = 0.1, max_queue: int = 10_000,
                  batch_rows: int = 5_000, metrics: ServingMetrics | None = None, seed: int | None = None,
                  s3_endpoint_url: str | None = None):
-        from pipelines.fsutil import filesystem
+        from factory_core.fsutil import filesystem
 
         self.fs, base = filesystem(str(root), s3_endpoint_url)
         self.dir = f"{base}/{log_prefix(family, target)}"
@@ -139,7 +141,7 @@ class PredictionLog:
 
 
 def log_prefix(family: str, target: str) -> str:
-    return f"predictions/{family}/{target}"
+    return layout.predictions(family, target)
 
 
 def read_predictions(root: str | Path, family: str, target: str, since: dt.datetime, until: dt.datetime,
@@ -153,7 +155,7 @@ def read_predictions(root: str | Path, family: str, target: str, since: dt.datet
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    from pipelines.fsutil import filesystem
+    from factory_core.fsutil import filesystem
 
     fs, base = filesystem(str(root), s3_endpoint_url)
     frames = []

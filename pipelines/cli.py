@@ -12,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, FactoryConfig, load_config
+from factory_core.config import ConfigError, FactoryConfig, load_config
+from factory_core.errors import BadInput, FactoryError
+from factory_core.fsutil import get_json
+from factory_core.layout import GATE_PLOT
 
 DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
 NIGHTLY_DAG = "nightly_model_factory"
@@ -54,22 +57,22 @@ def ensure_pools(cfg: FactoryConfig) -> None:
     """Create (or resize) each target's Airflow pool; a task in a missing pool would never be scheduled."""
     from airflow.models.pool import Pool
 
-    for t in cfg.targets():
+    for t in cfg.declared_targets():
         Pool.create_or_update_pool(str(t.pool), t.pool_slots, f"model-factory engine builds/benchmarks for {t.name}",
                                    include_deferred=False)
 
 
-def run_nightly(cfg: FactoryConfig, date: str, config_path: str | None) -> int:
+def run_nightly(cfg: FactoryConfig, date: str, config_path: str | None, families: list[str] | None = None,
+                targets: list[str] | None = None) -> int:
     """Run the nightly DAG once through ``dag.test()`` and print the summary. Returns the exit code."""
     from rich.console import Console
 
     console = Console()
-    # The DAG reads the target matrix when parsed: let it see this run's config and profile.
-    os.environ["FACTORY_PROFILE"] = cfg.profile
-    if config_path:
+    if config_path:  # the one config channel: the file shapes the DAG and configures every task
         os.environ["FACTORY_CONFIG"] = str(Path(config_path).resolve())
     with night_lock(cfg, date):
-        return _run_nightly_locked(cfg, date, config_path, console)
+        return _run_nightly_locked(cfg, date, console, {"profile": cfg.profile, "families": families,
+                                                        "targets": targets})
 
 
 class NightRunning(ConfigError):
@@ -82,9 +85,9 @@ def night_lock(cfg: FactoryConfig, date: str):
     night (pid, host, start). A lock whose process is gone (a killed night) is taken over."""
     import socket
 
-    from .fsutil import pid_alive
+    from factory_core.fsutil import pid_alive
 
-    lock = cfg.run_dir(date) / ".night.lock"
+    lock = cfg.home / "locks" / f"night-{date}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": dt.datetime.now(dt.timezone.utc).isoformat()}
     for _ in range(2):
@@ -109,7 +112,7 @@ def night_lock(cfg: FactoryConfig, date: str):
         lock.unlink(missing_ok=True)
 
 
-def _run_nightly_locked(cfg: FactoryConfig, date: str, config_path: str | None, console) -> int:
+def _run_nightly_locked(cfg: FactoryConfig, date: str, console, params: dict) -> int:
     from . import orchestration, report
 
     prepare_airflow(cfg)
@@ -125,20 +128,19 @@ def _run_nightly_locked(cfg: FactoryConfig, date: str, config_path: str | None, 
     logical = dt.datetime.fromisoformat(date).replace(hour=2, tzinfo=dt.timezone.utc)
     console.rule(f"nightly_model_factory · {date} · profile {cfg.profile}")
     start = time.perf_counter()
-    dagrun = dag.test(logical_date=logical, run_conf={"profile": cfg.profile, "config_path": config_path})
+    dagrun = dag.test(logical_date=logical, run_conf=params)
     elapsed = time.perf_counter() - start
     state = str(getattr(dagrun, "state", "unknown"))
     failures = orchestration.read_failures(cfg, date)
-    summary = cfg.run_dir(date) / "summary.json"
-    if summary.is_file() and state.endswith("success"):
-        data = json.loads(summary.read_text())
+    run = cfg.run_layout(date)
+    data = get_json(run.summary())
+    if data is not None and state.endswith("success"):
         report.print_nightly_summary(data, console)
         if data.get("gate_report"):
-            report.print_gates(json.loads(Path(data["gate_report"]).read_text()), console)
-            console.print(f"gate report: {data['gate_report']} · plot: "
-                          f"{Path(data['gate_report']).with_name('accuracy_vs_p99.png')}")
+            report.print_gates(get_json(data["gate_report"]), console)
+            console.print(f"gate report: {data['gate_report']} · plot: {run.gates()}/{GATE_PLOT}")
         report.print_published(data, console)
-    console.print(f"run state: [bold]{state}[/bold] in {elapsed:.1f}s · outputs under {cfg.run_dir(date)}")
+    console.print(f"run state: [bold]{state}[/bold] in {elapsed:.1f}s · outputs under {run.uri}")
     if not state.endswith("success"):
         for f in failures:
             console.print(f"[red]FAILED[/red] task [bold]{f['task']}[/bold]: {f['error']}: {f['reason']}")
@@ -160,7 +162,7 @@ def _parse_time(text: str) -> dt.datetime:
 
 def _cmd_drift(args: argparse.Namespace) -> int:
     """``factory drift check``: one check in this process, outside Airflow."""
-    from monitoring.drift import check
+    from .drift import check
 
     from .report import print_drift
 
@@ -198,7 +200,9 @@ def run_drift_monitor(cfg: FactoryConfig, config_path: str | None, windows: list
         session.get(DagModel, NIGHTLY_DAG).is_paused = False
     runs = []
     for since, until in windows:
-        run = bag.dags[DRIFT_DAG].test(run_conf={"profile": cfg.profile, "config_path": config_path,
+        if config_path:  # the one config channel: the file every task of the DAG reads
+            os.environ["FACTORY_CONFIG"] = str(Path(config_path).resolve())
+        run = bag.dags[DRIFT_DAG].test(run_conf={"profile": cfg.profile,
                                                  "since": since.isoformat(), "until": until.isoformat(),
                                                  "families": families})
         with create_session() as session:
@@ -270,7 +274,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _cmd_nightly(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    return run_nightly(cfg, args.date, args.config)
+    return run_nightly(cfg, args.date, args.config, args.families, args.targets)
 
 
 def _whoami() -> str:
@@ -361,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     nightly.add_argument("--profile", choices=["smoke", "default"], default=None,
                          help="smoke: test-sized night; default: a realistic night for a small machine")
     nightly.add_argument("--config", default=None, help="factory.yaml (default: $FACTORY_CONFIG or ./factory.yaml)")
+    nightly.add_argument("--families", nargs="+", default=None, help="train only these families")
+    nightly.add_argument("--targets", nargs="+", default=None,
+                         help="build only these configured targets (the others record skipped)")
     nightly.set_defaults(func=_cmd_nightly)
 
     fams = ["market_alert", "price_direction", "fraud_risk"]
@@ -443,19 +450,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except FactoryError as exc:  # the factory's own errors print one line; bugs keep their traceback
         print(f"factory: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        from model_registry.registry import RegistryError
-        from model_registry.store import StoreError
-
-        from monitoring.drift import DriftError
-
-        if isinstance(exc, (RegistryError, StoreError, DriftError)):
-            print(f"factory: {exc}", file=sys.stderr)
-            return 1
-        raise
+        return 2 if isinstance(exc, BadInput) else 1
 
 
 if __name__ == "__main__":

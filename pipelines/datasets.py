@@ -7,16 +7,19 @@ peeks into the next split.
 
 from __future__ import annotations
 
+from factory_core.errors import BadInput
+
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .config import Family, FactoryConfig
+from factory_core.config import Family, FactoryConfig
+from factory_core.families import spec
 
 
-class InsufficientDataError(ValueError):
+class InsufficientDataError(BadInput, ValueError):
     """Too little data to train or gate a family (bad input: the same lake fails the same way; no retry)."""
 from .features import FRAUD_FEATURES, MARKET_FEATURES, make_windows
 
@@ -70,7 +73,7 @@ def _evenly(n: int, k: int) -> np.ndarray:
 
 def _market_windows(features: pd.DataFrame, family: Family, cfg: FactoryConfig) -> tuple[Split, np.ndarray]:
     fam = cfg.families[family]
-    label = "alert_label" if family is Family.MARKET_ALERT else "direction_label"
+    label = spec(family).label
     parts, label_end = [], []
     for _, session in features.groupby(["date", "symbol"], sort=True):
         values = session[MARKET_FEATURES].to_numpy(np.float32)
@@ -96,7 +99,7 @@ def _market_windows(features: pd.DataFrame, family: Family, cfg: FactoryConfig) 
 def build_family_data(family: Family, cfg: FactoryConfig, market: pd.DataFrame | None,
                       fraud: pd.DataFrame | None) -> FamilyData:
     """Windows and time-ordered splits for one family."""
-    if family is Family.FRAUD_RISK:
+    if spec(family).source == "transactions":
         assert fraud is not None
         ts = fraud["ts"].astype("int64").to_numpy()
         n = len(fraud)

@@ -14,13 +14,9 @@ from typing import Callable
 
 import numpy as np
 
+from factory_core.contracts import Decision
+
 from .evaluate import BACKTEST_MARGIN
-
-
-class Decision(StrEnum):
-    PASS = "pass"
-    FAIL = "fail"
-    UNDECIDED = "undecided"
 
 
 @dataclass(frozen=True)

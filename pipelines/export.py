@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from factory_core.errors import BadInput
+
 import logging
 import os
 import tempfile
@@ -10,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Family
+from factory_core.config import Family
+from factory_core.families import spec
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,7 @@ SEQ_RANGE = (8, 256)
 """Dynamic sequence range exported for market_alert (the model is trained on 30..120)."""
 
 
-class ParityError(RuntimeError):
+class ParityError(BadInput, RuntimeError):
     """ONNX output diverges from PyTorch beyond tolerance."""
 
 
@@ -76,7 +79,7 @@ def _export(model, family: Family, example: np.ndarray, dest: Path, opset: int) 
     model = model.eval().cpu()
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dims = {0: batch}
-    if family is Family.MARKET_ALERT:
+    if spec(family).sequence:
         dims[1] = torch.export.Dim("seq", min=SEQ_RANGE[0], max=SEQ_RANGE[1])
     x = torch.from_numpy(np.ascontiguousarray(example[:2]))
     dest.parent.mkdir(parents=True, exist_ok=True)

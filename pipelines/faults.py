@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from factory_core.contracts import MANIFEST
+
 from .export import INPUT_NAME, OUTPUT_NAME
 
 
@@ -133,8 +135,7 @@ def scale_one(src: Path, dest: Path, scale_name: str, factor: float) -> Path:
 def replace_engine(engine_dir: Path, new_engine: Path) -> None:
     """Swap the engine file of a built engine directory and re-hash it in the manifest (a miscompiled engine
     whose manifest is consistent: only its outputs can tell)."""
-    from .engines.base import MANIFEST
-    from .fsutil import sha256_file
+    from factory_core.fsutil import sha256_file
 
     manifest = json.loads((engine_dir / MANIFEST).read_text())
     target = engine_dir / manifest["engine_file"]
@@ -145,22 +146,30 @@ def replace_engine(engine_dir: Path, new_engine: Path) -> None:
     (engine_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
+def rebase(record, old: str, new: str):
+    """``record`` with every URI under ``old`` moved under ``new`` (a copied run's records)."""
+    return type(record).model_validate_json(record.model_dump_json().replace(old, new))
+
+
 def gate_planted(cfg, p, vs, target: str, workdir: Path, plant=None):
-    """Re-run the accuracy gate and ``gate_<target>`` of one family on a copy of a finished run, after
-    ``plant(run_dir)`` has broken something in the copy. Returns the target's record."""
+    """Re-run the accuracy gate and ``gate_<target>`` of one family on a copy of a finished (local) run, after
+    ``plant(run)`` has broken something in the copy. Returns the target's record."""
     import shutil
+
+    from factory_core.contracts import EngineResult, Status
 
     from . import stages
 
     run = Path(workdir) / "run"
-    shutil.copytree(p.run_dir, run)
-    p = p.model_copy(update={"run_dir": str(run)})
-    vs = vs.model_copy(update={"variants": [v.model_copy(update={"onnx_uri": str(run / vs.family / "variants" /
-                                                                                   Path(v.onnx_uri).name)})
-                                            for v in vs.variants]})
+    shutil.copytree(p.run_uri, run)
+    p, vs = rebase(p, p.run_uri, str(run)), rebase(vs, p.run_uri, str(run))
     if plant is not None:
         plant(run)
-    return stages.gate_target(cfg, p, stages.gate_accuracy(cfg, p, vs), target)
+    folder = run / vs.family / "engines" / target
+    built = [EngineResult(family=vs.family, precision=d.name, target=target, status=Status.OK, engine_dir=str(d),
+                          backend=json.loads((d / MANIFEST).read_text())["backend"])
+             for d in sorted(folder.iterdir()) if (d / MANIFEST).is_file()] if folder.is_dir() else []
+    return stages.gate_target(cfg, p, stages.gate_accuracy(cfg, p, vs), built, target)
 
 
 def in_engine(family: str, target: str, precision: str, make):

@@ -10,22 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .config import FeatureConfig
+from factory_core.config import FeatureConfig
+from factory_core.families import FRAUD_FEATURES, MARKET_FEATURES
+
 from .data.schema import BOOK_LEVELS, HIGH_RISK_MCC
-
-MARKET_FEATURES = [
-    "spread_bps", "imbalance_l1", "imbalance_l5", "depth_log",
-    "ret_1", "ret_5", "ret_20", "ret_50",
-    "vol", "vol_spike", "volume_anomaly", "volume_log",
-    "vwap_dist_bps", "ema_fast_dist_bps", "ema_slow_dist_bps", "gap_log_ms",
-]
-"""16 market features, in the order the models see them (price_direction: 64x16)."""
-
-FRAUD_FEATURES = [
-    "amount_log", "amount_z", "history_24h_log", "since_prev_log",
-    "velocity_10m", "velocity_1h", "new_device", "country_mismatch",
-    "high_risk_mcc", "hour_sin", "hour_cos",
-]
 
 _BPS = 1e4
 

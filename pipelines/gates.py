@@ -7,81 +7,23 @@ candidate is data, not an exception. Bounds come from ``cfg.gates``; the statist
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pydantic import computed_field, model_validator
+from factory_core.config import AgreementBounds, FactoryConfig, Family, FamilyGates, GateConfig, TargetConfig
+from factory_core.families import spec
+from factory_core.contracts import (AccuracyReport, Candidate, Champion, Check, Decision, Manifest, Status, TargetGate,
+                                    Verdict, failed, passed, undecided)
 
-from .config import AgreementBounds, Family, FamilyGates, GateConfig
-from .evidence import Agreement, Decision, agreement, metric_rows, paired_bootstrap
-from .records import Record, Status
+from .evidence import Agreement, agreement, metric_rows, paired_bootstrap
+
+log = logging.getLogger(__name__)
 
 PRECISION_RANK = {"fp32": 3, "fp16": 2, "int8": 1}
 """Higher wins a latency tie."""
-
-
-class Check(Record):
-    """One gate check: what was measured, against which bound, with what interval, and the decision.
-
-    ``undecided`` (too little evidence) never rejects by itself; ``gating=False`` marks a diagnostic.
-    """
-
-    name: str
-    decision: Decision
-    value: float | None = None
-    bound: float | None = None
-    ci: tuple[float, float] | None = None
-    n: int | None = None
-    gating: bool = True
-    detail: str = ""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_derived(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "ok" in data:
-            data = {k: v for k, v in data.items() if k != "ok"}
-        return data
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def ok(self) -> bool:
-        return not (self.gating and self.decision is Decision.FAIL)
-
-
-def passed(name: str, value: float | None = None, bound: float | None = None, detail: str = "", **kw: Any) -> Check:
-    return Check(name=name, decision=Decision.PASS, value=value, bound=bound, detail=detail, **kw)
-
-
-def failed(name: str, value: float | None = None, bound: float | None = None, detail: str = "", **kw: Any) -> Check:
-    return Check(name=name, decision=Decision.FAIL, value=value, bound=bound, detail=detail, **kw)
-
-
-def undecided(name: str, detail: str, n: int | None = None, **kw: Any) -> Check:
-    return Check(name=name, decision=Decision.UNDECIDED, n=n, detail=detail, **kw)
-
-
-class _Checked(Record):
-    checks: list[Check]
-
-    @property
-    def reasons(self) -> list[str]:
-        """The sentences of the failed gating checks."""
-        return [c.detail for c in self.checks if not c.ok]
-
-    @property
-    def undecided(self) -> list[str]:
-        return [c.detail for c in self.checks if c.decision is Decision.UNDECIDED]
-
-
-class Verdict(_Checked):
-    family: str
-    precision: str
-    status: Status
-    onnx_sha256: str = ""
-    """The graph this verdict is about: an engine is eligible only when built from it (lineage)."""
-    metrics: dict[str, float] = {}
 
 
 def _verdict(family: str, precision: str, checks: list[Check], metrics: dict[str, float] | None = None,
@@ -98,11 +40,13 @@ def tail_mask(family: Family, split: Any, quantile: float = 0.95) -> np.ndarray:
     the gates. market_alert: windows holding a flash move or an abnormal move ahead; price_direction:
     flash-move windows and the top 5 % of |forward return|; fraud_risk: the frauds.
     """
-    if family is Family.FRAUD_RISK:
-        return np.asarray(split.y) > 0.5
+    rule = spec(family).tail
+    positives = np.asarray(split.y) > 0.5
+    if rule == "positives":
+        return positives
     mask = np.asarray(split.anomaly).astype(bool)
-    if family is Family.MARKET_ALERT:
-        return mask | (np.asarray(split.y) > 0.5)
+    if rule == "anomaly_or_positive":
+        return mask | positives
     r = np.abs(np.asarray(split.fwd_ret_bps, dtype=np.float64))
     finite = np.isfinite(r)
     if finite.any():
@@ -357,19 +301,6 @@ def latency_checks(cand: dict[str, Any], budget_ms: float, champion: dict[str, A
     return checks
 
 
-class Candidate(_Checked):
-    precision: str
-    engine_dir: str
-    version: str
-    status: Status
-    auc: float | None = None
-    p99_ms: float | None = None
-    """Batch-1 p99."""
-    benchmark: dict[str, Any] = {}
-    outcome: str = ""
-    """``selected``, or why it lost."""
-
-
 def select(candidates: list[Candidate], tie_tolerance: float) -> tuple[Candidate | None, list[Candidate]]:
     """Lowest batch-1 p99 among passing candidates; within ``tie_tolerance`` the higher precision wins.
 
@@ -395,3 +326,96 @@ def select(candidates: list[Candidate], tie_tolerance: float) -> tuple[Candidate
         out.append(c.model_copy(update={"outcome": outcome}))
     chosen = next((c for c in out if c.outcome == "selected"), None)
     return chosen, out
+
+
+def gate_engines(cfg: FactoryConfig, family: Family, target: TargetConfig, engines: list[tuple[str, Path]],
+                 acc: AccuracyReport, splits: dict[str, Any], prob_ref: np.ndarray,
+                 champion: Champion) -> TargetGate:
+    """Every engine of one family on ``target``, on this worker, scored on its own outputs; then the selection.
+
+    Args:
+        engines: ``(URI in the run root, verified local copy)`` per built engine.
+        acc: the family's accuracy verdicts (lineage: an engine must be built from the graph that passed).
+        splits: the family's ``val`` and ``test`` windows.
+        prob_ref: FP32 PyTorch outputs on the test windows.
+        champion: the registry's champion, with a local ``engine_dir`` when there is one to measure.
+
+    Per engine: lineage, its outputs on every test window against FP32 PyTorch (the accuracy gate's checks),
+    parity with its ONNX (diagnostic; NaN rejects), latency interleaved with the champion's in rounds, and the
+    paired champion comparison. Selection: lowest batch-1 p99 among candidates that pass every gate.
+    """
+    from .benchmark import benchmark_interleaved, engine_runner, infer_batched
+    from .engines.base import verify_manifest
+
+    fam, name = Family(family), target.name
+    val, test = splits["val"], splits["test"]
+    bounds, gpu = cfg.gates.families[fam], target.backend == "tensorrt"
+    budget = bounds.p99_budget_ms["gpu" if gpu else "cpu"]
+    threshold = cfg.families[fam].threshold
+
+    def runner(d: Path, m: Manifest) -> Any:
+        threads = m.build.get("options", {}).get("intra_op_threads", 1)
+        return engine_runner(d, m.backend, m.engine_file, threads=threads, cuda_graph=cfg.benchmark.cuda_graphs)
+
+    runners, champ_prob = {}, None
+    if champion.engine_dir:
+        try:  # the champion, on this host, on today's test window
+            cm = verify_manifest(Path(champion.engine_dir))
+            cr = runner(Path(champion.engine_dir), cm)
+            champ_prob = infer_batched(cr, test.x, 1024)
+            runners["champion"] = cr
+            champion = champion.model_copy(update={"comparable": True})
+        except Exception as exc:  # another input shape, a corrupted copy, a foreign engine
+            champion = champion.model_copy(update={"comparable": False, "reason": f"{type(exc).__name__}: {exc}"})
+            log.warning("%s/%s: champion %s not comparable: %s", fam, name, champion.version, exc)
+
+    verdicts = {v.precision: v for v in acc.verdicts}
+    x_par = val.x[: cfg.gates.parity_samples]
+    batches = [np.ascontiguousarray(x_par[i:i + 128]) for i in range(0, len(x_par), 128)]
+    scored = []
+    for uri, d in engines:
+        m = verify_manifest(d)
+        verdict = verdicts.get(m.precision)
+        checks = [passed("accuracy", detail=f"variant {m.precision} passed the accuracy gate")
+                  if verdict is not None and verdict.status is Status.OK else
+                  failed("accuracy", detail="accuracy gate: " + ("; ".join(verdict.reasons) if verdict else
+                                                                 f"no {m.precision} verdict"))]
+        built_from = m.sha256.get("onnx") or ""
+        if verdict is None or built_from != verdict.onnx_sha256:
+            checks.append(failed("lineage", detail=f"engine built from ONNX {built_from[:12]}, not the {m.precision} "
+                                                   f"variant that passed accuracy "
+                                                   f"({(verdict.onnx_sha256 if verdict else '')[:12] or 'none'})"))
+        else:
+            checks.append(passed("lineage", detail=f"built from the {m.precision} variant {built_from[:12]}"))
+        r = runner(d, m)
+        prob = infer_batched(r, test.x, 1024)  # every test window, on this target's hardware
+        own = accuracy_verdict(fam, m.precision, test, prob_ref, prob, bounds, threshold, cfg.gates)
+        checks += [c.model_copy(update={"name": f"engine_{c.name}", "detail": f"engine: {c.detail}"})
+                   for c in own.checks]
+        checks.append(parity_check(polygraphy_runner(d, m.backend, m.engine_file), onnx_runner(d / m.onnx_file),
+                                   batches, *cfg.gates.parity[m.precision]))
+        if champ_prob is not None:
+            checks.append(champion_check(fam, test, champ_prob, prob, bounds, threshold, cfg.gates))
+        runners[m.precision] = r
+        scored.append((uri, m, checks, own.metrics.get("auc")))
+    bench = benchmark_interleaved(runners, val.x[:64], opt_batch=cfg.families[fam].opt_batch,
+                                  warmup=cfg.benchmark.warmup, iters=cfg.benchmark.iters,
+                                  max_seconds=cfg.benchmark.max_seconds, rounds=cfg.benchmark.rounds, gpu=gpu)
+    if "champion" in bench:
+        cb = bench["champion"]
+        champion = champion.model_copy(update={"p99_ms": cb["batch1"]["p99_ms"], "benchmark": cb})
+    candidates = []
+    for uri, m, checks, auc in scored:
+        b = bench[m.precision]
+        checks = checks + latency_checks(b, budget, bench.get("champion"), cfg.gates.latency_regression_max,
+                                         cfg.gates.latency_noise_floor_ms, cfg.gates.confidence)
+        status = Status.OK if all(c.ok for c in checks) else Status.REJECTED
+        p99 = b["batch1"]["p99_ms"]
+        candidates.append(Candidate(precision=m.precision, engine_dir=uri, version=m.version, status=status,
+                                    checks=checks, auc=auc, p99_ms=p99, benchmark=b))
+        log.info("%s/%s/%s: p99 %.3f ms (batch 1), %s %s", fam, name, m.precision, p99, status,
+                 "; ".join(c.detail for c in checks if not c.ok))
+    winner, candidates = select(candidates, cfg.gates.tie_tolerance)
+    return TargetGate(family=fam, target=name, status=Status.OK if winner else Status.REJECTED,
+                      reason="" if winner else "no candidate passed every gate", candidates=candidates,
+                      selected=winner.precision if winner else None, champion=champion)

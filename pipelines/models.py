@@ -8,10 +8,13 @@ class probabilities for ``price_direction``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from .config import Family, FamilyConfig
+from factory_core.config import Family, FamilyConfig
+from factory_core.families import spec
 
 
 class _Normalise(nn.Module):
@@ -95,15 +98,22 @@ class FraudMLP(nn.Module):
 
 
 def build_model(family: Family, fam_cfg: FamilyConfig, n_features: int) -> nn.Module:
-    if family is Family.MARKET_ALERT:
+    arch = spec(family).architecture
+    if arch == "gru":
         return MarketAlertGRU(n_features, fam_cfg.hidden, fam_cfg.layers)
-    if family is Family.PRICE_DIRECTION:
+    if arch == "cnn_transformer":
         return PriceDirectionNet(n_features, fam_cfg.window, fam_cfg.hidden, fam_cfg.layers)
-    if family is Family.FRAUD_RISK:
-        return FraudMLP(n_features, fam_cfg.hidden, fam_cfg.layers)
-    raise ValueError(f"unknown family {family!r}")
+    return FraudMLP(n_features, fam_cfg.hidden, fam_cfg.layers)
 
 
 def positive_probability(family: Family, prob: "torch.Tensor | object"):
     """P(positive class) from a model's ``prob`` output (torch or numpy)."""
-    return prob[:, 1] if family is Family.PRICE_DIRECTION else prob[:, 0]
+    return prob[:, spec(family).positive_index]
+
+
+def load_model(checkpoint: "str | Path") -> nn.Module:
+    """Rebuild a trained model from its local checkpoint file (CPU, eval mode)."""
+    ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    model = build_model(Family(ckpt["family"]), FamilyConfig(**ckpt["family_config"]), ckpt["n_features"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()

@@ -8,19 +8,22 @@ final (no retry: the same bad partition fails the same way again).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import json
 import logging
+import shutil
+import tempfile
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
-from .config import ConfigError, FactoryConfig, load_config
-from .records import Record
+from factory_core.config import FactoryConfig, load_config
+from factory_core.errors import is_final
+from factory_core.fsutil import delete, list_json, put_json
+from factory_core.contracts import Record
 
 log = logging.getLogger(__name__)
 
-FAILURES_DIR = "failures"
 RETRAIN_ASSET = "model-factory://retrain"
 """The Airflow Asset ``drift_monitor`` updates to ask for retraining; the nightly is scheduled on it."""
 
@@ -47,7 +50,9 @@ def xcom_items(seq: Any) -> list:
 
 
 def config_from_params(params: Mapping[str, Any]) -> FactoryConfig:
-    return load_config(params.get("config_path") or None, params.get("profile") or None)
+    """The worker's config (``$FACTORY_CONFIG``, the same file that shaped the DAG) at the run's profile: a
+    profile sizes a night, it never changes which tasks exist (``tests/unit/test_config.py`` holds that)."""
+    return load_config(None, params.get("profile") or None)
 
 
 def run_date(context: Mapping[str, Any]) -> str:
@@ -56,24 +61,22 @@ def run_date(context: Mapping[str, Any]) -> str:
     return when.date().isoformat() if isinstance(when, dt.datetime) else str(when)[:10]
 
 
-def _is_bad_input(exc: BaseException) -> bool:
-    from .data.validation import DataValidationError
-    from .datasets import InsufficientDataError
-    from .engines.base import EngineBuildError, TargetUnavailableError
-    from .export import ParityError
-    from .quantize import CalibrationError
-    from .train import NonFiniteLossError
-
-    return isinstance(exc, (DataValidationError, ConfigError, ParityError, CalibrationError, EngineBuildError,
-                            TargetUnavailableError, InsufficientDataError, NonFiniteLossError))
+def record_failure(cfg: FactoryConfig, date: str, task: str, exc: BaseException) -> str:
+    return put_json(cfg.run_layout(date).failure(task), {"task": task, "error": type(exc).__name__, "reason": str(exc),
+                                                         "traceback": traceback.format_exc()})
 
 
-def record_failure(cfg: FactoryConfig, date: str, task: str, exc: BaseException) -> Path:
-    path = cfg.run_dir(date) / FAILURES_DIR / f"{task}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"task": task, "error": type(exc).__name__, "reason": str(exc),
-                                "traceback": traceback.format_exc()}, indent=2))
-    return path
+@contextlib.contextmanager
+def task_home(cfg: FactoryConfig) -> Iterator[FactoryConfig]:
+    """The config a task runs with: with ``runs.isolate_tasks``, a fresh, empty ``home`` removed afterwards."""
+    if not cfg.runs.isolate_tasks:
+        yield cfg
+        return
+    fresh = Path(tempfile.mkdtemp(prefix="factory-task-"))
+    try:
+        yield cfg.model_copy(update={"home": fresh})
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
 
 
 def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -85,26 +88,26 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowFailException
 
+    from .preflight import apply_client_limits
+
     ctx = get_current_context()
-    cfg = config_from_params(ctx["params"])
     ti = ctx["ti"]
     # One failure file per task instance: the family when it is an argument, else the map index.
     # (Not the target: a gate_<target> task is mapped over families, its instances share the target.)
     map_index = getattr(ti, "map_index", -1)
     label = kwargs.get("family") or ("" if map_index in (-1, None) else map_index)
     task = ti.task_id + (f"[{label}]" if label != "" else "")
-    from .preflight import apply_client_limits
-
-    apply_client_limits(cfg)
-    try:
-        records = [_to_record(stage, i, a) for i, a in enumerate(args)]
-        result = stage(cfg, *records, **kwargs)
-    except Exception as exc:
-        record_failure(cfg, run_date(ctx), task, exc)
-        if _is_bad_input(exc):
-            raise AirflowFailException(f"{task}: {exc}") from exc
-        raise
-    (cfg.run_dir(run_date(ctx)) / FAILURES_DIR / f"{task}.json").unlink(missing_ok=True)  # a retry succeeded
+    with task_home(config_from_params(ctx["params"])) as cfg:
+        apply_client_limits(cfg)
+        try:
+            records = [_to_record(stage, i, a) for i, a in enumerate(args)]
+            result = stage(cfg, *records, **kwargs)
+        except Exception as exc:
+            record_failure(cfg, run_date(ctx), task, exc)
+            if is_final(exc):  # bad input or a required capability missing: the same again fails the same way
+                raise AirflowFailException(f"{task}: {exc}") from exc
+            raise
+        delete(cfg.run_layout(run_date(ctx)).failure(task))  # a retry succeeded
     if isinstance(result, Record):
         return result.to_xcom()
     if isinstance(result, list):
@@ -132,12 +135,9 @@ def _to_record(stage: Callable[..., Any], index: int, value: Any) -> Any:
 
 
 def read_failures(cfg: FactoryConfig, date: str) -> list[dict[str, str]]:
-    folder = cfg.run_dir(date) / FAILURES_DIR
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return list_json(cfg.run_layout(date).failures())
 
 
 def clear_failures(cfg: FactoryConfig, date: str) -> None:
-    folder = cfg.run_dir(date) / FAILURES_DIR
-    if folder.is_dir():
-        for p in folder.glob("*.json"):
-            p.unlink()
+    for f in read_failures(cfg, date):
+        delete(cfg.run_layout(date).failure(f["task"]))

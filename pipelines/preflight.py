@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .config import ConfigError, FactoryConfig, redact
+from factory_core.config import ConfigError, FactoryConfig, redact
 
 
 class PreflightError(ConfigError):

@@ -6,6 +6,8 @@ on a CPU before any GPU is involved; TensorRT 11 builds such graphs strongly typ
 
 from __future__ import annotations
 
+from factory_core.errors import BadInput
+
 import collections
 import hashlib
 import logging
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .export import INPUT_NAME
-from .fsutil import sha256_file
+from factory_core.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ provider crashed on an FP16 Transpose in the price_direction graph (measured).""
 INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(BadInput, ValueError):
     """The calibration set is unusable (NaN/inf, empty, wrong shape)."""
 
 

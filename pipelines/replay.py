@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .config import Family, FactoryConfig
+from factory_core.config import Family, FactoryConfig
+from factory_core.families import spec
 from .data.simulator import Shift
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def requests_for_day(cfg: FactoryConfig, family: str, date: str, shift: Shift | 
     from .features import FRAUD_FEATURES, MARKET_FEATURES, fraud_features, make_windows, market_features
 
     fam = Family(family)
-    if fam is Family.FRAUD_RISK:
+    if spec(fam).source == "transactions":
         # The features look back 24 h: load the day before too, keep the day's rows.
         before = (dt.date.fromisoformat(date) - dt.timedelta(days=1)).isoformat()
         try:

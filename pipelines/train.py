@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from factory_core.errors import BadInput
+
 import copy
 import logging
 import random
@@ -12,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Family, FactoryConfig
+from factory_core.config import Family, FactoryConfig
+from factory_core.families import spec
 from .datasets import FamilyData, Split
 from .evaluate import backtest, classification_metrics
 from .models import build_model, positive_probability
@@ -20,7 +23,7 @@ from .models import build_model, positive_probability
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(ValueError):
+class NonFiniteLossError(BadInput, ValueError):
     """Training diverged to NaN/inf (bad input: features out of range, or train.lr too high; no retry)."""
 
 
@@ -62,13 +65,13 @@ def evaluate_split(family: Family, prob: np.ndarray, split: Split, threshold: fl
     """Family metrics of model outputs ``prob`` on ``split``."""
     p = np.asarray(positive_probability(family, prob))
     metrics = classification_metrics(split.y, p, threshold)
-    if family is Family.PRICE_DIRECTION:
+    if spec(family).backtest:
         metrics.update(backtest(p, split.fwd_ret_bps, split.ts))
     return metrics
 
 
 def _loss(family: Family, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if family is Family.PRICE_DIRECTION:
+    if spec(family).classes == 2:
         return nn.functional.cross_entropy(logits.float(), y.long())
     return nn.functional.binary_cross_entropy_with_logits(logits.float().squeeze(-1), y)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import FactoryConfig, load_config
+from factory_core.config import FactoryConfig, load_config
+
+SMOKE_TARGETS = {"engines": {"targets": [{"name": "cpu", "required": True}, {"name": "sm_90"}]}}
 
 
 @pytest.fixture
@@ -20,7 +22,8 @@ def factory_home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def smoke_cfg(factory_home) -> FactoryConfig:
-    return load_config(profile="smoke")
+    """The smoke profile with two targets: cpu (required) and sm_90 (which this machine cannot build)."""
+    return load_config(profile="smoke", overrides=SMOKE_TARGETS)
 
 
 @pytest.fixture(scope="session")

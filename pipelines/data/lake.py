@@ -36,7 +36,7 @@ class Partition:
 
 
 def _fs(lake_uri: str) -> tuple[pafs.FileSystem, str]:
-    from ..fsutil import filesystem
+    from factory_core.fsutil import filesystem
 
     return filesystem(lake_uri)
 

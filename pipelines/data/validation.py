@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from factory_core.errors import BadInput
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -9,7 +11,7 @@ import pyarrow as pa
 from .schema import BOOK_LEVELS, MARKET_DATASET, REGIMES, SCHEMAS
 
 
-class DataValidationError(ValueError):
+class DataValidationError(BadInput, ValueError):
     """Bad input data; ``partition`` and ``column`` say where."""
 
     def __init__(self, partition: str, column: str | None, problem: str):

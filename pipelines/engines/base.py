@@ -9,6 +9,8 @@ commit the directory only when all of it is there.
 
 from __future__ import annotations
 
+from factory_core.errors import BadInput, Unavailable
+
 import datetime as dt
 import logging
 import shlex
@@ -20,24 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..config import SEQ_RANGE, FamilyConfig, TargetConfig
-from ..fsutil import committed_dir, sha256_file, write_json
-from ..records import Record
+from factory_core.config import FamilyConfig, TargetConfig
+from factory_core.families import spec
+from factory_core.fsutil import committed_dir, sha256_file, write_json
+from factory_core.contracts import MANIFEST, SOURCE_ONNX, Manifest, TensorInfo, hash_mismatch
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-SOURCE_ONNX = "model.onnx"
 REPRODUCE = "reproduce.sh"
 BUILD_LOG = "build.log"
 RESULT = "build_result.json"
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(BadInput, RuntimeError):
     """A build failed on input it was given (e.g. an ONNX the parser rejects); names the file and target."""
 
 
-class TargetUnavailableError(RuntimeError):
+class TargetUnavailableError(Unavailable, RuntimeError):
     """A ``required`` target cannot be built on this worker; names the target and why."""
 
 
@@ -63,54 +64,6 @@ class BuildSpec:
     """Backend options from config (workspace, optimization level, threads…)."""
 
 
-class TensorInfo(Record):
-    name: str
-    dtype: str
-    shape: list[int | str]
-    profile: dict[str, list[int]] | None = None
-
-
-class Manifest(Record):
-    """Everything needed to trust, run or rebuild one engine."""
-
-    family: str
-    version: str
-    target: str
-    compute_capability: str | None
-    backend: str
-    backend_version: str
-    precision: str
-    engine_file: str
-    onnx_file: str
-    inputs: list[TensorInfo]
-    outputs: list[TensorInfo]
-    sha256: dict[str, str | None]
-    """``engine``, ``onnx`` (the variant built from) and ``calibration`` (INT8 only)."""
-    build: dict[str, Any]
-    """``seconds``, ``started_at``, ``command``, backend ``options``, ``hardware_compatibility``."""
-    host: dict[str, Any]
-    """Build host: hostname, CPU, GPU name, driver."""
-    versions: dict[str, str]
-    files: dict[str, str] = {}
-    """sha256 of every file of the engine directory but the manifest itself: nothing unlisted is trusted."""
-
-
-IDENTITY_KEYS = ("family", "target", "compute_capability", "backend", "backend_version", "precision", "engine_file",
-                 "onnx_file", "inputs", "outputs", "sha256")
-
-
-def engine_identity(manifest: dict[str, Any]) -> str:
-    """The content identity of an engine: a sha256 over what it computes and is built from, never over when or
-    where it was built (``build`` and ``host`` are left out). A rebuilt engine with the same bytes has the same
-    identity; the store and the registry recognise a version by it."""
-    import hashlib
-    import json
-
-    body = {k: manifest.get(k) for k in IDENTITY_KEYS}
-    body["hardware_compatibility"] = (manifest.get("build") or {}).get("hardware_compatibility")
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 class EngineBuilder(Protocol):
     backend: str
     engine_file: str
@@ -126,16 +79,17 @@ class EngineBuilder(Protocol):
         """The build as plain arguments, run from inside the engine directory."""
 
 
-def onnx_io(onnx_path: Path, family_cfg: FamilyConfig) -> tuple[list[TensorInfo], list[TensorInfo], dict[str, Shapes]]:
+def onnx_io(onnx_path: Path, family: str, family_cfg: FamilyConfig) -> tuple[list[TensorInfo], list[TensorInfo], dict[str, Shapes]]:
     """Inputs/outputs of an ONNX graph and the optimization profile for its dynamic dims.
 
     Dim 0 is the batch (1 / ``opt_batch`` / ``max_batch``); any other dynamic dim is the
-    sequence (market_alert: ``SEQ_RANGE`` with the trained window as opt). Static dims
+    sequence (its family's ``window_range`` with the trained window as opt). Static dims
     stay as they are.
     """
     import onnx
     from onnx import helper
 
+    seq = spec(family).window_range
     model = onnx.load(str(onnx_path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
 
@@ -156,7 +110,7 @@ def onnx_io(onnx_path: Path, family_cfg: FamilyConfig) -> tuple[list[TensorInfo]
             elif i == 0:
                 lo.append(1), mid.append(family_cfg.opt_batch), hi.append(family_cfg.max_batch)
             else:
-                lo.append(SEQ_RANGE[0]), mid.append(family_cfg.window), hi.append(SEQ_RANGE[1])
+                lo.append(seq[0]), mid.append(family_cfg.window), hi.append(seq[1])
         profile[v.name] = Shapes(tuple(lo), tuple(mid), tuple(hi))
         inputs.append(TensorInfo(name=v.name, dtype=dtype, shape=shape,
                                  profile={"min": lo, "opt": mid, "max": hi}))
@@ -248,25 +202,6 @@ def _versions(builder: EngineBuilder) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def hash_mismatch(folder: Path, manifest: dict[str, Any]) -> str | None:
-    """What is wrong with the files in ``folder`` against ``manifest``'s sha256s; None if nothing.
-
-    Checks the engine and the ONNX, and every file the manifest lists in ``files``; a symlink is refused.
-    """
-    listed = dict(manifest.get("files") or {})
-    listed[manifest["engine_file"]] = manifest["sha256"]["engine"]
-    listed[manifest["onnx_file"]] = manifest["sha256"]["onnx"]
-    for name, digest in sorted(listed.items()):
-        f = Path(folder) / name
-        if f.is_symlink():
-            return f"{name} is a symlink (refused: only regular files listed with their sha256 are trusted)"
-        if not f.is_file():
-            return f"{name} listed in the manifest is missing"
-        if sha256_file(f) != digest:
-            return f"sha256 of {name} does not match the manifest"
-    return None
 
 
 def verify_manifest(engine_dir: Path) -> Manifest:

@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..availability import onnxruntime_version
-from ..config import TargetConfig
+from factory_core.availability import onnxruntime_version
+from factory_core.config import TargetConfig
 from .base import RESULT, SOURCE_ONNX, BuildSpec, parse_shape_arg, shape_arg
 
 ENGINE_FILE = "model.ort.onnx"

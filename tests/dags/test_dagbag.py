@@ -80,9 +80,17 @@ def test_one_engine_task_per_target_on_its_queue_and_pool(tmp_path):
     assert set(r["engines"]) == {f"engine_{t}" for t in ("cpu", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100")}
     assert r["engines"]["engine_sm_86"] == ["gpu_sm_86", "engines_sm_86"]
     assert r["engines"]["engine_cpu"] == ["default", "engines_cpu"]
-    assert set(_probe(tmp_path, FACTORY_PROFILE="smoke")["engines"]) == {"engine_cpu", "engine_sm_90"}
+    assert _probe(tmp_path, FACTORY_PROFILE="smoke")["engines"] == r["engines"]  # a profile sizes, never shapes
     cfg = tmp_path / "factory.yaml"
     cfg.write_text("engines:\n  targets:\n    - {name: cpu, queue: cpu_builds}\n"
                    "    - {name: sm_89, queue: l40s, pool: l40s_gpus}\n")
     assert _probe(tmp_path, FACTORY_CONFIG=str(cfg))["engines"] == {"engine_cpu": ["cpu_builds", "engines_cpu"],
                                                                     "engine_sm_89": ["l40s", "l40s_gpus"]}
+
+
+def test_targets_auto_is_resolved_on_the_worker_not_at_parse(tmp_path):
+    cfg = tmp_path / "factory.yaml"
+    cfg.write_text("engines:\n  targets: auto\n")
+    r = _probe(tmp_path, FACTORY_CONFIG=str(cfg))
+    assert r["engines"] == {"engine_cpu": ["default", "engines_cpu"], "engine_auto": ["default", "engines_auto"]}
+    assert "pynvml" not in r["heavy"] and r["heavy"] == []  # parsing probed nothing

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.availability import first_gpu, gpus, tensorrt_version
+from factory_core.availability import first_gpu, gpus, tensorrt_version
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.gpu]
 
@@ -21,7 +21,7 @@ if first_gpu() is None:
 
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory, export_small_model):
-    from pipelines.config import Family, load_config
+    from factory_core.config import Family, load_config
     from pipelines.quantize import calibration_set, onnx_fp32_to_fp16, onnx_fp32_to_int8
 
     cfg = load_config(profile="smoke", env={})
@@ -40,7 +40,7 @@ def test_engine_matches_onnxruntime(variants, tmp_path, precision, atol):
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    from pipelines.config import Family, TargetConfig
+    from factory_core.config import Family, TargetConfig
     from pipelines.engines.base import BuildSpec, build_engine, onnx_io, verify_manifest
     from pipelines.engines.tensorrt_builder import TensorRTBuilder
     from pipelines.export import INPUT_NAME, OUTPUT_NAME
@@ -49,7 +49,7 @@ def test_engine_matches_onnxruntime(variants, tmp_path, precision, atol):
     gpu = first_gpu()
     target = TargetConfig(name=gpu.target_name)
     onnx_path = folder / f"model.{precision}.onnx"
-    inputs, outputs, profile = onnx_io(onnx_path, cfg.families[Family.PRICE_DIRECTION])
+    inputs, outputs, profile = onnx_io(onnx_path, Family.PRICE_DIRECTION, cfg.families[Family.PRICE_DIRECTION])
     opts = cfg.engines.tensorrt.model_dump()
     spec = BuildSpec(family="price_direction", version="test", precision=precision, target=target, onnx=onnx_path,
                      calibration_sha256=None, profile=profile, options=opts)

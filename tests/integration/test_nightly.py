@@ -194,7 +194,7 @@ def test_rerun_same_date_is_idempotent(night, services):
     # the registry tells the truth about the store: one version per family x target for the date, same engine
     from model_registry.registry import CHAMPION, Registry
     from model_registry.store import S3Store
-    from pipelines.engines.base import engine_identity
+    from factory_core.contracts import engine_identity
 
     reg = Registry(services["FACTORY__REGISTRY__TRACKING_URI"])
     store = S3Store("s3://nightly/engines", endpoint_url=services["FACTORY__REGISTRY__S3_ENDPOINT_URL"])
@@ -266,7 +266,7 @@ _PUBLISH = """
 import os, signal, sys
 from model_registry import registry, store
 from pipelines import stages
-from pipelines.config import load_config
+from factory_core.config import load_config
 
 where, family, date, report = sys.argv[1:5]
 def die(*a, **k):
@@ -296,8 +296,8 @@ def test_kill_9_at_any_point_of_publish_then_rerun_leaves_registry_matching_stor
 
     from model_registry.registry import CHAMPION, Registry
     from model_registry.store import S3Store
-    from pipelines.engines.base import engine_identity
-    from pipelines.fsutil import sha256_file
+    from factory_core.contracts import engine_identity
+    from factory_core.fsutil import sha256_file
 
     home, _ = night
     family, db = "price_direction", tmp_path / "mlflow.db"
@@ -397,7 +397,7 @@ def test_a_second_night_for_the_same_date_is_refused_naming_the_running_one(tmp_
     assert f"a night for {DATE} is already running" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
     lock.write_text(_json.dumps({"pid": 2 ** 22 + 7, "host": socket.gethostname(), "started": "x"}))  # gone
     from pipelines.cli import night_lock
-    from pipelines.config import load_config
+    from factory_core.config import load_config
 
     with night_lock(load_config(profile="smoke", env={"FACTORY_HOME": str(home)}), DATE):  # a killed night's lock
         assert _json.loads(lock.read_text())["pid"] == os.getpid()

@@ -16,10 +16,10 @@ from model_registry.registry import CHALLENGER, CHAMPION, Registry, RegistryErro
 from model_registry.runtime import EngineRunner
 from model_registry.store import LocalStore, S3Store, StoreError
 from model_registry.triton import config_pbtxt
-from pipelines.config import Family, TargetConfig, load_config
+from factory_core.config import Family, TargetConfig, load_config
 from pipelines.engines.base import BuildSpec, build_engine, onnx_io
 from pipelines.engines.onnxruntime_builder import OnnxRuntimeBuilder
-from pipelines.fsutil import sha256_file
+from factory_core.fsutil import sha256_file
 
 from .conftest import MlflowServer, make_bucket
 
@@ -31,7 +31,7 @@ def _engine(export_small_model, folder: Path, seed: int) -> Path:
     cfg = load_config(profile="smoke", env={})
     x = np.random.default_rng(seed).normal(size=(64, 11)).astype(np.float32)
     _, onnx_path = export_small_model(Family.FRAUD_RISK, x, folder / f"src{seed}" / "model.fp32.onnx", seed=seed)
-    inputs, outputs, profile = onnx_io(onnx_path, cfg.families[Family.FRAUD_RISK])
+    inputs, outputs, profile = onnx_io(onnx_path, Family.FRAUD_RISK, cfg.families[Family.FRAUD_RISK])
     opts = {"graph_optimization_level": "extended", "intra_op_threads": 1, "build_timeout_s": 120}
     spec = BuildSpec(family="fraud_risk", version=f"2026112{seed}.{seed:08x}", precision="fp32",
                      target=TargetConfig(name="cpu"), onnx=onnx_path, calibration_sha256=None, profile=profile,
@@ -256,7 +256,7 @@ def _rebuilt(engine: Path, tmp_path: Path) -> Path:
 def test_store_keys_engines_by_content_and_refuses_another_engine_under_a_version(engines, aws_env, tmp_path):
     import hashlib
 
-    from pipelines.engines.base import engine_identity
+    from factory_core.contracts import engine_identity
 
     make_bucket(aws_env, "identity")
     e1, e2 = engines

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.config import Family, load_config
+from factory_core.config import Family, load_config
 from pipelines.datasets import FamilyData, InsufficientDataError, Split, build_family_data
-from pipelines.orchestration import _is_bad_input
+from factory_core.errors import FactoryError, is_final
 from pipelines.preflight import PreflightError
 from pipelines.train import NonFiniteLossError, train_family
 
@@ -28,7 +28,7 @@ def test_too_little_data_is_final_and_names_the_setting():
     tiny = fraud_features(simulate_transactions("2026-11-20", "CARD", 500, 7).head(10))
     with pytest.raises(InsufficientDataError, match=r"data\.history_days") as err:
         build_family_data(Family.FRAUD_RISK, cfg, None, pd.DataFrame(tiny))
-    assert _is_bad_input(err.value)
+    assert is_final(err.value)
 
 
 def test_non_finite_training_loss_is_final_and_names_the_family():
@@ -41,5 +41,20 @@ def test_non_finite_training_loss_is_final_and_names_the_family():
                       _split(x[:100], y[:100]))
     with pytest.raises(NonFiniteLossError, match="fraud_risk: training loss is nan at epoch 1") as err:
         train_family(Family.FRAUD_RISK, data, cfg)
-    assert _is_bad_input(err.value)
-    assert _is_bad_input(PreflightError("tracking server http://x: refused"))
+    assert is_final(err.value)
+    assert is_final(PreflightError("tracking server http://x: refused"))
+
+
+def test_one_base_class_decides_retry_by_kind():
+    from pipelines.data.validation import DataValidationError
+    from pipelines.engines.base import EngineBuildError, TargetUnavailableError
+    from model_registry.registry import RegistryUnavailable
+    from model_registry.store import StoreError
+
+    final = [DataValidationError("market/date=2026-11-20/symbol=ESZ6", "bid_px_1", "negative"),
+             EngineBuildError("bad graph"), TargetUnavailableError("no GPU")]
+    retried = [RegistryUnavailable("http://mlflow: refused"), StoreError("s3 503"), FactoryError("other")]
+    assert all(isinstance(e, FactoryError) for e in final + retried)
+    assert [is_final(e) for e in final] == [True] * 3
+    assert [is_final(e) for e in retried] == [False] * 3
+    assert not is_final(RuntimeError("a bug"))

@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.config import ConfigError, Family, load_config
+from factory_core.config import ConfigError, Family, load_config
 
 
 def test_defaults_and_smoke_profile(factory_home):
@@ -71,5 +71,5 @@ def test_a_target_must_be_a_real_compute_capability(factory_home):
     for name in ("sm_999", "sm_9x", "sm_91"):
         with pytest.raises(ConfigError, match=f"target name '{name}'"):
             load_config(overrides={"engines": {"targets": ["cpu", name]}})
-    assert [t.name for t in load_config(overrides={"engines": {"targets": ["cpu", "sm_120"]}}).targets()] == [
+    assert [t.name for t in load_config(overrides={"engines": {"targets": ["cpu", "sm_120"]}}).declared_targets()] == [
         "cpu", "sm_120"]

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from pipelines import stages
-from pipelines.config import ConfigError, Family, TargetConfig, load_config
+from factory_core.config import ConfigError, Family, TargetConfig, load_config
 from pipelines.engines import builder_for
 from pipelines.engines.base import (BuildSpec, EngineBuildError, Shapes, TargetUnavailableError, build_engine,
                                     onnx_io, verify_manifest)
@@ -24,9 +24,9 @@ from pipelines.engines.onnxruntime_builder import OnnxRuntimeBuilder
 from pipelines.engines.tensorrt_builder import (TensorRTBuilder, precision_switches, timing_cache_path,
                                                 unavailable_reason)
 from pipelines.export import INPUT_NAME
-from pipelines.fsutil import sha256_file
+from factory_core.fsutil import sha256_file
 from pipelines.quantize import onnx_fp32_to_fp16
-from pipelines.records import Plan, Status, Variant, VariantSet
+from factory_core.contracts import Plan, Status, Variant, VariantSet
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def alert_onnx(tmp_path_factory, export_small_model):
 
 def _spec(cfg, onnx_path, precision="fp32", target="cpu"):
     tgt = TargetConfig(name=target)
-    _, _, profile = onnx_io(onnx_path, cfg.families[Family.MARKET_ALERT])
+    _, _, profile = onnx_io(onnx_path, Family.MARKET_ALERT, cfg.families[Family.MARKET_ALERT])
     opts = (cfg.engines.onnxruntime if tgt.backend == "onnxruntime" else cfg.engines.tensorrt).model_dump()
     return BuildSpec(family="market_alert", version="20261120.abcd1234", precision=precision, target=tgt,
                      onnx=onnx_path, calibration_sha256=None, profile=profile, options=opts)
@@ -49,7 +49,7 @@ def _spec(cfg, onnx_path, precision="fp32", target="cpu"):
 
 def test_profile_covers_batch_and_sequence(alert_onnx, smoke_cfg):
     folder, _ = alert_onnx
-    inputs, outputs, profile = onnx_io(folder / "model.fp32.onnx", smoke_cfg.families[Family.MARKET_ALERT])
+    inputs, outputs, profile = onnx_io(folder / "model.fp32.onnx", Family.MARKET_ALERT, smoke_cfg.families[Family.MARKET_ALERT])
     fam = smoke_cfg.families[Family.MARKET_ALERT]
     assert profile[INPUT_NAME] == Shapes((1, 30, 16), (fam.opt_batch, fam.window, 16), (fam.max_batch, 120, 16))
     assert inputs[0].shape[2] == 16 and isinstance(inputs[0].shape[0], str)
@@ -61,7 +61,7 @@ def test_cpu_engine_builds_runs_and_manifest_hashes_match(alert_onnx, smoke_cfg,
     for precision in ("fp32", "fp16"):
         dest = tmp_path / precision
         spec = _spec(smoke_cfg, folder / f"model.{precision}.onnx", precision)
-        m = build_engine(OnnxRuntimeBuilder(), spec, dest, *onnx_io(spec.onnx, smoke_cfg.families["market_alert"])[:2],
+        m = build_engine(OnnxRuntimeBuilder(), spec, dest, *onnx_io(spec.onnx, "market_alert", smoke_cfg.families["market_alert"])[:2],
                          {"hostname": "test"})
         assert sorted(p.name for p in dest.iterdir()) == ["build.log", "build_result.json", "manifest.json",
                                                           "model.onnx", "model.ort.onnx", "reproduce.sh"]
@@ -184,12 +184,14 @@ def test_tensorrt_build_layout_command_and_manifest(alert_onnx, smoke_cfg, tmp_p
 def _variant_set(folder: Path) -> VariantSet:
     vs = [Variant(precision=p, onnx_uri=str(folder / f"model.{p}.onnx"), sha256=sha256_file(folder / f"model.{p}.onnx"),
                   seconds=0.0, val_metrics={}) for p in ("fp32", "fp16")]
-    return VariantSet(family="market_alert", calibration_sha256="c" * 64, calibration_method="max", variants=vs)
+    return VariantSet(family="market_alert", calibration_sha256="c" * 64, calibration_method="max", variants=vs,
+                      checkpoint_uri=str(folder / "model.pt"), splits_uri=str(folder / "splits.npz"))
 
 
 def test_stage_builds_cpu_and_skips_gpu_targets_it_cannot_build(alert_onnx, smoke_cfg, tmp_path, monkeypatch):
     folder, _ = alert_onnx
-    p = Plan(date="2026-11-20", lake_dates=[], families=["market_alert"], run_dir=str(tmp_path / "run"))
+    p = Plan(date="2026-11-20", lake_dates=[], families=["market_alert"], targets=["cpu", "sm_90"],
+             run_uri=str(tmp_path / "run"))
     vs = _variant_set(folder)
     ok = stages.build_engine(smoke_cfg, p, vs, "fp16", "cpu")
     assert ok.status is Status.OK and verify_manifest(Path(ok.engine_dir)).precision == "fp16"
@@ -198,7 +200,7 @@ def test_stage_builds_cpu_and_skips_gpu_targets_it_cannot_build(alert_onnx, smok
     assert missing.status is Status.SKIPPED and "no int8 variant" in missing.reason
     # this machine has no TensorRT: a GPU target is a skip with the reason, never a silent pass
     builder = builder_for("tensorrt", smoke_cfg.engine_store)
-    if builder.unavailable_reason(smoke_cfg.target("sm_90")) is None:
+    if builder.unavailable_reason(smoke_cfg.declared_target("sm_90")) is None:
         pytest.skip("this worker can build sm_90")
     skip = stages.build_engine(smoke_cfg, p, vs, "fp16", "sm_90")
     assert skip.status is Status.SKIPPED and "TensorRT" in skip.reason and not skip.engine_dir
@@ -212,7 +214,7 @@ def test_stage_builds_cpu_and_skips_gpu_targets_it_cannot_build(alert_onnx, smok
 
 def test_unknown_or_malformed_targets_are_config_errors(smoke_cfg):
     with pytest.raises(ConfigError, match="unknown target 'sm_77'.*'cpu', 'sm_90'"):
-        smoke_cfg.target("sm_77")
+        smoke_cfg.declared_target("sm_77")
     with pytest.raises(ConfigError, match="target name 'gpu0'"):
         load_config(env={}, overrides={"engines": {"targets": [{"name": "gpu0"}]}})
     with pytest.raises(ConfigError, match="backend onnxruntime is the cpu target's"):
@@ -228,11 +230,16 @@ def test_target_defaults_follow_the_name():
     assert (c.backend, c.queue, c.compute_capability) == ("onnxruntime", "default", None)
 
 
-def test_auto_targets_are_cpu_plus_the_local_gpu_when_tensorrt_is_here(monkeypatch):
-    import pipelines.availability as av
+def test_auto_is_declared_at_parse_and_resolved_on_the_worker(monkeypatch):
+    import factory_core.availability as av
 
+    calls = []
+    monkeypatch.setattr(av, "local_target", lambda: calls.append(1) or av.Probe(None, "no NVIDIA GPU on w1: NVML"))
     cfg = load_config(env={}, overrides={"engines": {"targets": "auto"}})
-    monkeypatch.setattr(av, "local_target_name", lambda: None)
-    assert [t.name for t in cfg.targets()] == ["cpu"]
-    monkeypatch.setattr(av, "local_target_name", lambda: "sm_89")
-    assert [(t.name, t.backend) for t in cfg.targets()] == [("cpu", "onnxruntime"), ("sm_89", "tensorrt")]
+    shape = [(t.name, t.backend, t.queue) for t in cfg.declared_targets()]
+    assert shape == [("cpu", "onnxruntime", "default"), ("auto", "tensorrt", "default")] and not calls  # no probe
+    assert cfg.resolve_target("auto") == (None, "targets: auto: no NVIDIA GPU on w1: NVML") and calls
+    monkeypatch.setattr(av, "local_target", lambda: av.Probe("sm_89"))
+    tgt, reason = cfg.resolve_target("auto")
+    assert (tgt.name, tgt.backend, tgt.compute_capability, reason) == ("sm_89", "tensorrt", (8, 9), "")
+    assert cfg.resolve_target("cpu") == (cfg.declared_target("cpu"), "")

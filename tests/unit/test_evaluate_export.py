@@ -1,5 +1,7 @@
 """Metrics on known inputs, time-ordered splits, and ONNX export parity."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -7,7 +9,7 @@ import pytest
 import torch
 
 from pipelines import stages
-from pipelines.config import Family, load_config
+from factory_core.config import Family, load_config
 from pipelines.datasets import build_family_data
 from pipelines.evaluate import backtest, classification_metrics
 from pipelines.export import INPUT_NAME, ParityError, onnx_parity, torch_to_onnx
@@ -102,11 +104,11 @@ def test_export_stage_raises_parity_error(smoke_cfg, monkeypatch):
     s = Split(rng.normal(size=(16, 11)).astype(np.float32), np.r_[np.zeros(8), np.ones(8)].astype(np.float32),
               np.arange(16), np.full(16, "n/a"), np.zeros(16, bool), np.zeros(16, np.float32))
     FamilyData(Family.FRAUD_RISK, [], s, s, s).save(smoke_cfg.home / "splits.npz")
-    from pipelines.records import Status, TrainResult
+    from factory_core.contracts import Status, TrainResult
 
     tr = TrainResult(family="fraud_risk", status=Status.OK, checkpoint_uri=str(ckpt),
                      splits_uri=str(smoke_cfg.home / "splits.npz"), metrics={}, n_train=16, n_val=16, n_test=16,
                      epochs=1, device="cpu", seconds=0.0)
     with pytest.raises(ParityError, match="fraud_risk: ONNX vs PyTorch max abs err 0.5"):
         stages.export(smoke_cfg, p, tr)
-    assert not (smoke_cfg.run_dir("2026-11-22") / "fraud_risk" / "onnx").exists()
+    assert not Path(smoke_cfg.run_layout("2026-11-22").onnx("fraud_risk")).exists()

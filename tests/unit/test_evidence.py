@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipelines.config import Family, load_config
+from factory_core.config import Family, load_config
 from pipelines.datasets import Split
-from pipelines.evidence import Decision, agreement, auc_rows, log_mean_interval, metric_rows, paired_bootstrap
+from factory_core.contracts import Decision
+from pipelines.evidence import agreement, auc_rows, log_mean_interval, metric_rows, paired_bootstrap
 from pipelines.gates import accuracy_verdict, champion_check
 
 CFG = load_config(profile="smoke", env={})

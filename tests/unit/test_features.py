@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import FeatureConfig
+from factory_core.config import FeatureConfig
 from pipelines.data.schema import BOOK_LEVELS
 from pipelines.features import MARKET_FEATURES, fraud_features, make_windows, market_features
 

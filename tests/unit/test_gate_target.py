@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipelines import faults, stages
-from pipelines.config import load_config
-from pipelines.records import Status
+from factory_core.config import load_config
+from factory_core.contracts import Status
 
 DATE = "2026-11-22"
 
@@ -22,16 +22,18 @@ def night(tmp_path_factory):
         "engines": {"targets": [{"name": "cpu", "required": True}]}, "benchmark": {"iters": 280, "rounds": 7}})
     p = stages.plan(cfg, DATE, families=["fraud_risk"])
     fs = stages.build_features(cfg, p, stages.ingest(cfg, p))
-    vs = stages.make_variants(cfg, p, stages.export(cfg, p, stages.train(cfg, p, fs, "fraud_risk")))
+    tr = stages.train(cfg, p, fs, "fraud_risk")
+    ex = stages.export(cfg, p, tr)
+    vs = stages.make_variants(cfg, p, ex)
     for prec in ("fp32", "fp16"):
         stages.build_engine(cfg, p, vs, prec, "cpu")
-    return cfg, p, vs
+    return cfg, p, vs, tr, ex
 
 
 def _gate(night, tmp_path, plant=None):
-    cfg, p, vs = night
+    cfg, p, vs = night[:3]
     g = faults.gate_planted(cfg, p, vs, "cpu", tmp_path, plant)
-    return {c["precision"]: c for c in g.candidates}, g
+    return {c.precision: c.model_dump(mode="json") for c in g.candidates}, g
 
 
 def _engine_plant(fn):
@@ -49,7 +51,7 @@ def test_healthy_engines_pass_with_lineage_agreement_and_latency_rounds(night, t
         assert c["status"] == "ok", _failed(c)
         names = {k["name"] for k in c["checks"]}
         assert {"lineage", "engine_finite", "engine_agree_mean_abs", "parity", "p99_budget"} <= names
-    assert g.champion["comparable"] is False and "no champion yet" in g.champion["reason"]
+    assert g.champion.comparable is False and "no champion yet" in g.champion.reason
 
 
 def test_an_engine_with_shifted_outputs_is_rejected_on_its_own_outputs(night, tmp_path):
@@ -63,8 +65,8 @@ def test_an_engine_with_shifted_outputs_is_rejected_on_its_own_outputs(night, tm
 def test_nan_on_rare_inputs_is_caught_on_every_test_window(night, tmp_path):
     from pipelines.datasets import load_splits
 
-    cfg, p, _ = night
-    test = load_splits(Path(p.run_dir) / "fraud_risk" / "train" / "splits.npz")["test"]
+    cfg, p = night[:2]
+    test = load_splits(Path(p.run_uri) / "fraud_risk" / "train" / "splits.npz")["test"]
     thr = faults.rare_threshold(test.x, 0, 0.002)
     rare = int((test.x[:, 0] > thr).sum())
     assert 1 <= rare <= 0.01 * len(test.x)
@@ -96,13 +98,13 @@ def test_a_slow_engine_fails_the_regression_against_the_champion(night, tmp_path
     """With a champion in the registry, a slowed candidate is caught by the interleaved rounds."""
     from model_registry.registry import Registry
 
-    cfg, p, _ = night
+    cfg, p, _, tr, ex = night
     got, g = _gate(night, tmp_path)
-    report = stages.gate_report(cfg, p, [], [g])
-    stages.publish(cfg, p, "fraud_risk", str(report))
+    published = stages.publish(cfg, p, tr, ex, stages.gate_report(cfg, p, [], [g]))
+    assert [(v.target, v.promoted) for v in published.versions] == [("cpu", True)]
     assert Registry(cfg.tracking_uri).resolve("fraud_risk", "cpu", "champion")
     got, g = _gate(night, tmp_path / "again", _engine_plant(lambda s, d: faults.slow_down(s, d)))
-    assert g.champion["comparable"]
+    assert g.champion.comparable and g.champion.registry_version == published.versions[0].registry_version
     assert {"p50_vs_champion", "p99_vs_champion"} & _failed(got["fp32"]), _failed(got["fp32"])
     assert got["fp16"]["status"] == "ok"
     vs = next(k for k in got["fp16"]["checks"] if k["name"] == "vs_champion")

@@ -28,7 +28,7 @@ def _emitted(tmp_path) -> set[str]:
     from monitoring.drift import ColumnDrift, DriftResult, DriftStatus, export_metrics
     from monitoring.exporter import HELP
     from monitoring.serving import ServingMetrics
-    from pipelines.config import load_config
+    from factory_core.config import load_config
 
     names = set(HELP) | {"factory_exporter_nvml_up", "factory_exporter_gpus"}
     reg = CollectorRegistry()

@@ -5,9 +5,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from pipelines.config import Family
+from factory_core.config import Family
 from pipelines.export import INPUT_NAME
-from pipelines.fsutil import sha256_file
+from factory_core.fsutil import sha256_file
 from pipelines.quantize import (CalibrationError, array_sha256, calibration_set, check_calibration,
                                 onnx_fp32_to_fp16, onnx_fp32_to_int8, quantization_coverage)
 

@@ -5,7 +5,7 @@ import types
 import pytest
 
 from pipelines import stages
-from pipelines.config import ConfigError, load_config
+from factory_core.config import ConfigError, load_config
 from pipelines.orchestration import retrain_request
 
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 import copy
 import os
 import re
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import BadInput
+from .families import SPECS, Family
+from .layout import RunLayout
 
 ENV_PREFIX = "FACTORY__"
 _USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@']+@")
@@ -31,14 +34,8 @@ def redact(text: str) -> str:
     return _USERINFO.sub(r"\1***@", text)
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput, ValueError):
     """A configuration key or value is wrong; the message names it."""
-
-
-class Family(StrEnum):
-    MARKET_ALERT = "market_alert"
-    PRICE_DIRECTION = "price_direction"
-    FRAUD_RISK = "fraud_risk"
 
 
 class _Strict(BaseModel):
@@ -95,16 +92,10 @@ class FamilyConfig(_Strict):
         return self
 
 
-SEQ_RANGE = (30, 120)
-"""market_alert sequence lengths (ticks) an engine must accept: its profile's min and max."""
-
-
 def _default_families() -> dict[Family, FamilyConfig]:
-    return {
-        Family.MARKET_ALERT: FamilyConfig(window=60, stride=2, hidden=64, layers=1, threshold=0.9),
-        Family.PRICE_DIRECTION: FamilyConfig(window=64, stride=4, hidden=64, layers=2, threshold=0.5),
-        Family.FRAUD_RISK: FamilyConfig(window=1, stride=1, hidden=64, layers=2, threshold=0.5),
-    }
+    sizes = {Family.MARKET_ALERT: (2, 1), Family.PRICE_DIRECTION: (4, 2), Family.FRAUD_RISK: (1, 2)}  # stride, layers
+    return {f: FamilyConfig(window=s.window, stride=sizes[f][0], hidden=64, layers=sizes[f][1], threshold=s.threshold)
+            for f, s in SPECS.items()}
 
 
 class TrainConfig(_Strict):
@@ -144,6 +135,8 @@ class QuantizeConfig(_Strict):
 
 
 Precision = Literal["fp32", "fp16", "int8"]
+AUTO = "auto"
+"""A target name that the building worker resolves to its own ``sm_XY`` (``engines.targets: auto``)."""
 _TARGET_NAME = re.compile(r"^(cpu|sm_(\d)(\d+))$")
 COMPUTE_CAPABILITIES = ("sm_70", "sm_72", "sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_100", "sm_101",
                         "sm_103", "sm_110", "sm_120", "sm_121")
@@ -176,7 +169,9 @@ class TargetConfig(_Strict):
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             return data
         name = data["name"]
-        if not _TARGET_NAME.match(name) or (name != "cpu" and name not in COMPUTE_CAPABILITIES):
+        if name == AUTO:  # this worker's own architecture, resolved where the build runs
+            data = {"queue": "default", **data}
+        elif not _TARGET_NAME.match(name) or (name != "cpu" and name not in COMPUTE_CAPABILITIES):
             raise ValueError(f"target name {name!r}: expected 'cpu' or a real compute capability "
                              f"({', '.join(COMPUTE_CAPABILITIES)})")
         data = dict(data)
@@ -436,8 +431,18 @@ class MonitoringConfig(_Strict):
     """Also push batch metrics to this Prometheus Pushgateway when set."""
 
 
+class RunsConfig(_Strict):
+    root: str | None = None
+    """Where every night's artifacts live: a path, or ``s3://bucket/prefix`` (AWS or MinIO) in a fleet, where no
+    task can read another host's disk. Default ``<home>/runs``."""
+    isolate_tasks: bool = False
+    """Run every task in a fresh, empty ``home`` that is deleted afterwards: proves that no task depends on a file
+    another task left on local disk (tests and audits; a fleet has this by construction)."""
+
+
 class FactoryConfig(_Strict):
     home: Path = Path(".factory")
+    """Local state of this host: scratch, caches, the embedded lake, store and MLflow database."""
     profile: Literal["smoke", "default"] = "default"
     data: DataConfig = DataConfig()
     features: FeatureConfig = FeatureConfig()
@@ -450,6 +455,7 @@ class FactoryConfig(_Strict):
     benchmark: BenchmarkConfig = BenchmarkConfig()
     registry: RegistryConfig = RegistryConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    runs: RunsConfig = RunsConfig()
 
     @field_validator("home")
     @classmethod
@@ -458,12 +464,11 @@ class FactoryConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_windows(self) -> "FactoryConfig":
-        alert = self.families.get(Family.MARKET_ALERT)
-        if alert and not 30 <= alert.window <= 120:
-            raise ValueError(f"families.market_alert.window must be 30..120 ticks, got {alert.window}")
-        pdir = self.families.get(Family.PRICE_DIRECTION)
-        if pdir and pdir.window != 64:
-            raise ValueError(f"families.price_direction.window is fixed at 64 (64x16 input), got {pdir.window}")
+        for fam, fc in self.families.items():
+            lo, hi = SPECS[fam].window_range
+            if not lo <= fc.window <= hi:
+                allowed = f"fixed at {lo}" if lo == hi else f"{lo}..{hi}"
+                raise ValueError(f"families.{fam}.window must be {allowed} ticks, got {fc.window}")
         return self
 
     @property
@@ -474,8 +479,17 @@ class FactoryConfig(_Strict):
     def enabled_families(self) -> list[Family]:
         return [f for f in Family if f in self.families and self.families[f].enabled]
 
-    def run_dir(self, date: str) -> Path:
-        return self.home / "runs" / date
+    @property
+    def runs_root(self) -> str:
+        return self.runs.root or str(self.home / "runs")
+
+    def run_layout(self, date: str) -> RunLayout:
+        return RunLayout.of(self.runs_root, date)
+
+    @property
+    def scratch(self) -> Path:
+        """Local working folder of this host's tasks; nothing in it outlives the task that wrote it."""
+        return self.home / "scratch"
 
     @property
     def engine_store(self) -> Path:
@@ -498,23 +512,38 @@ class FactoryConfig(_Strict):
     def tracking_uri(self) -> str:
         return self.registry.tracking_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
 
-    def targets(self) -> list[TargetConfig]:
-        """The target matrix, with ``auto`` resolved on this host."""
-        if self.engines.targets == "auto":
-            from .availability import local_target_name
+    def declared_targets(self) -> list[TargetConfig]:
+        """The target matrix as the config file states it: the DAG's shape. Probes nothing.
 
-            local = local_target_name()
-            return [TargetConfig(name="cpu", required=True)] + ([TargetConfig(name=local)] if local else [])
+        ``engines.targets: auto`` declares ``cpu`` and one ``auto`` target that each worker resolves to its own
+        architecture when it runs (:meth:`resolve_target`), never where the DAG file is parsed.
+        """
+        if self.engines.targets == AUTO:
+            return [TargetConfig(name="cpu", required=True), TargetConfig(name=AUTO)]
         return list(self.engines.targets)
 
-    def target(self, name: str) -> TargetConfig:
-        """The target called ``name``; :class:`ConfigError` naming the known ones otherwise."""
-        targets = self.targets()
+    def declared_target(self, name: str) -> TargetConfig:
+        """The declared target called ``name``; :class:`ConfigError` naming the declared ones otherwise."""
+        targets = self.declared_targets()
         for t in targets:
             if t.name == name:
                 return t
         raise ConfigError(f"engines.targets: unknown target {name!r}; configured: {[t.name for t in targets]}")
 
+    def resolve_target(self, name: str) -> tuple[TargetConfig | None, str]:
+        """The target to build on this worker: ``auto`` becomes this host's ``sm_XY``, probed now.
+
+        Returns ``(None, reason)`` when ``auto`` finds no GPU with TensorRT here.
+        """
+        declared = self.declared_target(name)
+        if name != AUTO:
+            return declared, ""
+        from .availability import local_target
+
+        probe = local_target()
+        if not probe:
+            return None, f"targets: auto: {probe.reason}"
+        return declared.model_copy(update={"name": probe.value}), ""
 
 # Profile overlays. ``default`` is the model defaults above; ``smoke`` shrinks a night
 # to a test-sized one while keeping every stage real.
@@ -531,7 +560,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "export": {"parity_samples": 64},
         "quantize": {"calibration_size": 256},
-        "engines": {"targets": [{"name": "cpu", "required": True}, {"name": "sm_90"}]},
         "benchmark": {"warmup": 20, "iters": 1400, "max_seconds": 2.0},
     },
 }

@@ -101,10 +101,19 @@ def onnxruntime_version() -> Probe:
     return Probe(str(ort.__version__))
 
 
+def local_target() -> Probe:
+    """This host's ``sm_XY`` when CUDA (a GPU through NVML) and TensorRT are both here; ``reason`` when not."""
+    found, trt = gpus(), tensorrt_version()
+    if not found:
+        return Probe(None, f"no NVIDIA GPU on {socket.gethostname()}: {found.reason}")
+    if not trt:
+        return Probe(None, f"{found.value[0].name} on {socket.gethostname()}, but {trt.reason}")
+    return Probe(found.value[0].target_name)
+
+
 def local_target_name() -> str | None:
     """This host's ``sm_XY`` when CUDA (a GPU through NVML) and TensorRT are both here, else None."""
-    gpu = first_gpu()
-    return gpu.target_name if gpu is not None and tensorrt_version() else None
+    return local_target().value
 
 
 def host_facts() -> dict[str, object]:

@@ -1,0 +1,152 @@
+"""Publishing one family's night: an MLflow run with its artifacts, and each target's selected engine pushed to
+the engine store and registered (alias ``challenger``; ``champion`` when the policy promotes).
+
+The stage (:func:`pipelines.stages.publish`) fetches the files from the run root and hands them here as local
+paths with the typed gate records; this module speaks only to MLflow and the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from factory_core.config import FactoryConfig, Family
+from factory_core.contracts import PublishResult, Registered, TargetGate
+from factory_core.fsutil import sha256_file
+
+from .registry import CHAMPION, NoSuchAlias, Registry, use_experiment
+from .store import open_store, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NightFiles:
+    """Local copies of what the family's MLflow run keeps."""
+
+    checkpoint: Path
+    onnx: Path
+    gate_report: Path
+    reference: Path
+    """The drift monitor's baseline (``reference/reference.parquet`` in the run)."""
+    telemetry: Path | None = None
+
+
+@dataclass(frozen=True)
+class Night:
+    family: str
+    date: str
+    data_window: str
+    git_commit: str
+    test_metrics: dict[str, float]
+    extra_metrics: dict[str, float]
+    """GPU telemetry summaries (training, each winner's benchmark), already named."""
+
+
+def close_interrupted_runs(experiment: str, family: str, date: str) -> None:
+    """A publish killed mid-run leaves its MLflow run RUNNING for good; the re-run marks it FAILED."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="list",
+                              filter_string=f"tags.family = '{family}' and tags.date = '{date}' and "
+                                            f"attributes.status = 'RUNNING'")
+    client = mlflow.MlflowClient()
+    for run in runs:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        log.warning("%s %s: closed MLflow run %s left RUNNING by an interrupted publish as FAILED", family, date,
+                    run.info.run_id)
+
+
+def auto_promote(registry: Registry, family: str, target: str, version: str, date: str, why: str) -> tuple[bool, str]:
+    """Move ``champion`` to ``version`` unless the current champion was trained on a newer night.
+
+    Two dates run at once, or a re-run of an old date, must not replace a champion from fresher data.
+    A registry outage raises (the task retries); only the registry's "no such alias" means no champion.
+    """
+    try:
+        current = registry.resolve(family, target, CHAMPION)
+    except NoSuchAlias:
+        current = None
+    if current is not None and str(current.version) == str(version):
+        return False, f"v{version} is already the champion"
+    champ_date = ((current.tags or {}).get("date") or "") if current is not None else ""
+    if champ_date > date:
+        note = (f"not promoted: champion v{current.version} was trained for {champ_date}, newer than this "
+                f"night's {date}")
+        log.warning("%s/%s: %s", family, target, note)
+        return False, note
+    registry.promote(family, target, version, by="policy:auto_promote", why=why)
+    return True, ""
+
+
+def publish_family(cfg: FactoryConfig, night: Night, files: NightFiles,
+                   selected: list[tuple[TargetGate, Path]]) -> PublishResult:
+    """One MLflow run for the family's night; each ``(gate, local engine folder)`` pushed and registered.
+
+    One version per family x target x date: a re-run that selects another engine for a date already registered
+    keeps the registered one (and says so) rather than adding a second.
+    """
+    import mlflow
+
+    from factory_core.contracts import engine_identity
+
+    family = night.family
+    registry = Registry(cfg.tracking_uri)
+    use_experiment(cfg, cfg.registry.experiment)
+    close_interrupted_runs(cfg.registry.experiment, family, night.date)
+    store = open_store(cfg.store_uri, cfg.registry.s3_endpoint_url)
+    versions: list[Registered] = []
+    tags = {"family": family, "date": night.date, "profile": cfg.profile, "git_commit": night.git_commit,
+            "data_window": night.data_window}
+    with mlflow.start_run(run_name=f"{family} {night.date}", tags=tags) as run:
+        mlflow.log_params({f"family.{k}": v for k, v in cfg.families[Family(family)].model_dump().items()}
+                          | {f"train.{k}": v for k, v in cfg.train.model_dump().items()})
+        mlflow.log_metrics({f"test_{k}": float(v) for k, v in night.test_metrics.items() if v == v}
+                           | night.extra_metrics)
+        mlflow.log_artifact(str(files.checkpoint), "pytorch")
+        mlflow.log_artifact(str(files.onnx), "onnx")
+        mlflow.log_artifact(str(files.gate_report), "gates")
+        mlflow.log_artifact(str(files.reference), "reference")  # drift_monitor's baseline
+        if files.telemetry is not None:  # GPU telemetry sampled during training (GPU workers only)
+            mlflow.log_artifact(str(files.telemetry), "telemetry")
+        for gate, engine_dir in selected:
+            win = gate.winner
+            mlflow.log_metrics({f"{gate.target}.p99_ms": win.p99_ms, f"{gate.target}.auc": win.auc or 0.0})
+            manifest = read_manifest(engine_dir, f"{gate.target} engine {engine_dir}")
+            identity = engine_identity(manifest)
+            earlier = [mv for mv in registry.find(family, gate.target, date=night.date)
+                       if (mv.tags or {}).get("engine_identity") != identity]
+            if earlier:
+                mv = earlier[0]
+                note = (f"kept v{mv.version} ({(mv.tags or {}).get('precision')}, engine "
+                        f"{(mv.tags or {}).get('engine_identity', '')[:12]}) registered for {night.date} by an "
+                        f"earlier run; this run selected {gate.selected} (engine {identity[:12]}): nothing "
+                        f"registered. Delete v{mv.version} to replace it.")
+                log.warning("%s/%s: %s", family, gate.target, note)
+                versions.append(Registered(target=gate.target, registry_version=str(mv.version), store_uri=mv.source,
+                                           precision=(mv.tags or {}).get("precision"), note=note))
+                continue
+            store_version = f"{manifest['version']}.{identity[:12]}"  # the content names the store folder
+            uri = store.put_version(engine_dir, family, gate.target, store_version)
+            manifest = {**manifest, "version": store_version}
+            description = (f"{family} for {gate.target}: {manifest['precision']} {manifest['backend']} "
+                           f"{manifest['backend_version']} engine from the {night.date} nightly (data "
+                           f"{night.data_window}). Test AUC {win.auc or 0.0:.4f}; batch-1 p99 {win.p99_ms:.3f} ms on "
+                           f"the build host. Selected over: " + "; ".join(
+                               f"{c.precision}: {c.outcome}" for c in gate.candidates if c.precision != gate.selected))
+            version = registry.register(family, gate.target, uri, manifest,
+                                        sha256_file(Path(engine_dir) / "manifest.json"), run.info.run_id,
+                                        {"source_run": run.info.run_id, "data_window": night.data_window,
+                                         "git_commit": night.git_commit, "date": night.date}, description)
+            promoted, note = False, ""
+            if cfg.gates.auto_promote:
+                promoted, note = auto_promote(registry, family, gate.target, version, night.date,
+                                              f"nightly {night.date}: passed every gate; lowest p99 "
+                                              f"{win.p99_ms:.3f} ms")
+            versions.append(Registered(target=gate.target, registry_version=str(version), store_uri=uri,
+                                       precision=gate.selected, promoted=promoted, note=note))
+            log.info("%s/%s: registered v%s (%s) at %s%s", family, gate.target, version, gate.selected, uri,
+                     ", promoted to champion" if promoted else "")
+    return PublishResult(family=family, run_id=run.info.run_id, versions=versions)
