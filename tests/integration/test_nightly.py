@@ -19,6 +19,10 @@ FAMILIES = ("market_alert", "price_direction", "fraud_risk")
 MIN_AUC = {"market_alert": 0.75, "price_direction": 0.55, "fraud_risk": 0.85}
 
 
+NARROW = ("--targets", "cpu", "sm_90")
+"""The DAG has every configured target (cpu, sm_80 … sm_100); a run's params narrow it to two."""
+LEFT_OUT = ("sm_80", "sm_86", "sm_89", "sm_100")
+
 MARKERS = {"AWS_ACCESS_KEY_ID": "AKIAMARKERKEY7QX0", "AWS_SECRET_ACCESS_KEY": "marker-aws-secret-5b1f",
            "MLFLOW_TRACKING_USERNAME": "marker-user-77", "MLFLOW_TRACKING_PASSWORD": "marker-pw-91c2"}
 """Credentials in every place the factory takes them from; no output may ever contain one."""
@@ -47,7 +51,7 @@ def services(mlflow_server, s3_server):
 @pytest.fixture(scope="module")
 def night(tmp_path_factory, services):
     home = tmp_path_factory.mktemp("nightly") / "factory"
-    proc = _factory(home, "nightly", "--profile", "smoke", "--date", DATE, extra_env=services)
+    proc = _factory(home, "nightly", "--profile", "smoke", "--date", DATE, *NARROW, extra_env=services)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return home, proc
 
@@ -102,7 +106,10 @@ def test_cpu_engines_with_manifests_and_gpu_targets_skipped_with_reason(night):
     summary = json.loads((home / "runs" / DATE / "summary.json").read_text())
     for row in summary["families"]:
         by = {(e["target"], e["precision"]): e for e in row["engines"]}
-        assert set(by) == {(t, p) for t in ("cpu", "sm_90") for p in ("fp32", "fp16", "int8")}
+        assert set(by) == {(t, p) for t in ("cpu", "sm_90", *LEFT_OUT) for p in ("fp32", "fp16", "int8")}
+        for t in LEFT_OUT:  # left out by the run's params: recorded, with the reason, never a ConfigError
+            assert {by[(t, p)]["status"] for p in ("fp32", "fp16", "int8")} == {"skipped"}
+            assert "left out of this run by its params" in by[(t, "fp32")]["reason"]
         for p in ("fp32", "fp16", "int8"):
             cpu = by[("cpu", p)]
             if row["family"] == "fraud_risk" and p == "int8":
@@ -124,6 +131,9 @@ def test_gates_select_a_healthy_cpu_engine_per_family(night):
         by = {v["precision"]: v for v in a["verdicts"]}
         assert by["fp32"]["status"] == "ok" and by["fp16"]["status"] == "ok", (a["family"], by)
     for g in report["targets"]:
+        if g["target"] in LEFT_OUT:
+            assert g["status"] == "skipped" and "left out of this run by its params" in g["reason"]
+            continue
         if g["target"] == "sm_90":
             assert g["status"] == "skipped" and not g["candidates"]
             continue
@@ -179,7 +189,7 @@ def test_rerun_same_date_is_idempotent(night, services):
     lake_files = sorted((home / "lake").rglob("*.parquet"))
     mtimes = [p.stat().st_mtime_ns for p in lake_files]
     first = json.loads((home / "runs" / DATE / "summary.json").read_text())
-    proc = _factory(home, "nightly", "--profile", "smoke", "--date", DATE, extra_env=services)
+    proc = _factory(home, "nightly", "--profile", "smoke", "--date", DATE, *NARROW, extra_env=services)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert [p.stat().st_mtime_ns for p in lake_files] == mtimes  # lake untouched
     second = json.loads((home / "runs" / DATE / "summary.json").read_text())
@@ -238,7 +248,7 @@ def test_next_night_meets_the_champion_on_evidence_and_promotes_a_non_inferior_c
 
     home, _ = night
     nxt = "2026-11-23"
-    proc = _factory(home, "nightly", "--profile", "smoke", "--date", nxt, extra_env=services)
+    proc = _factory(home, "nightly", "--profile", "smoke", "--date", nxt, *NARROW, extra_env=services)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((home / "runs" / nxt / "gates" / "report.json").read_text())
     summary = json.loads((home / "runs" / nxt / "summary.json").read_text())
@@ -284,8 +294,13 @@ elif where == "after_register":
     after(registry.Registry, "register")
 elif where == "before_promote":
     registry.Registry.promote = die
+import json
+from factory_core.contracts import ExportResult, GateReport, TrainResult
 cfg = load_config(profile="smoke")
-stages.publish(cfg, stages.plan(cfg, date), family, report)
+row = next(r for r in json.load(open(report.replace("gates/report.json", "summary.json")))["families"]
+           if r["family"] == family)
+stages.publish(cfg, stages.plan(cfg, date), TrainResult.model_validate(row["train"]),
+               ExportResult.model_validate(row["export"]), GateReport.model_validate_json(open(report).read()))
 """
 
 
@@ -389,7 +404,7 @@ def test_a_second_night_for_the_same_date_is_refused_naming_the_running_one(tmp_
     import socket
 
     home = tmp_path / "home"
-    lock = home / "runs" / DATE / ".night.lock"
+    lock = home / "locks" / f"night-{DATE}.lock"
     lock.parent.mkdir(parents=True)
     lock.write_text(_json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-11-22T02:00"}))
     proc = _factory(home, "nightly", "--profile", "smoke", "--date", DATE)

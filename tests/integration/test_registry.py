@@ -368,13 +368,13 @@ def test_a_registry_outage_is_never_no_champion(tmp_path):
 
 
 def test_auto_promotion_never_replaces_a_champion_from_a_newer_night(engines, mlflow_server):
-    from pipelines.stages import _auto_promote
+    from model_registry.publish import auto_promote
 
     e1, e2 = engines
     reg = Registry(mlflow_server.uri)
     newer = reg.register("dates_test", "cpu", "s3://x/1", _manifest(e1), "a", None, {"date": "2026-11-22"}, "d")
-    assert _auto_promote(reg, "dates_test", "cpu", newer, "2026-11-22", "why") == (True, "")
+    assert auto_promote(reg, "dates_test", "cpu", newer, "2026-11-22", "why") == (True, "")
     older = reg.register("dates_test", "cpu", "s3://x/2", _manifest(e2), "b", None, {"date": "2026-11-21"}, "d")
-    promoted, note = _auto_promote(reg, "dates_test", "cpu", older, "2026-11-21", "why")
+    promoted, note = auto_promote(reg, "dates_test", "cpu", older, "2026-11-21", "why")
     assert not promoted and "trained for 2026-11-22, newer than this night's 2026-11-21" in note
     assert reg.resolve("dates_test", "cpu", CHAMPION).version == newer

@@ -73,3 +73,15 @@ def test_a_target_must_be_a_real_compute_capability(factory_home):
             load_config(overrides={"engines": {"targets": ["cpu", name]}})
     assert [t.name for t in load_config(overrides={"engines": {"targets": ["cpu", "sm_120"]}}).declared_targets()] == [
         "cpu", "sm_120"]
+
+
+def test_a_profile_sizes_a_night_and_never_changes_its_shape():
+    """The DAG's tasks come from the file; a run's profile must not add, drop or move a target or a family."""
+    from factory_core.config import PROFILES
+
+    for name, overlay in PROFILES.items():
+        assert "targets" not in overlay.get("engines", {}), name
+        assert not any("enabled" in f for f in overlay.get("families", {}).values()), name
+    shapes = {p: [(t.name, t.queue, t.pool) for t in load_config(profile=p, env={}).declared_targets()]
+              for p in PROFILES}
+    assert len({tuple(s) for s in shapes.values()}) == 1, shapes
