@@ -362,7 +362,8 @@ def test_a_registry_outage_is_never_no_champion(tmp_path):
     finally:
         os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     local = load_config(profile="smoke", env={"FACTORY_HOME": str(tmp_path)})
-    assert read_champion(local, "fraud_risk", "cpu") is None  # the registry answered: no alias
+    none = read_champion(local, "fraud_risk", "cpu")  # the registry answered: no alias
+    assert not none.comparable and not none.engine_dir and "no champion yet" in none.reason
     with pytest.raises(NoSuchAlias):
         Registry(local.tracking_uri).resolve("fraud_risk", "cpu", CHAMPION)
 
