@@ -26,8 +26,12 @@ class PreflightError(ConfigError):
 
 
 def apply_client_limits(cfg: FactoryConfig) -> None:
-    """MLflow's HTTP retries and timeouts from ``registry.*`` (environment variables MLflow reads per request)."""
+    """MLflow's HTTP retries and timeouts from ``registry.*`` (environment variables MLflow reads per request),
+    and the one object-store endpoint (``registry.s3_endpoint_url``) for every S3 client of the process: the run
+    root and the lake (pyarrow) and boto3 honour ``AWS_ENDPOINT_URL``."""
     r = cfg.registry
+    if r.s3_endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = r.s3_endpoint_url
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(r.http_max_retries)
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(r.http_timeout_s))
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(r.http_backoff_s)
@@ -119,7 +123,8 @@ def preflight(cfg: FactoryConfig) -> list[str]:
     checked = []
     check_tracking(cfg.tracking_uri, timeout)
     checked.append(f"tracking {redact(cfg.tracking_uri)}")
-    for uri, what in ((cfg.store_uri, "engine store (registry.store_uri)"), (cfg.lake_uri, "lake (data.lake_uri)")):
+    for uri, what in ((cfg.store_uri, "engine store (registry.store_uri)"), (cfg.lake_uri, "lake (data.lake_uri)"),
+                      (cfg.runs_root, "run root (runs.root)")):
         if uri.startswith("s3://"):
             check_s3(uri, cfg.registry.s3_endpoint_url, timeout, what)
         elif what.startswith("lake") and cfg.data.source == "lake":
@@ -128,6 +133,4 @@ def preflight(cfg: FactoryConfig) -> list[str]:
         else:
             _check_writable(Path(uri), what)
         checked.append(f"{what.split(' (')[0]} {redact(uri)}")
-    _check_writable(cfg.home / "runs", "run root")
-    checked.append(f"run root {cfg.home / 'runs'}")
     return checked
