@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[test]" "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[factory,test]" "$(TORCH_SPEC)"
 	$(PY) -c "import pipelines, torch, airflow.sdk, onnxruntime, modelopt.onnx.quantization; print('setup ok: torch', torch.__version__)"
 	touch $(STAMP)
 

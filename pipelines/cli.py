@@ -16,6 +16,7 @@ from factory_core.config import ConfigError, FactoryConfig, load_config
 from factory_core.errors import BadInput, FactoryError
 from factory_core.fsutil import get_json
 from factory_core.layout import GATE_PLOT
+from model_registry.cli import add_pull_arguments
 
 DAGS_DIR = Path(__file__).resolve().parent.parent / "dags"
 NIGHTLY_DAG = "nightly_model_factory"
@@ -306,18 +307,9 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
-    from model_registry.pull import pull, watch
+    from model_registry.cli import run_pull
 
-    cfg = _load(args)
-    if args.watch:
-        watch(cfg, args.family, args.target, args.alias, Path(args.dest), args.interval,
-              on_change=lambda i: print(f"installed {i.family}/{i.target} v{i.registry_version} ({i.version}) "
-                                        f"at {i.path}", flush=True))
-        return 0
-    inst = pull(cfg, args.family, args.target, args.alias, Path(args.dest))
-    print(f"{'installed' if inst.changed else 'already current'}: {inst.family}/{inst.target} {inst.alias} "
-          f"v{inst.registry_version} ({inst.version}) at {inst.path}")
-    return 0
+    return run_pull(args, _load(args))
 
 
 def _cmd_triton(args: argparse.Namespace) -> int:
@@ -385,12 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rollback)
     rollback.set_defaults(func=_cmd_rollback)
     pull = sub.add_parser("pull", help="install the engine an alias points at, verified, atomically")
-    pull.add_argument("family", choices=fams)
-    pull.add_argument("--target", default="auto", help="auto (NVML: sm_XY, or cpu) | cpu | sm_XY")
-    pull.add_argument("--alias", default="champion")
-    pull.add_argument("--dest", required=True)
-    pull.add_argument("--watch", action="store_true", help="keep polling the alias")
-    pull.add_argument("--interval", type=float, default=30.0)
+    add_pull_arguments(pull)
     _common(pull)
     pull.set_defaults(func=_cmd_pull)
     triton = sub.add_parser("triton-repo", help="write a Triton model repository for FAMILY's champions")

@@ -1,0 +1,56 @@
+"""``factory-serve``: what a serving host runs, from the lean ``[serve]`` install (no torch, Airflow, ModelOpt or
+Evidently): pull the engine an alias names for this host's GPU, verify it and install it atomically, once or
+``--watch``. ``factory pull`` is the same command in the full install."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from factory_core.config import load_config
+from factory_core.errors import BadInput, FactoryError
+
+
+def add_pull_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("family")
+    p.add_argument("--target", default="auto", help="auto (NVML: sm_XY, or cpu) | cpu | sm_XY")
+    p.add_argument("--alias", default="champion")
+    p.add_argument("--dest", required=True)
+    p.add_argument("--watch", action="store_true", help="keep polling the alias")
+    p.add_argument("--interval", type=float, default=30.0)
+
+
+def run_pull(args: argparse.Namespace, cfg) -> int:
+    from .pull import pull, watch
+
+    if args.watch:
+        watch(cfg, args.family, args.target, args.alias, Path(args.dest), args.interval,
+              on_change=lambda i: print(f"installed {i.family}/{i.target} v{i.registry_version} ({i.version}) "
+                                        f"at {i.path}", flush=True))
+        return 0
+    inst = pull(cfg, args.family, args.target, args.alias, Path(args.dest))
+    print(f"{'installed' if inst.changed else 'already current'}: {inst.family}/{inst.target} {inst.alias} "
+          f"v{inst.registry_version} ({inst.version}) at {inst.path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="factory-serve", description=__doc__)
+    parser.add_argument("--config", default=None, help="factory.yaml (default: $FACTORY_CONFIG or ./factory.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_pull_arguments(sub.add_parser("pull", help="install the engine an alias names for this host"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run_pull(args, load_config(args.config))
+    except FactoryError as exc:
+        print(f"factory-serve: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, BadInput) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
