@@ -14,6 +14,7 @@ from __future__ import annotations
 from factory_core.errors import FactoryError
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,11 @@ def _answered_no_alias(exc: Exception) -> bool:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else ""
+
+
+HISTORY_TAG = "champion.history"
+"""Registered-model tag: the champion's history as JSON, ``[{version, at, by, why[, detected_at]}]``."""
+HISTORY_KEEP = 20
 
 
 def model_name(family: str, target: str) -> str:
@@ -161,31 +167,78 @@ class Registry:
     def set_model_tag(self, family: str, target: str, key: str, value: str) -> None:
         self.client.set_registered_model_tag(model_name(family, target), key, value)
 
-    def promote(self, family: str, target: str, version: str, by: str, why: str) -> str:
-        """Point ``champion`` at ``version``, recording who and why on it."""
+    def history(self, family: str, target: str) -> list[dict[str, str]]:
+        """The champion's history, oldest first, reconciled with the alias as the registry holds it now.
+
+        Every promotion the factory makes (policy, ``factory promote``, ``factory rollback``) appends an entry
+        to one record, the registered model's tag :data:`HISTORY_TAG`. A person who moves ``champion`` in the
+        MLflow UI (or any other client) leaves no entry; when the alias names another version than the last
+        entry, the move is appended here, as ``by: outside the factory``, with the time the model was last
+        updated (the move happened then or earlier) and when it was detected. Rollback, the promotion metric
+        and the provenance all read this record, so they agree with the alias whoever moved it.
+        """
+        from mlflow.exceptions import MlflowException
+
         name = model_name(family, target)
-        self.client.get_model_version(name, version)  # raises naming the version when absent
-        previous = None
         try:
-            previous = self.resolve(family, target, CHAMPION).version
+            current = str(self.resolve(family, target, CHAMPION).version)
         except NoSuchAlias:
-            pass
-        self.client.set_registered_model_alias(name, CHAMPION, version)
-        for key, value in (("promoted_by", by), ("promoted_why", why), ("promoted_at", _now()),
-                           ("replaced_champion", str(previous or ""))):
-            self.client.set_model_version_tag(name, version, key, value)
+            current = None
+        try:
+            entries = json.loads(self.get_model_tag(family, target, HISTORY_TAG) or "[]")
+        except MlflowException as exc:
+            if _answered_no_alias(exc):  # no such registered model: no history
+                return []
+            raise
+        last = entries[-1]["version"] if entries else None
+        if current is not None and current != last:
+            rm = self.client.get_registered_model(name)
+            when = dt.datetime.fromtimestamp(rm.last_updated_timestamp / 1000, dt.timezone.utc)
+            entries.append({"version": current, "at": when.isoformat(timespec="seconds"),
+                            "by": "outside the factory (MLflow UI or API)",
+                            "why": f"champion alias found on v{current}" + (f", not v{last}" if last else ""),
+                            "detected_at": _now()})
+            self._write_history(family, target, entries)
+        elif current is None and last is not None:  # the alias was deleted outside the factory
+            entries.append({"version": "", "at": _now(), "by": "outside the factory (MLflow UI or API)",
+                            "why": f"champion alias removed (was v{last})", "detected_at": _now()})
+            self._write_history(family, target, entries)
+        return entries
+
+    def _write_history(self, family: str, target: str, entries: list[dict[str, str]]) -> None:
+        kept = entries[-HISTORY_KEEP:]  # a tag value holds 5,000 characters
+        self.set_model_tag(family, target, HISTORY_TAG, json.dumps(kept, separators=(",", ":")))
+        if kept and kept[-1]["version"]:
+            last = kept[-1]
+            self.set_model_tag(family, target, "champion", f"v{last['version']} since {last['at']} by {last['by']}: "
+                                                           f"{last['why']}"[:5000])
+
+    def _move_champion(self, family: str, target: str, version: str, by: str, why: str) -> None:
+        entries = self.history(family, target)  # first take in any move made outside the factory
+        self.client.set_registered_model_alias(model_name(family, target), CHAMPION, version)
+        entries.append({"version": str(version), "at": _now(), "by": by, "why": why})
+        self._write_history(family, target, entries)
+
+    def promote(self, family: str, target: str, version: str, by: str, why: str) -> str:
+        """Point ``champion`` at ``version``, recording who and why in the champion's history."""
+        self.client.get_model_version(model_name(family, target), version)  # raises naming the version when absent
+        self._move_champion(family, target, str(version), by, why)
         return str(version)
 
     def rollback(self, family: str, target: str, by: str, why: str) -> str:
-        """Point ``champion`` back at the version it replaced."""
+        """Point ``champion`` back at the version it replaced, by the champion's (reconciled) history."""
         name = model_name(family, target)
+        entries = self.history(family, target)
         current = self.resolve(family, target, CHAMPION)
-        previous = (current.tags or {}).get("replaced_champion")
-        if not previous:
+        earlier = [e["version"] for e in entries[:-1] if e["version"] and e["version"] != str(current.version)]
+        if not earlier:
             raise RegistryError(f"{name}: champion v{current.version} replaced no earlier champion; nothing to roll "
                                 f"back to")
-        self.client.set_registered_model_alias(name, CHAMPION, previous)
-        for key, value in (("rolled_back_by", by), ("rolled_back_why", why), ("rolled_back_at", _now())):
-            self.client.set_model_version_tag(name, str(current.version), key, value)
-        self.client.set_model_version_tag(name, previous, "restored_at", _now())
+        previous = earlier[-1]
+        self._move_champion(family, target, previous, by, f"rollback from v{current.version}: {why}")
         return str(previous)
+
+    def promoted_at(self, family: str, target: str) -> dt.datetime | None:
+        """When the current champion became champion (None without one): the promotion metric's source."""
+        entries = self.history(family, target)
+        return dt.datetime.fromisoformat(entries[-1]["at"]) if entries and entries[-1]["version"] else None

@@ -508,13 +508,9 @@ def record_outcome(cfg: FactoryConfig, date: str) -> list[str]:
                 t, _ = cfg.resolve_target(t.name)
                 if t is None:
                     continue
-                try:
-                    mv = registry.resolve(fam.value, t.name, "champion")
-                except NoSuchAlias:
-                    continue
-                when = (mv.tags or {}).get("promoted_at")
-                champions[(fam.value, t.name)] = (dt.datetime.fromisoformat(when).timestamp() if when
-                                                  else mv.creation_timestamp / 1000)
+                when = registry.promoted_at(fam.value, t.name)
+                if when is not None:
+                    champions[(fam.value, t.name)] = when.timestamp()
     except Exception as exc:  # the night's outcome is recorded even when the registry is down; freshness is not
         log.warning("champion freshness not exported: %s", exc)
     for path in nightly_outcome(cfg, date, failed, champions):

@@ -30,6 +30,7 @@ from factory_core.contracts import MANIFEST, SOURCE_ONNX, Manifest, TensorInfo, 
 log = logging.getLogger(__name__)
 
 REPRODUCE = "reproduce.sh"
+MLMODEL = "MLmodel"
 BUILD_LOG = "build.log"
 RESULT = "build_result.json"
 
@@ -176,6 +177,7 @@ def build_engine(builder: EngineBuilder, spec: BuildSpec, dest: Path, inputs: li
         if not engine.is_file() or engine.stat().st_size == 0:
             raise EngineBuildError(f"{what}: the build exited 0 but wrote no {builder.engine_file}")
         result = json.loads((tmp / RESULT).read_text()) if (tmp / RESULT).is_file() else {}
+        write_signature(tmp / MLMODEL, inputs, outputs)
         manifest = Manifest(
             family=spec.family, version=spec.version, target=spec.target.name,
             compute_capability=builder.compute_capability(spec.target), backend=builder.backend,
@@ -190,6 +192,24 @@ def build_engine(builder: EngineBuilder, spec: BuildSpec, dest: Path, inputs: li
             files={f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file() and f.name != MANIFEST})
         write_json(tmp / MANIFEST, manifest.to_xcom())
     return manifest
+
+
+def write_signature(path: Path, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Path:
+    """An ``MLmodel`` file holding the engine's tensor signature (dynamic dims as -1).
+
+    It travels with the engine into the store, the registered version's source: MLflow's UI reads it there for
+    the version's Schema section.
+    """
+    import numpy as np
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def schema(tensors: list[TensorInfo]) -> Schema:
+        return Schema([TensorSpec(np.dtype(t.dtype), tuple(d if isinstance(d, int) and d > 0 else -1 for d in t.shape),
+                                  t.name) for t in tensors])
+
+    Model(signature=ModelSignature(inputs=schema(inputs), outputs=schema(outputs))).save(str(path))
+    return path
 
 
 def _versions(builder: EngineBuilder) -> dict[str, str]:

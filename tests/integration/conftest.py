@@ -34,8 +34,8 @@ def _wait(url: str, proc: subprocess.Popen, what: str, timeout: float = 90) -> N
 
 
 class MlflowServer:
-    def __init__(self, root: Path):
-        self.root, self.port = root, free_port()
+    def __init__(self, root: Path, env: dict[str, str] | None = None):
+        self.root, self.port, self.env = root, free_port(), env
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -46,7 +46,8 @@ class MlflowServer:
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--default-artifact-root", (self.root / "artifacts").as_uri(), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            env={**os.environ, **(self.env or {})})
         _wait(f"{self.uri}/health", self.proc, "mlflow server")
         return self
 
@@ -57,8 +58,11 @@ class MlflowServer:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+def mlflow_server(tmp_path_factory, s3_server):
+    """Like a production server, it reads the engine store (for the UI's Schema section of a version)."""
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "MLFLOW_S3_ENDPOINT_URL": s3_server}
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"), env).start()
     yield server
     server.stop()
 

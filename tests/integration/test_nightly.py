@@ -4,12 +4,14 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -176,6 +178,13 @@ def test_night_registers_in_mlflow_and_pushes_to_s3_then_pull_serves_it(night, s
         assert "test_auc" in run.data.metrics
         arts = {a.path for a in reg.client.list_artifacts(pub["run_id"])}
         assert {"pytorch", "onnx", "gates", "reference"} <= arts  # reference: drift_monitor's baseline
+        # the UI's Schema section: the route the UI calls, served from the version's source in the store
+        url = (f"{services['FACTORY__REGISTRY__TRACKING_URI']}/model-versions/get-artifact?path=MLmodel"
+               f"&name={pub['family']}.cpu&version={champ.version}")
+        mlmodel = yaml.safe_load(urllib.request.urlopen(url, timeout=30).read())
+        inputs = json.loads(mlmodel["signature"]["inputs"])
+        assert inputs[0]["type"] == "tensor" and inputs[0]["tensor-spec"]["dtype"] == "float32"
+        assert json.loads(mlmodel["signature"]["outputs"])[0]["name"] == "prob"
     dest = tmp_path / "serving"
     proc = _factory(home, "pull", "market_alert", "--target", "cpu", "--dest", str(dest), extra_env=services)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -120,9 +120,40 @@ def test_registry_aliases_promote_rollback_and_idempotent_registration(engines, 
     v2 = reg.register(FAM, "cpu", "s3://x/2", m2, sha256_file(e2 / "manifest.json"), None, {}, "second")
     reg.promote(FAM, "cpu", v2, by="alice", why="better AUC")
     champ = reg.resolve(FAM, "cpu", CHAMPION)
-    assert champ.version == v2 and champ.tags["promoted_by"] == "alice" and champ.tags["replaced_champion"] == v1
+    assert champ.version == v2 and reg.history(FAM, "cpu")[-1] | {"at": "-"} == {
+        "version": v2, "by": "alice", "why": "better AUC", "at": "-"}
     assert reg.rollback(FAM, "cpu", by="bob", why="p99 spike") == v1
     assert reg.resolve(FAM, "cpu", CHAMPION).version == v1
+    assert [(e["version"], e["by"]) for e in reg.history(FAM, "cpu")] == [(v1, "test"), (v2, "alice"), (v1, "bob")]
+
+
+def test_a_champion_moved_in_the_mlflow_ui_leaves_rollback_metric_and_provenance_true(engines, mlflow_server):
+    """Version 2 promoted by the policy; a person points ``champion`` back at version 1 in the UI (the same REST
+    call the UI makes). The factory's history takes the move in; rollback goes back to version 2 (the version
+    the UI move replaced), and the promotion time is the move's, not version 2's."""
+    import datetime as dt
+
+    from model_registry.registry import HISTORY_TAG, model_name
+
+    fam = "ui_moves"
+    reg = Registry(mlflow_server.uri)
+    e1, e2 = engines
+    v1 = reg.register(fam, "cpu", "s3://x/1", _manifest(e1), sha256_file(e1 / "manifest.json"), None, {}, "1")
+    v2 = reg.register(fam, "cpu", "s3://x/2", _manifest(e2), sha256_file(e2 / "manifest.json"), None, {}, "2")
+    reg.promote(fam, "cpu", v1, by="policy:auto_promote", why="first night")
+    reg.promote(fam, "cpu", v2, by="policy:auto_promote", why="second night")
+    before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    reg.client.set_registered_model_alias(model_name(fam, "cpu"), CHAMPION, v1)  # what the UI does
+    history = reg.history(fam, "cpu")
+    assert [(e["version"], e["by"]) for e in history] == [
+        (v1, "policy:auto_promote"), (v2, "policy:auto_promote"), (v1, "outside the factory (MLflow UI or API)")]
+    assert reg.promoted_at(fam, "cpu") >= before  # the promotion metric dates the UI move, not v2's promotion
+    assert reg.client.get_registered_model(model_name(fam, "cpu")).tags["champion"].startswith(f"v{v1} since ")
+    assert reg.rollback(fam, "cpu", by="carol", why="the UI move was a mistake") == v2
+    assert reg.resolve(fam, "cpu", CHAMPION).version == v2
+    assert reg.history(fam, "cpu")[-1]["why"] == f"rollback from v{v1}: the UI move was a mistake"
+    assert len(reg.history(fam, "cpu")) == 4  # reading again adds nothing
+    assert HISTORY_TAG in reg.client.get_registered_model(model_name(fam, "cpu")).tags
 
 
 def test_mlflow_down_during_registration_fails_clearly_with_no_dangling_alias(engines, tmp_path, monkeypatch):

@@ -243,3 +243,19 @@ def test_auto_is_declared_at_parse_and_resolved_on_the_worker(monkeypatch):
     tgt, reason = cfg.resolve_target("auto")
     assert (tgt.name, tgt.backend, tgt.compute_capability, reason) == ("sm_89", "tensorrt", (8, 9), "")
     assert cfg.resolve_target("cpu") == (cfg.declared_target("cpu"), "")
+
+
+def test_every_engine_carries_its_signature_for_the_registry_ui(alert_onnx, smoke_cfg, tmp_path):
+    """``MLmodel`` in the engine folder (hashed in the manifest) states its tensors as MLflow reads them."""
+    from mlflow.models import Model
+
+    folder, _ = alert_onnx
+    p = Plan(date="2026-11-20", lake_dates=[], families=["market_alert"], targets=["cpu"],
+             run_uri=str(tmp_path / "run"))
+    ok = stages.build_engine(smoke_cfg, p, _variant_set(folder), "fp32", "cpu")
+    m = verify_manifest(Path(ok.engine_dir))
+    assert "MLmodel" in m.files
+    sig = Model.load(str(Path(ok.engine_dir) / "MLmodel")).signature
+    (x,), (prob,) = sig.inputs.inputs, sig.outputs.inputs
+    assert (x.name, str(x.type), x.shape) == ("features", "float32", (-1, -1, 16))  # batch and sequence are dynamic
+    assert (prob.name, str(prob.type), prob.shape) == ("prob", "float32", (-1, 1))
