@@ -22,9 +22,9 @@ METHODS = [(None, None), ("ks", 0.05), ("wasserstein", 0.1), ("psi", 0.1), ("psi
 
 
 def main() -> None:
+    from factory_core.config import load_config
     from model_registry.registry import Registry
     from monitoring.drift import PREDICTION, compare, feature_names, load_reference, monitored_columns, to_columns
-    from factory_core.config import load_config
     from pipelines.data.simulator import Shift
     from pipelines.replay import requests_for_day
 

@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.benchmark import OnnxRuntimeRunner, TorchRunner, benchmark_runner  # noqa: E402
 from factory_core.config import Family, load_config  # noqa: E402
+from pipelines.benchmark import OnnxRuntimeRunner, TorchRunner, benchmark_runner  # noqa: E402
 
 N_FEATURES = {Family.MARKET_ALERT: 16, Family.PRICE_DIRECTION: 16, Family.FRAUD_RISK: 11}
 
@@ -34,8 +34,7 @@ N_FEATURES = {Family.MARKET_ALERT: 16, Family.PRICE_DIRECTION: 16, Family.FRAUD_
 def _models(cfg, run_dir: Path | None):
     import torch
 
-    from pipelines.models import build_model
-    from pipelines.models import load_model
+    from pipelines.models import build_model, load_model
 
     for fam in cfg.enabled_families:
         fc = cfg.families[fam]

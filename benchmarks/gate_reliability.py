@@ -32,9 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import faults, stages  # noqa: E402
 from factory_core.config import Family, load_config  # noqa: E402
 from factory_core.contracts import Status  # noqa: E402
+from pipelines import faults, stages  # noqa: E402
 
 FACTOR = 3.0
 
@@ -259,8 +259,8 @@ def plants(base: Path, last: dict) -> None:
     rows.append(("price_direction fp32 engine, slow (extra matmuls)", *res))
 
     def other_graph(run: Path) -> None:  # the fp32 engine rebuilt from the fp16 graph
-        from pipelines import engines
         from factory_core.availability import host_facts
+        from pipelines import engines
         from pipelines.engines.base import BuildSpec
 
         fam = Family.FRAUD_RISK

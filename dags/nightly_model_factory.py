@@ -49,11 +49,12 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 
-from pipelines import stages
 from factory_core.config import load_config
-from pipelines.orchestration import (RETRAIN_ASSET, config_from_params, retrain_request, run_date, run_stage,
-                                    xcom_items)
+from pipelines import stages
+from pipelines.orchestration import RETRAIN_ASSET, config_from_params, retrain_request, run_date, run_stage, xcom_items
 
+LABEL = "{{ factory_label }}"
+"""A mapped task instance's name in the UI and in ``factory nightly``'s progress: its family (and precision)."""
 TARGETS = load_config().declared_targets()  # the DAG's shape: the config file alone, never a run's params
 
 
@@ -95,27 +96,27 @@ def nightly_model_factory():
     def features(plan: dict, snapshot: dict) -> dict:
         return run_stage(stages.build_features, plan, snapshot)
 
-    @task
+    @task(map_index_template=LABEL)
     def train(plan: dict, feature_set: dict, family: str) -> dict:
         return run_stage(stages.train, plan, feature_set, family=family)
 
-    @task
+    @task(map_index_template=LABEL)
     def export(plan: dict, trained: dict) -> dict:
         return run_stage(stages.export, plan, trained)
 
-    @task
+    @task(map_index_template=LABEL)
     def variants(plan: dict, exported: dict) -> dict:
         return run_stage(stages.make_variants, plan, exported)
 
-    @task
+    @task(map_index_template=LABEL)
     def engine(plan: dict, variant_set: dict, precision: str, target: str) -> dict:
         return run_stage(stages.build_engine, plan, variant_set, precision=precision, target=target)
 
-    @task
+    @task(map_index_template=LABEL)
     def accuracy(plan: dict, variant_set: dict) -> dict:
         return run_stage(stages.gate_accuracy, plan, variant_set)
 
-    @task
+    @task(map_index_template=LABEL)
     def gate(plan: dict, accuracy: dict, built: list[dict], target: str) -> dict:
         return run_stage(stages.gate_target, plan, accuracy, xcom_items(built), target=target)
 
@@ -123,7 +124,7 @@ def nightly_model_factory():
     def gate_report(plan: dict, accuracy: list[dict], gates: list) -> dict:
         return run_stage(stages.gate_report, plan, xcom_items(accuracy), [g for seq in gates for g in xcom_items(seq)])
 
-    @task
+    @task(map_index_template=LABEL)
     def publish(plan: dict, report: dict, night: tuple) -> dict:
         trained, exported = night
         return run_stage(stages.publish, plan, trained, exported, report)
@@ -132,8 +133,8 @@ def nightly_model_factory():
     def summarize(plan: dict, trained: list[dict], exported: list[dict], variant_sets: list[dict],
                   engines: list, report: dict, published: list[dict]) -> str:
         built = [e for per_target in engines for e in xcom_items(per_target)]
-        return run_stage(stages.summarize, plan, xcom_items(trained), xcom_items(exported), xcom_items(variant_sets), built,
-                         report, xcom_items(published))
+        return run_stage(stages.summarize, plan, xcom_items(trained), xcom_items(exported), xcom_items(variant_sets),
+                         built, report, xcom_items(published))
 
     @task(trigger_rule="all_done", retries=0)
     def outcome() -> None:

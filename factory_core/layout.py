@@ -72,7 +72,7 @@ class RunLayout:
         return join(self.uri, "failures")
 
     def failure(self, task: str) -> str:
-        """``train[fraud_risk]`` → ``failures/train.fraud_risk.json`` (a key every object store and URI parser takes)."""
+        """``train[fraud_risk]`` → ``failures/train.fraud_risk.json``: a key every store and URI parser takes."""
         safe = "".join(c if c.isalnum() or c in "._-" else "." for c in task).strip(".")
         return join(self.failures(), f"{safe}.json")
 

@@ -11,12 +11,12 @@ exists, so an MLflow outage never leaves an alias pointing at nothing.
 
 from __future__ import annotations
 
-from factory_core.errors import FactoryError
-
 import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
+
+from factory_core.errors import FactoryError
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 

@@ -14,8 +14,7 @@ destination.
 
 from __future__ import annotations
 
-from factory_core.errors import FactoryError
-
+import hashlib
 import json
 import re
 import shutil
@@ -23,9 +22,8 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-import hashlib
-
 from factory_core.contracts import engine_identity, hash_mismatch
+from factory_core.errors import FactoryError
 from factory_core.fsutil import committed_dir, sha256_file
 from factory_core.layout import STORE_COMMITTED
 

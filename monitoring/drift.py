@@ -19,18 +19,16 @@ below the lower share (hysteresis), or when the champion changes.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import json
 import logging
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from factory_core.config import DriftConfig, FactoryConfig
 from factory_core.errors import FactoryError
-
-import numpy as np
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,14 @@ peeks into the next split.
 
 from __future__ import annotations
 
-from factory_core.errors import BadInput
-
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from factory_core.config import Family, FactoryConfig
+from factory_core.config import FactoryConfig, Family
+from factory_core.errors import BadInput
 from factory_core.families import spec
 
 

@@ -14,8 +14,20 @@ from pathlib import Path
 
 from factory_core import layout
 from factory_core.config import FactoryConfig
-from monitoring.drift import (EPISODE_TAG, DriftResult, DriftStatus, compare, drift_reason, export_metrics,
-                              feature_names, is_drift, load_reference, monitored_columns, next_episode, served_frame)
+from monitoring.drift import (
+    EPISODE_TAG,
+    DriftResult,
+    DriftStatus,
+    compare,
+    drift_reason,
+    export_metrics,
+    feature_names,
+    is_drift,
+    load_reference,
+    monitored_columns,
+    next_episode,
+    served_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +43,6 @@ def check(cfg: FactoryConfig, family: str, target: str, since: dt.datetime, unti
     only read, because only the DAG can emit the retrain asset event that must follow.
     """
     from model_registry.registry import NoSuchAlias, Registry
-
     from monitoring.serving import read_predictions
 
     dcfg = cfg.monitoring.drift

@@ -9,12 +9,9 @@ small), and never counts as a pass or a fail by itself: the caller's policy deci
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 from typing import Callable
 
 import numpy as np
-
-from factory_core.contracts import Decision
 
 from .evaluate import BACKTEST_MARGIN
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from factory_core.errors import BadInput
-
 import logging
 import os
 import tempfile
@@ -13,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from factory_core.config import Family
+from factory_core.errors import BadInput
 from factory_core.families import spec
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,21 @@ from typing import Any
 import numpy as np
 
 from factory_core.config import AgreementBounds, FactoryConfig, Family, FamilyGates, GateConfig, TargetConfig
+from factory_core.contracts import (
+    AccuracyReport,
+    Candidate,
+    Champion,
+    Check,
+    Decision,
+    Manifest,
+    Status,
+    TargetGate,
+    Verdict,
+    failed,
+    passed,
+    undecided,
+)
 from factory_core.families import spec
-from factory_core.contracts import (AccuracyReport, Candidate, Champion, Check, Decision, Manifest, Status, TargetGate,
-                                    Verdict, failed, passed, undecided)
 
 from .evidence import Agreement, agreement, metric_rows, paired_bootstrap
 

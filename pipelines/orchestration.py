@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from factory_core.config import FactoryConfig, load_config
+from factory_core.contracts import Record
 from factory_core.errors import is_final
 from factory_core.fsutil import delete, list_json, put_json
-from factory_core.contracts import Record
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         apply_client_limits(cfg)
         try:
             records = [_to_record(stage, i, a) for i, a in enumerate(args)]
+            ctx["factory_label"] = _label(records, kwargs)  # rendered by the DAG's map_index_template
             result = stage(cfg, *records, **kwargs)
         except Exception as exc:
             record_failure(cfg, run_date(ctx), task, exc)
@@ -113,6 +114,12 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     if isinstance(result, list):
         return [r.to_xcom() if isinstance(r, Record) else r for r in result]
     return str(result) if isinstance(result, Path) else result
+
+
+def _label(records: list[Any], kwargs: Mapping[str, Any]) -> str:
+    """``fraud_risk``, ``fraud_risk/int8``: the family a task works on (and the precision), for people."""
+    family = kwargs.get("family") or next((getattr(r, "family") for r in records if hasattr(r, "family")), "")
+    return "/".join(str(x) for x in (family, kwargs.get("precision")) if x)
 
 
 def _to_record(stage: Callable[..., Any], index: int, value: Any) -> Any:

@@ -79,8 +79,14 @@ def check_tracking(uri: str, timeout_s: float) -> None:
 def check_s3(uri: str, endpoint_url: str | None, timeout_s: float, what: str) -> None:
     import boto3
     from botocore.config import Config
-    from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
-                                     NoCredentialsError, ReadTimeoutError)
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
 
     bucket = uri[len("s3://"):].split("/", 1)[0]
     where = f"{what} {uri} at {redact(endpoint_url) if endpoint_url else 'AWS'}"

@@ -6,9 +6,8 @@ on a CPU before any GPU is involved; TensorRT 11 builds such graphs strongly typ
 
 from __future__ import annotations
 
-from factory_core.errors import BadInput
-
 import collections
+import contextlib
 import hashlib
 import logging
 import os
@@ -20,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import INPUT_NAME
+from factory_core.errors import BadInput
 from factory_core.fsutil import sha256_file
+
+from .export import INPUT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +157,31 @@ def onnx_fp32_to_int8(src: Path, dest: Path, calib: np.ndarray, method: str, cac
         # so it gets a private copy and the FP32 artifact stays byte-identical.
         work = Path(tmp) / "input.fp32.onnx"
         shutil.copyfile(src, work)
-        quantize(str(work), quantize_mode="int8", calibration_data={INPUT_NAME: calib}, calibration_method=method,
-                 calibration_eps=["cpu"], high_precision_dtype="fp32", op_types_to_quantize=list(INT8_OP_TYPES),
-                 calibration_shapes=shapes, output_path=str(out), log_level="WARNING")
+        with _no_progress_bars():
+            quantize(str(work), quantize_mode="int8", calibration_data={INPUT_NAME: calib},
+                     calibration_method=method, calibration_eps=["cpu"], high_precision_dtype="fp32",
+                     op_types_to_quantize=list(INT8_OP_TYPES), calibration_shapes=shapes, output_path=str(out),
+                     log_level="WARNING")
         if not out.is_file():
             raise RuntimeError(f"ModelOpt produced no output for {src}")
         cached.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out, cached)
         os.replace(out, dest)
     return False
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """ModelOpt's calibration draws tqdm bars on stderr, which Airflow files as error-level task log lines."""
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
 
 
 def quantization_coverage(path: Path) -> Coverage:

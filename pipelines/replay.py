@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from factory_core.config import Family, FactoryConfig
+from factory_core.config import FactoryConfig, Family
 from factory_core.families import spec
+
 from .data.simulator import Shift
 
 log = logging.getLogger(__name__)

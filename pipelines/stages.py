@@ -16,9 +16,22 @@ import time
 from pathlib import Path
 
 from factory_core import layout
-from factory_core.config import ConfigError, Family, FactoryConfig, TargetConfig
-from factory_core.contracts import (AccuracyReport, EngineResult, ExportResult, FeatureSet, GateReport, LakeSnapshot,
-                                    Plan, PublishResult, Status, TargetGate, TrainResult, Variant, VariantSet)
+from factory_core.config import ConfigError, FactoryConfig, Family, TargetConfig
+from factory_core.contracts import (
+    AccuracyReport,
+    EngineResult,
+    ExportResult,
+    FeatureSet,
+    GateReport,
+    LakeSnapshot,
+    Plan,
+    PublishResult,
+    Status,
+    TargetGate,
+    TrainResult,
+    Variant,
+    VariantSet,
+)
 from factory_core.families import spec
 from factory_core.fsutil import fetch, get_json, put_json, stage_output, write_json
 
@@ -216,8 +229,15 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
     from .benchmark import OnnxRuntimeRunner, infer_batched
     from .datasets import load_splits
     from .gates import tail_mask
-    from .quantize import (Precision, array_sha256, calibration_set, check_calibration, onnx_fp32_to_fp16,
-                           onnx_fp32_to_int8, quantization_coverage)
+    from .quantize import (
+        Precision,
+        array_sha256,
+        calibration_set,
+        check_calibration,
+        onnx_fp32_to_fp16,
+        onnx_fp32_to_int8,
+        quantization_coverage,
+    )
     from .train import evaluate_split
 
     fam = Family(ex.family)
@@ -287,7 +307,8 @@ def build_engine(cfg: FactoryConfig, p: Plan, vs: VariantSet, precision: str, ta
     from factory_core.availability import host_facts
 
     from . import engines
-    from .engines.base import BuildSpec, TargetUnavailableError, build_engine as build, onnx_io
+    from .engines.base import BuildSpec, TargetUnavailableError, onnx_io
+    from .engines.base import build_engine as build
 
     fam = Family(vs.family)
     declared = cfg.declared_target(target)
@@ -492,7 +513,7 @@ def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported:
 
 def record_outcome(cfg: FactoryConfig, date: str) -> list[str]:
     """Export the night's outcome and champion freshness to Prometheus; returns the failed tasks."""
-    from model_registry.registry import NoSuchAlias, Registry
+    from model_registry.registry import Registry
     from monitoring.batch import nightly_outcome
 
     from .orchestration import read_failures

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from factory_core.errors import BadInput
-
 import copy
 import logging
 import random
@@ -14,8 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from factory_core.config import Family, FactoryConfig
+from factory_core.config import FactoryConfig, Family
+from factory_core.errors import BadInput
 from factory_core.families import spec
+
 from .datasets import FamilyData, Split
 from .evaluate import backtest, classification_metrics
 from .models import build_model, positive_probability

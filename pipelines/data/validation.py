@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from factory_core.errors import BadInput
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
+from factory_core.errors import BadInput
 
 from .schema import BOOK_LEVELS, MARKET_DATASET, REGIMES, SCHEMAS
 

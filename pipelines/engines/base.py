@@ -9,8 +9,6 @@ commit the directory only when all of it is there.
 
 from __future__ import annotations
 
-from factory_core.errors import BadInput, Unavailable
-
 import datetime as dt
 import logging
 import shlex
@@ -23,9 +21,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from factory_core.config import FamilyConfig, TargetConfig
+from factory_core.contracts import MANIFEST, SOURCE_ONNX, Manifest, TensorInfo, hash_mismatch
+from factory_core.errors import BadInput, Unavailable
 from factory_core.families import spec
 from factory_core.fsutil import committed_dir, sha256_file, write_json
-from factory_core.contracts import MANIFEST, SOURCE_ONNX, Manifest, TensorInfo, hash_mismatch
 
 log = logging.getLogger(__name__)
 

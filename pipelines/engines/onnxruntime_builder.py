@@ -15,6 +15,7 @@ from pathlib import Path
 
 from factory_core.availability import onnxruntime_version
 from factory_core.config import TargetConfig
+
 from .base import RESULT, SOURCE_ONNX, BuildSpec, parse_shape_arg, shape_arg
 
 ENGINE_FILE = "model.ort.onnx"

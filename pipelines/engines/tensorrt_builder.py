@@ -24,6 +24,7 @@ from pathlib import Path
 
 from factory_core.availability import first_gpu, gpus, tensorrt_version
 from factory_core.config import TargetConfig
+
 from .base import RESULT, SOURCE_ONNX, BuildSpec, EngineBuildError, parse_shape_arg, shape_arg
 
 ENGINE_FILE = "model.plan"

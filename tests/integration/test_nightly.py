@@ -158,8 +158,8 @@ def test_gates_select_a_healthy_cpu_engine_per_family(night):
 
 def test_night_registers_in_mlflow_and_pushes_to_s3_then_pull_serves_it(night, services, tmp_path):
     from model_registry.registry import CHALLENGER, CHAMPION, Registry
-    from model_registry.store import S3Store
     from model_registry.runtime import EngineRunner
+    from model_registry.store import S3Store
 
     home, _ = night
     summary = json.loads((home / "runs" / DATE / "summary.json").read_text())
@@ -211,9 +211,9 @@ def test_rerun_same_date_is_idempotent(night, services):
     leftovers = [p for p in (home / "runs").rglob(".tmp-*")] + [p for p in (home / "runs").rglob(".old-*")]
     assert leftovers == []
     # the registry tells the truth about the store: one version per family x target for the date, same engine
+    from factory_core.contracts import engine_identity
     from model_registry.registry import CHAMPION, Registry
     from model_registry.store import S3Store
-    from factory_core.contracts import engine_identity
 
     reg = Registry(services["FACTORY__REGISTRY__TRACKING_URI"])
     store = S3Store("s3://nightly/engines", endpoint_url=services["FACTORY__REGISTRY__S3_ENDPOINT_URL"])
@@ -318,10 +318,10 @@ def test_kill_9_at_any_point_of_publish_then_rerun_leaves_registry_matching_stor
     one version for the date, no MLflow run left RUNNING, and the registry's engine is the store's byte for byte."""
     import mlflow
 
-    from model_registry.registry import CHAMPION, Registry
-    from model_registry.store import S3Store
     from factory_core.contracts import engine_identity
     from factory_core.fsutil import sha256_file
+    from model_registry.registry import CHAMPION, Registry
+    from model_registry.store import S3Store
 
     home, _ = night
     family, db = "price_direction", tmp_path / "mlflow.db"
@@ -420,8 +420,8 @@ def test_a_second_night_for_the_same_date_is_refused_naming_the_running_one(tmp_
     assert proc.returncode == 2
     assert f"a night for {DATE} is already running" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
     lock.write_text(_json.dumps({"pid": 2 ** 22 + 7, "host": socket.gethostname(), "started": "x"}))  # gone
-    from pipelines.cli import night_lock
     from factory_core.config import load_config
+    from pipelines.cli import night_lock
 
     with night_lock(load_config(profile="smoke", env={"FACTORY_HOME": str(home)}), DATE):  # a killed night's lock
         assert _json.loads(lock.read_text())["pid"] == os.getpid()

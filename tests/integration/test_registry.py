@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from factory_core.config import Family, TargetConfig, load_config
+from factory_core.fsutil import sha256_file
 from model_registry.pull import pull
 from model_registry.registry import CHALLENGER, CHAMPION, Registry, RegistryError
 from model_registry.runtime import EngineRunner
 from model_registry.store import LocalStore, S3Store, StoreError
 from model_registry.triton import config_pbtxt
-from factory_core.config import Family, TargetConfig, load_config
 from pipelines.engines.base import BuildSpec, build_engine, onnx_io
 from pipelines.engines.onnxruntime_builder import OnnxRuntimeBuilder
-from factory_core.fsutil import sha256_file
 
 from .conftest import MlflowServer, make_bucket
 

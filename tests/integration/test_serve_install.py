@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from factory_core.fsutil import sha256_file
 from model_registry.registry import Registry
 from model_registry.store import S3Store
-from factory_core.fsutil import sha256_file
 
 from .conftest import make_bucket
 from .test_registry import _engine

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from factory_core.config import Family, load_config
-from pipelines.datasets import FamilyData, InsufficientDataError, Split, build_family_data
 from factory_core.errors import FactoryError, is_final
+from pipelines.datasets import FamilyData, InsufficientDataError, Split, build_family_data
 from pipelines.preflight import PreflightError
 from pipelines.train import NonFiniteLossError, train_family
 
@@ -46,10 +46,10 @@ def test_non_finite_training_loss_is_final_and_names_the_family():
 
 
 def test_one_base_class_decides_retry_by_kind():
-    from pipelines.data.validation import DataValidationError
-    from pipelines.engines.base import EngineBuildError, TargetUnavailableError
     from model_registry.registry import RegistryUnavailable
     from model_registry.store import StoreError
+    from pipelines.data.validation import DataValidationError
+    from pipelines.engines.base import EngineBuildError, TargetUnavailableError
 
     final = [DataValidationError("market/date=2026-11-20/symbol=ESZ6", "bid_px_1", "negative"),
              EngineBuildError("bad graph"), TargetUnavailableError("no GPU")]

@@ -7,9 +7,20 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring.drift import (PREDICTION, ColumnDrift, DriftError, DriftResult, DriftStatus, compare, export_metrics,
-                              monitored_columns, next_episode, served_frame, to_columns)
 from factory_core.config import load_config
+from monitoring.drift import (
+    PREDICTION,
+    ColumnDrift,
+    DriftError,
+    DriftResult,
+    DriftStatus,
+    compare,
+    export_metrics,
+    monitored_columns,
+    next_episode,
+    served_frame,
+    to_columns,
+)
 from pipelines.data.simulator import Shift, simulate_market, simulate_transactions
 from pipelines.features import FRAUD_FEATURES, MARKET_FEATURES, fraud_features, market_features
 

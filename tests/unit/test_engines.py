@@ -15,18 +15,29 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from pipelines import stages
 from factory_core.config import ConfigError, Family, TargetConfig, load_config
-from pipelines.engines import builder_for
-from pipelines.engines.base import (BuildSpec, EngineBuildError, Shapes, TargetUnavailableError, build_engine,
-                                    onnx_io, verify_manifest)
-from pipelines.engines.onnxruntime_builder import OnnxRuntimeBuilder
-from pipelines.engines.tensorrt_builder import (TensorRTBuilder, precision_switches, timing_cache_path,
-                                                unavailable_reason)
-from pipelines.export import INPUT_NAME
-from factory_core.fsutil import sha256_file
-from pipelines.quantize import onnx_fp32_to_fp16
 from factory_core.contracts import Plan, Status, Variant, VariantSet
+from factory_core.fsutil import sha256_file
+from pipelines import stages
+from pipelines.engines import builder_for
+from pipelines.engines.base import (
+    BuildSpec,
+    EngineBuildError,
+    Shapes,
+    TargetUnavailableError,
+    build_engine,
+    onnx_io,
+    verify_manifest,
+)
+from pipelines.engines.onnxruntime_builder import OnnxRuntimeBuilder
+from pipelines.engines.tensorrt_builder import (
+    TensorRTBuilder,
+    precision_switches,
+    timing_cache_path,
+    unavailable_reason,
+)
+from pipelines.export import INPUT_NAME
+from pipelines.quantize import onnx_fp32_to_fp16
 
 
 @pytest.fixture(scope="module")

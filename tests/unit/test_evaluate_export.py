@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from pipelines import stages
 from factory_core.config import Family, load_config
+from pipelines import stages
 from pipelines.datasets import build_family_data
 from pipelines.evaluate import backtest, classification_metrics
 from pipelines.export import INPUT_NAME, ParityError, onnx_parity, torch_to_onnx

@@ -7,8 +7,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from factory_core.config import Family, load_config
-from pipelines.datasets import Split
 from factory_core.contracts import Decision
+from pipelines.datasets import Split
 from pipelines.evidence import agreement, auc_rows, log_mean_interval, metric_rows, paired_bootstrap
 from pipelines.gates import accuracy_verdict, champion_check
 

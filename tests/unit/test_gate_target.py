@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import faults, stages
 from factory_core.config import load_config
 from factory_core.contracts import Status
+from pipelines import faults, stages
 
 DATE = "2026-11-22"
 

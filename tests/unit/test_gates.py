@@ -9,16 +9,24 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from factory_core.config import Family, load_config
+from factory_core.contracts import Decision, Status
 from pipelines import faults
 from pipelines.benchmark import LatencyStats, OnnxRuntimeRunner, benchmark_interleaved, time_calls
-from factory_core.config import Family, load_config
 from pipelines.datasets import Split
-from factory_core.contracts import Decision
 from pipelines.export import INPUT_NAME, OUTPUT_NAME
-from pipelines.gates import (Candidate, accuracy_verdict, failed, latency_checks, onnx_runner,
-                             parity_check, passed, select, tail_mask)
+from pipelines.gates import (
+    Candidate,
+    accuracy_verdict,
+    failed,
+    latency_checks,
+    onnx_runner,
+    parity_check,
+    passed,
+    select,
+    tail_mask,
+)
 from pipelines.quantize import onnx_fp32_to_int8
-from factory_core.contracts import Status
 from pipelines.train import predict
 
 CFG = load_config(profile="smoke", env={})

@@ -24,11 +24,11 @@ def _rules():
 
 def _emitted(tmp_path) -> set[str]:
     """Series names the project writes: exporter, serving metrics, drift and nightly textfiles, recording rules."""
+    from factory_core.config import load_config
     from monitoring.batch import nightly_outcome
     from monitoring.drift import ColumnDrift, DriftResult, DriftStatus, export_metrics
     from monitoring.exporter import HELP
     from monitoring.serving import ServingMetrics
-    from factory_core.config import load_config
 
     names = set(HELP) | {"factory_exporter_nvml_up", "factory_exporter_gpus"}
     reg = CollectorRegistry()

@@ -6,10 +6,17 @@ import onnxruntime as ort
 import pytest
 
 from factory_core.config import Family
-from pipelines.export import INPUT_NAME
 from factory_core.fsutil import sha256_file
-from pipelines.quantize import (CalibrationError, array_sha256, calibration_set, check_calibration,
-                                onnx_fp32_to_fp16, onnx_fp32_to_int8, quantization_coverage)
+from pipelines.export import INPUT_NAME
+from pipelines.quantize import (
+    CalibrationError,
+    array_sha256,
+    calibration_set,
+    check_calibration,
+    onnx_fp32_to_fp16,
+    onnx_fp32_to_int8,
+    quantization_coverage,
+)
 
 
 @pytest.fixture(scope="module")

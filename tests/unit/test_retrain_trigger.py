@@ -4,8 +4,8 @@ import types
 
 import pytest
 
-from pipelines import stages
 from factory_core.config import ConfigError, load_config
+from pipelines import stages
 from pipelines.orchestration import retrain_request
 
 

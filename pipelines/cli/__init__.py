@@ -1,0 +1,43 @@
+"""``factory``: the command line of the model factory, one module per command group.
+
+``nightly`` (:mod:`.nightly`), the registry and the store (:mod:`.registry_cmds`), drift, replay and telemetry
+(:mod:`.monitoring_cmds`); the embedded Airflow they share is :mod:`.airflow_embedded`. A serving host uses
+``factory-serve`` (:mod:`model_registry.cli`) from the lean install instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from factory_core.errors import BadInput, FactoryError
+
+from . import monitoring_cmds, nightly, registry_cmds
+from .nightly import NightRunning, night_lock, run_nightly
+
+__all__ = ["NightRunning", "build_parser", "main", "night_lock", "run_nightly"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="factory", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in (nightly, registry_cmds, monitoring_cmds):
+        group.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except FactoryError as exc:  # the factory's own errors print one line; bugs keep their traceback
+        print(f"factory: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, BadInput) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
