@@ -176,7 +176,8 @@ def build_engine(builder: EngineBuilder, spec: BuildSpec, dest: Path, inputs: li
         if not engine.is_file() or engine.stat().st_size == 0:
             raise EngineBuildError(f"{what}: the build exited 0 but wrote no {builder.engine_file}")
         result = json.loads((tmp / RESULT).read_text()) if (tmp / RESULT).is_file() else {}
-        write_signature(tmp / MLMODEL, inputs, outputs)
+        if inputs and outputs:  # a graph without declared tensors has no signature to state
+            write_signature(tmp / MLMODEL, inputs, outputs)
         manifest = Manifest(
             family=spec.family, version=spec.version, target=spec.target.name,
             compute_capability=builder.compute_capability(spec.target), backend=builder.backend,

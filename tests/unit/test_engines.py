@@ -74,7 +74,7 @@ def test_cpu_engine_builds_runs_and_manifest_hashes_match(alert_onnx, smoke_cfg,
         spec = _spec(smoke_cfg, folder / f"model.{precision}.onnx", precision)
         m = build_engine(OnnxRuntimeBuilder(), spec, dest, *onnx_io(spec.onnx, "market_alert", smoke_cfg.families["market_alert"])[:2],
                          {"hostname": "test"})
-        assert sorted(p.name for p in dest.iterdir()) == ["build.log", "build_result.json", "manifest.json",
+        assert sorted(p.name for p in dest.iterdir()) == ["MLmodel", "build.log", "build_result.json", "manifest.json",
                                                           "model.onnx", "model.ort.onnx", "reproduce.sh"]
         assert m.sha256["engine"] == sha256_file(dest / "model.ort.onnx")
         assert m.sha256["onnx"] == sha256_file(folder / f"model.{precision}.onnx")
