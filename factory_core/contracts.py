@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, JsonValue, computed_field, model_validator
 
 from .fsutil import sha256_file
 
@@ -198,6 +198,49 @@ class Verdict(_Checked):
     metrics: dict[str, float] = {}
 
 
+Scalar = str | int | float | bool | None
+
+
+class Latency(Record):
+    """Latency of one runner at one batch size, pooled over the rounds, with each round's p50 and p99."""
+
+    batch: int
+    iters: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    throughput: float
+    """Samples per second at this batch (batch / mean latency)."""
+    rounds_p50_ms: list[float] = []
+    rounds_p99_ms: list[float] = []
+
+
+class HostLoad(Record):
+    """What else the host was doing while it timed (load average before and after, this process's CPU share)."""
+
+    loadavg_1m_before: float
+    loadavg_1m_after: float
+    cpus: float
+    process_cpu_share: float
+    rounds: int
+    calls_per_round: int
+
+
+class Benchmark(Record):
+    """One runner's interleaved benchmark on its target's host (:func:`pipelines.benchmark.benchmark_interleaved`)."""
+
+    runner: str
+    info: dict[str, Scalar] = {}
+    """The runner's backend facts: threads, provider, TensorRT version, CUDA graphs…"""
+    host: HostLoad
+    batch1: Latency
+    opt: Latency
+    telemetry: dict[str, Scalar | dict[str, Scalar]] | None = None
+    """NVML summary during the benchmark (GPU targets)."""
+
+
 class Candidate(_Checked):
     precision: str
     engine_dir: str
@@ -206,7 +249,7 @@ class Candidate(_Checked):
     auc: float | None = None
     p99_ms: float | None = None
     """Batch-1 p99."""
-    benchmark: dict[str, Any] = {}
+    benchmark: Benchmark | None = None
     outcome: str = ""
     """``selected``, or why it lost."""
 
@@ -234,9 +277,9 @@ class Manifest(Record):
     outputs: list[TensorInfo]
     sha256: dict[str, str | None]
     """``engine``, ``onnx`` (the variant built from) and ``calibration`` (INT8 only)."""
-    build: dict[str, Any]
+    build: dict[str, JsonValue]
     """``seconds``, ``started_at``, ``command``, backend ``options``, ``hardware_compatibility``."""
-    host: dict[str, Any]
+    host: dict[str, JsonValue]
     """Build host: hostname, CPU, GPU name, driver."""
     versions: dict[str, str]
     files: dict[str, str] = {}
@@ -247,26 +290,28 @@ IDENTITY_KEYS = ("family", "target", "compute_capability", "backend", "backend_v
                  "onnx_file", "inputs", "outputs", "sha256")
 
 
-def engine_identity(manifest: dict[str, Any]) -> str:
+def engine_identity(manifest: Manifest | dict[str, Any]) -> str:
     """The content identity of an engine: a sha256 over what it computes and is built from, never over when or
     where it was built (``build`` and ``host`` are left out). A rebuilt engine with the same bytes has the same
     identity; the store and the registry recognise a version by it."""
     import hashlib
     import json
 
+    if isinstance(manifest, Manifest):
+        manifest = manifest.model_dump(mode="json")
     body = {k: manifest.get(k) for k in IDENTITY_KEYS}
     body["hardware_compatibility"] = (manifest.get("build") or {}).get("hardware_compatibility")
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def hash_mismatch(folder: Path, manifest: dict[str, Any]) -> str | None:
+def hash_mismatch(folder: Path, manifest: Manifest) -> str | None:
     """What is wrong with the files in ``folder`` against ``manifest``'s sha256s; None if nothing.
 
     Checks the engine and the ONNX, and every file the manifest lists in ``files``; a symlink is refused.
     """
-    listed = dict(manifest.get("files") or {})
-    listed[manifest["engine_file"]] = manifest["sha256"]["engine"]
-    listed[manifest["onnx_file"]] = manifest["sha256"]["onnx"]
+    listed = dict(manifest.files)
+    listed[manifest.engine_file] = manifest.sha256["engine"]
+    listed[manifest.onnx_file] = manifest.sha256["onnx"]
     for name, digest in sorted(listed.items()):
         f = Path(folder) / name
         if f.is_symlink():
@@ -306,8 +351,8 @@ class Champion(Record):
     engine_dir: str = ""
     """Its verified local copy on the gate's worker (a cache, not an artifact of the run)."""
     p99_ms: float | None = None
-    benchmark: dict[str, Any] = {}
-    """Its interleaved benchmark this run (same shape as :attr:`Candidate.benchmark`)."""
+    benchmark: Benchmark | None = None
+    """Its interleaved benchmark this run, beside the candidates."""
 
 
 class TargetGate(Record):

@@ -128,11 +128,11 @@ def publish_family(cfg: FactoryConfig, night: Night, files: NightFiles,
                 versions.append(Registered(target=gate.target, registry_version=str(mv.version), store_uri=mv.source,
                                            precision=(mv.tags or {}).get("precision"), note=note))
                 continue
-            store_version = f"{manifest['version']}.{identity[:12]}"  # the content names the store folder
+            store_version = f"{manifest.version}.{identity[:12]}"  # the content names the store folder
             uri = store.put_version(engine_dir, family, gate.target, store_version)
-            manifest = {**manifest, "version": store_version}
-            description = (f"{family} for {gate.target}: {manifest['precision']} {manifest['backend']} "
-                           f"{manifest['backend_version']} engine from the {night.date} nightly (data "
+            manifest = manifest.model_copy(update={"version": store_version})
+            description = (f"{family} for {gate.target}: {manifest.precision} {manifest.backend} "
+                           f"{manifest.backend_version} engine from the {night.date} nightly (data "
                            f"{night.data_window}). Test AUC {win.auc or 0.0:.4f}; batch-1 p99 {win.p99_ms:.3f} ms on "
                            f"the build host. Selected over: " + "; ".join(
                                f"{c.precision}: {c.outcome}" for c in gate.candidates if c.precision != gate.selected))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factory_core.config import FactoryConfig
+from factory_core.contracts import Manifest
 from factory_core.fsutil import pid_alive
 
 from .registry import Registry
@@ -52,32 +53,32 @@ def local_target(choice: str) -> str:
     return gpu.target_name if gpu else "cpu"
 
 
-def check_compatible(manifest: dict, target: str) -> None:
+def check_compatible(manifest: Manifest, target: str) -> None:
     """The engine must be for this target, and loadable by this host's backend version."""
-    if manifest["target"] != target:
-        raise StoreError(f"engine is for target {manifest['target']}, this host is {target}")
+    if manifest.target != target:
+        raise StoreError(f"engine is for target {manifest.target}, this host is {target}")
     from factory_core.availability import onnxruntime_version, tensorrt_version
 
-    want = manifest["backend_version"]
-    probe = tensorrt_version() if manifest["backend"] == "tensorrt" else onnxruntime_version()
+    want = manifest.backend_version
+    probe = tensorrt_version() if manifest.backend == "tensorrt" else onnxruntime_version()
     if not probe:
-        raise StoreError(f"{manifest['backend']} {want} engine, but {probe.reason}")
+        raise StoreError(f"{manifest.backend} {want} engine, but {probe.reason}")
     have = str(probe.value)
     mm = lambda v: tuple(int(p) for p in v.split(".")[:2])  # noqa: E731
-    if manifest["backend"] == "tensorrt" and mm(have) != mm(want):
+    if manifest.backend == "tensorrt" and mm(have) != mm(want):
         raise StoreError(f"TensorRT engine built with {want}; this host has {have} (plans are not portable across "
                          f"TensorRT versions)")
-    if manifest["backend"] == "onnxruntime" and mm(have) < mm(want):
+    if manifest.backend == "onnxruntime" and mm(have) < mm(want):
         raise StoreError(f"engine optimized by onnxruntime {want}; this host has the older {have}")
 
 
-def check_registered(manifest: dict, mv) -> None:
+def check_registered(manifest: Manifest, mv) -> None:
     """The store's engine must be the one the registry version names (content identity and engine sha256)."""
     from factory_core.contracts import engine_identity
 
     tags = mv.tags or {}
     want_id, want_sha = tags.get("engine_identity"), tags.get("engine_sha256")
-    got_id, got_sha = engine_identity(manifest), manifest["sha256"]["engine"]
+    got_id, got_sha = engine_identity(manifest), manifest.sha256["engine"]
     if (want_id and want_id != got_id) or (want_sha and want_sha != got_sha):
         raise StoreError(f"{mv.name} v{mv.version} names engine {want_sha or '?'} (identity {want_id or '?'}), but the "
                          f"store's {tags.get('factory_version')} holds engine {got_sha} (identity {got_id}): refusing "

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from factory_core.contracts import Manifest
 from factory_core.errors import FactoryError
 
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -110,7 +111,7 @@ class Registry:
         query = " and ".join([f"name='{name}'"] + [f"tag.{k}='{v}'" for k, v in tags.items()])
         return sorted(self.client.search_model_versions(query), key=lambda mv: int(mv.version))
 
-    def register(self, family: str, target: str, source: str, manifest: dict, manifest_sha: str, run_id: str | None,
+    def register(self, family: str, target: str, source: str, manifest: Manifest, manifest_sha: str, run_id: str | None,
                  extra_tags: dict[str, str], description: str) -> str:
         """Create (or find, on a re-run or a retry) the version for one engine and point ``challenger`` at it.
 
@@ -125,11 +126,11 @@ class Registry:
         same = self.find(family, target, engine_identity=identity)
         mv = same[0] if same else None
         if mv is None:
-            tags = {"precision": manifest["precision"], "backend": manifest["backend"],
-                    "backend_version": manifest["backend_version"],
-                    "compute_capability": manifest["compute_capability"] or "cpu",
-                    "manifest_sha256": manifest_sha, "engine_sha256": manifest["sha256"]["engine"],
-                    "engine_identity": identity, "factory_version": manifest["version"], **extra_tags}
+            tags = {"precision": manifest.precision, "backend": manifest.backend,
+                    "backend_version": manifest.backend_version,
+                    "compute_capability": manifest.compute_capability or "cpu",
+                    "manifest_sha256": manifest_sha, "engine_sha256": manifest.sha256["engine"] or "",
+                    "engine_identity": identity, "factory_version": manifest.version, **extra_tags}
             mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags,
                                                   description=description)
         self.client.set_registered_model_alias(name, CHALLENGER, mv.version)

@@ -8,7 +8,6 @@ TensorRT through Polygraphy's ``TrtRunner``.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -16,18 +15,20 @@ from typing import Any
 
 import numpy as np
 
+from factory_core.contracts import MANIFEST, Manifest
+
 
 class _OrtEngine:
-    def __init__(self, folder: Path, manifest: dict):
+    def __init__(self, folder: Path, manifest: Manifest):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        opts = manifest["build"].get("options", {})
+        opts = manifest.build.get("options", {})
         so.intra_op_num_threads = int(opts.get("intra_op_threads", 1))
         so.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(folder / manifest["engine_file"]), so,
+        self.session = ort.InferenceSession(str(folder / manifest.engine_file), so,
                                             providers=["CPUExecutionProvider"])
-        self.input, self.output = manifest["inputs"][0]["name"], manifest["outputs"][0]["name"]
+        self.input, self.output = manifest.inputs[0].name, manifest.outputs[0].name
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.input: x})[0]
@@ -37,13 +38,13 @@ class _OrtEngine:
 
 
 class _TrtEngine:
-    def __init__(self, folder: Path, manifest: dict):
+    def __init__(self, folder: Path, manifest: Manifest):
         from polygraphy.backend.common import BytesFromPath
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-        self.runner = TrtRunner(EngineFromBytes(BytesFromPath(str(folder / manifest["engine_file"]))))
+        self.runner = TrtRunner(EngineFromBytes(BytesFromPath(str(folder / manifest.engine_file))))
         self.runner.activate()
-        self.input, self.output = manifest["inputs"][0]["name"], manifest["outputs"][0]["name"]
+        self.input, self.output = manifest.inputs[0].name, manifest.outputs[0].name
         self.lock = threading.Lock()  # one execution context: serialize
 
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -57,14 +58,14 @@ class _TrtEngine:
 class _Loaded:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.manifest = json.loads((self.folder / "manifest.json").read_text())
-        self.version = self.manifest["version"]
-        backend = self.manifest["backend"]
+        self.manifest = Manifest.model_validate_json((self.folder / MANIFEST).read_text())
+        self.version = self.manifest.version
+        backend = self.manifest.backend
         self.engine = _OrtEngine(self.folder, self.manifest) if backend == "onnxruntime" else _TrtEngine(
             self.folder, self.manifest)
 
     def warm_up(self, rounds: int = 20) -> None:
-        prof = self.manifest["inputs"][0]["profile"]
+        prof = self.manifest.inputs[0].profile
         rng = np.random.default_rng(0)
         for shape in (prof["min"], prof["opt"]):
             x = rng.standard_normal(shape).astype(np.float32)

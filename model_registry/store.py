@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from factory_core.contracts import engine_identity, hash_mismatch
+from factory_core.contracts import Manifest, engine_identity, hash_mismatch
 from factory_core.errors import FactoryError
 from factory_core.fsutil import committed_dir, sha256_file
 from factory_core.layout import STORE_COMMITTED
@@ -43,39 +43,39 @@ def check_name(name: str, what: str = "file name") -> str:
     return name
 
 
-def version_files(manifest: dict) -> list[str]:
+def version_files(manifest: Manifest) -> list[str]:
     """The files a version holds according to its manifest (checked names): the manifest, the engine, the ONNX,
     and whatever else it lists with a sha256 (``files``). A file the manifest does not hash is never stored or
     fetched."""
-    names = {MANIFEST, manifest["engine_file"], manifest["onnx_file"], *(manifest.get("files") or {})}
+    names = {MANIFEST, manifest.engine_file, manifest.onnx_file, *manifest.files}
     return sorted(check_name(n) for n in names)
 
 
-REQUIRED = {"family": str, "target": str, "version": str, "backend": str, "backend_version": str, "precision": str,
-            "engine_file": str, "onnx_file": str, "sha256": dict}
-
-
-def parse_manifest(text: str | bytes, where: str) -> dict:
+def parse_manifest(text: str | bytes, where: str) -> Manifest:
     """A manifest from its JSON text, or :class:`StoreError` in one line naming ``where`` and what is wrong."""
+    from pydantic import ValidationError
+
     try:
-        manifest = json.loads(text)
+        raw = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"{where}: malformed {MANIFEST}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
                          ) from None
-    if not isinstance(manifest, dict):
-        raise StoreError(f"{where}: malformed {MANIFEST}: expected an object, got {type(manifest).__name__}")
-    for key, kind in REQUIRED.items():
-        if not isinstance(manifest.get(key), kind):
-            raise StoreError(f"{where}: malformed {MANIFEST}: key {key!r} missing or not a {kind.__name__}")
+    if not isinstance(raw, dict):
+        raise StoreError(f"{where}: malformed {MANIFEST}: expected an object, got {type(raw).__name__}")
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        what = "missing" if err["type"] == "missing" else err["msg"].lower()
+        raise StoreError(f"{where}: malformed {MANIFEST}: key {key!r} {what}") from None
     for key in ("engine", "onnx"):
-        if not isinstance(manifest["sha256"].get(key), str):
+        if not isinstance(manifest.sha256.get(key), str):
             raise StoreError(f"{where}: malformed {MANIFEST}: sha256.{key} missing")
-    if not isinstance(manifest.get("files", {}), dict):
-        raise StoreError(f"{where}: malformed {MANIFEST}: 'files' is not an object")
     return manifest
 
 
-def read_manifest(folder: Path, where: str) -> dict:
+def read_manifest(folder: Path, where: str) -> Manifest:
     path = Path(folder) / MANIFEST
     if path.is_symlink():
         raise StoreError(f"{where}: {MANIFEST} is a symlink (refused)")
@@ -84,7 +84,7 @@ def read_manifest(folder: Path, where: str) -> dict:
     return parse_manifest(path.read_bytes(), where)
 
 
-def marker_body(manifest: dict) -> bytes:
+def marker_body(manifest: Manifest) -> bytes:
     """The ``_COMMITTED`` marker holds the engine identity; its own sha256 is its metadata."""
     return engine_identity(manifest).encode()
 
@@ -100,11 +100,11 @@ class EngineStore(Protocol):
 
     def put_files(self, src: Path, prefix: str) -> str: ...
 
-    def fetch(self, family: str, target: str, version: str, dest: Path) -> dict:
+    def fetch(self, family: str, target: str, version: str, dest: Path) -> Manifest:
         """Download a committed version into the (empty) directory ``dest``; return its manifest."""
 
 
-def verify_dir(folder: Path, manifest: dict, where: str) -> None:
+def verify_dir(folder: Path, manifest: Manifest, where: str) -> None:
     """Check the engine and ONNX bytes in ``folder`` against ``manifest`` (StoreError naming the file)."""
     version_files(manifest)  # refuses unsafe names before any path is built from them
     problem = hash_mismatch(Path(folder), manifest)
@@ -152,7 +152,7 @@ class LocalStore:
                     shutil.copy2(f, tmp / f.name)
         return str(dest)
 
-    def fetch(self, family: str, target: str, version: str, dest: Path) -> dict:
+    def fetch(self, family: str, target: str, version: str, dest: Path) -> Manifest:
         src = self._dir(family, target, version)
         where = f"{self.uri} {family}/{target}/{version}"
         if not (src / COMMITTED).is_file():
@@ -236,7 +236,7 @@ class S3Store:
         self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": f"{staging}/{n}"} for n in names]})
         return f"s3://{self.bucket}/{self._vkey(family, target, version)}"
 
-    def _manifest(self, family: str, target: str, version: str) -> dict:
+    def _manifest(self, family: str, target: str, version: str) -> Manifest:
         return parse_manifest(self._manifest_bytes(family, target, version), f"{self.uri} {family}/{target}/{version}")
 
     def _manifest_bytes(self, family: str, target: str, version: str) -> bytes:
@@ -251,7 +251,7 @@ class S3Store:
                                     ExtraArgs={"Metadata": {"sha256": sha256_file(f)}})
         return f"s3://{self.bucket}/{key}"
 
-    def fetch(self, family: str, target: str, version: str, dest: Path) -> dict:
+    def fetch(self, family: str, target: str, version: str, dest: Path) -> Manifest:
         if not self.exists(family, target, version):
             raise StoreError(f"{self.uri}: no committed version {family}/{target}/{version}")
         dest = Path(dest)

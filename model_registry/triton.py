@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from factory_core.config import AUTO, COMPUTE_CAPABILITIES, FactoryConfig, TargetConfig
+from factory_core.contracts import Manifest
 
 from .registry import CHAMPION, NoSuchAlias, Registry, RegistryError
 from .store import open_store
@@ -23,23 +24,23 @@ def _dims(shape: list) -> str:
     return "[ " + ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape[1:]) + " ]"
 
 
-def config_pbtxt(family: str, manifests: dict[str, dict], max_queue_delay_us: int = 100) -> str:
+def config_pbtxt(family: str, manifests: dict[str, Manifest], max_queue_delay_us: int = 100) -> str:
     """``manifests``: plan file name → manifest (all for one family)."""
     any_m = next(iter(manifests.values()))
-    gpu = any_m["backend"] == "tensorrt"
-    prof = any_m["inputs"][0]["profile"]
+    gpu = any_m.backend == "tensorrt"
+    prof = any_m.inputs[0].profile
     lines = [f'name: "{family}"', f'platform: "{"tensorrt_plan" if gpu else "onnxruntime_onnx"}"',
              f"max_batch_size: {prof['max'][0]}"]
-    for kind, tensors in (("input", any_m["inputs"]), ("output", any_m["outputs"])):
+    for kind, tensors in (("input", any_m.inputs), ("output", any_m.outputs)):
         for t in tensors:
-            lines.append(f'{kind} [ {{ name: "{t["name"]}" data_type: {_DTYPES[t["dtype"]]} dims: {_dims(t["shape"])} }} ]')
+            lines.append(f'{kind} [ {{ name: "{t.name}" data_type: {_DTYPES[t.dtype]} dims: {_dims(t.shape)} }} ]')
     lines.append(f"dynamic_batching {{ preferred_batch_size: [ {prof['opt'][0]} ] "
                  f"max_queue_delay_microseconds: {max_queue_delay_us} }}")
     lines.append(f"instance_group [ {{ kind: {'KIND_GPU' if gpu else 'KIND_CPU'} count: 1 }} ]")
     if gpu:
-        for fname, m in sorted(manifests.items(), key=lambda kv: kv[1]["compute_capability"]):
-            lines.append(f'cc_model_filenames [ {{ key: "{m["compute_capability"]}" value: "{fname}" }} ]')
-        newest = max(manifests.items(), key=lambda kv: tuple(int(p) for p in kv[1]["compute_capability"].split(".")))
+        for fname, m in sorted(manifests.items(), key=lambda kv: kv[1].compute_capability):
+            lines.append(f'cc_model_filenames [ {{ key: "{m.compute_capability}" value: "{fname}" }} ]')
+        newest = max(manifests.items(), key=lambda kv: tuple(int(p) for p in kv[1].compute_capability.split(".")))
         lines.append(f'default_model_filename: "{newest[0]}"')
     else:
         lines.append(f'default_model_filename: "{next(iter(manifests))}"')
@@ -75,7 +76,7 @@ def write_repository(cfg: FactoryConfig, family: str, dest: Path) -> Path:
         m = store.fetch(family, name, version, tmp)
         fname = f"model.{name}.plan" if t.backend == "tensorrt" else "model.onnx"
         # Triton's onnxruntime backend optimizes at load; it gets the ORT-optimized graph
-        shutil.move(tmp / m["engine_file"], version_dir / fname)
+        shutil.move(tmp / m.engine_file, version_dir / fname)
         shutil.rmtree(tmp)
         manifests[fname] = m
     (model_dir / "config.pbtxt").write_text(config_pbtxt(family, manifests))

@@ -300,7 +300,7 @@ def benchmark_interleaved(runners: dict[str, Runner], x_pool: np.ndarray, opt_ba
             "rounds": rounds, "calls_per_round": per_round}
     out: dict[str, Any] = {}
     for name, r in runners.items():
-        res: dict[str, Any] = {"runner": r.name, **r.info, "host": host}
+        res: dict[str, Any] = {"runner": r.name, "info": r.info, "host": host}
         for key, x in shapes.items():
             stats = LatencyStats.from_samples(len(x), np.concatenate(samples[name][key])).to_dict()
             rs = round_stats(samples[name][key])

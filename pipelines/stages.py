@@ -476,7 +476,7 @@ def publish(cfg: FactoryConfig, p: Plan, tr: TrainResult, ex: ExportResult, repo
     for g in report.targets:
         if g.family != family or g.winner is None:
             continue
-        tele = g.winner.benchmark.get("telemetry") or {}
+        tele = (g.winner.benchmark.telemetry if g.winner.benchmark else None) or {}
         if tele.get("available"):  # NVML during the winner's benchmark (GPU targets)
             extra |= summary_metrics(tele, f"{g.target}.bench_gpu")
         selected.append((g, fetch(g.winner.engine_dir, cfg.scratch)))

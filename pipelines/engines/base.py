@@ -236,7 +236,7 @@ def verify_manifest(engine_dir: Path) -> Manifest:
     if not path.is_file():
         raise EngineBuildError(f"{engine_dir}: no {MANIFEST}")
     m = Manifest.model_validate(json.loads(path.read_text()))
-    problem = hash_mismatch(Path(engine_dir), m.model_dump())
+    problem = hash_mismatch(Path(engine_dir), m)
     if problem:
         raise EngineBuildError(f"{engine_dir}: {problem}")
     return m

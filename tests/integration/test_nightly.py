@@ -150,7 +150,7 @@ def test_gates_select_a_healthy_cpu_engine_per_family(night):
             assert checks["parity"]["gating"] is False
             b1 = c["benchmark"]["batch1"]
             assert len(b1["rounds_p99_ms"]) == 7 and c["benchmark"]["host"]["cpus"] >= 1
-            assert b1["p50_ms"] <= b1["p90_ms"] <= b1["p99_ms"] <= b1["max_ms"] and c["benchmark"]["threads"] == 1
+            assert b1["p50_ms"] <= b1["p90_ms"] <= b1["p99_ms"] <= b1["max_ms"] and c["benchmark"]["info"]["threads"] == 1
             assert c["outcome"] == "selected" or c["outcome"].startswith(("slower: p99", "tie with", "rejected: "))
     assert (home / "runs" / DATE / "gates" / "accuracy_vs_p99.png").stat().st_size > 10_000
     assert "Gates" in proc.stdout and "selected" in proc.stdout
@@ -223,7 +223,7 @@ def test_rerun_same_date_is_idempotent(night, services):
         dest = home / "check" / fam
         dest.mkdir(parents=True)
         manifest = store.fetch(fam, "cpu", mv.tags["factory_version"], dest)
-        assert (engine_identity(manifest), manifest["precision"]) == (mv.tags["engine_identity"], mv.tags["precision"])
+        assert (engine_identity(manifest), manifest.precision) == (mv.tags["engine_identity"], mv.tags["precision"])
 
 
 def test_replay_catches_the_shift_and_triggers_retraining_once_per_episode(night, services):
@@ -344,8 +344,8 @@ def test_kill_9_at_any_point_of_publish_then_rerun_leaves_registry_matching_stor
     got.mkdir()
     manifest = store.fetch(family, "cpu", mv.tags["factory_version"], got)
     assert engine_identity(manifest) == mv.tags["engine_identity"]
-    assert sha256_file(got / manifest["engine_file"]) == mv.tags["engine_sha256"] == manifest["sha256"]["engine"]
-    assert manifest["precision"] == mv.tags["precision"]
+    assert sha256_file(got / manifest.engine_file) == mv.tags["engine_sha256"] == manifest.sha256["engine"]
+    assert manifest.precision == mv.tags["precision"]
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
                               filter_string=f"tags.family = '{family}'")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from factory_core.config import Family, TargetConfig, load_config
+from factory_core.contracts import Manifest
 from factory_core.fsutil import sha256_file
 from model_registry.pull import pull
 from model_registry.registry import CHALLENGER, CHAMPION, Registry, RegistryError
@@ -47,6 +48,10 @@ def engines(tmp_path_factory, export_small_model):
     return _engine(export_small_model, folder, 1), _engine(export_small_model, folder, 2)
 
 
+def _record(m: dict) -> Manifest:
+    return Manifest.model_validate(m)
+
+
 def _manifest(d: Path) -> dict:
     return json.loads((d / "manifest.json").read_text())
 
@@ -62,7 +67,7 @@ def test_s3_store_roundtrip_with_sha256_metadata(engines, aws_env, tmp_path):
     head = store.s3.head_object(Bucket="factory", Key=f"engines/fraud_risk/cpu/{m['version']}/model.ort.onnx")
     assert head["Metadata"]["sha256"] == m["sha256"]["engine"]
     got = store.fetch("fraud_risk", "cpu", m["version"], tmp_path)
-    assert got == m and sha256_file(tmp_path / "model.ort.onnx") == m["sha256"]["engine"]
+    assert got.model_dump(mode="json") == m and sha256_file(tmp_path / "model.ort.onnx") == m["sha256"]["engine"]
 
 
 def test_upload_dying_midway_leaves_no_visible_version(engines, aws_env, monkeypatch):
@@ -107,9 +112,9 @@ def test_registry_aliases_promote_rollback_and_idempotent_registration(engines, 
     reg = Registry(mlflow_server.uri)  # a model of its own: the server is shared with the nightly test
     e1, e2 = engines
     m1, m2 = _manifest(e1), _manifest(e2)
-    v1 = reg.register(FAM, "cpu", "s3://x/1", m1, sha256_file(e1 / "manifest.json"), None,
+    v1 = reg.register(FAM, "cpu", "s3://x/1", _record(m1), sha256_file(e1 / "manifest.json"), None,
                       {"data_window": "a..b", "git_commit": "abc"}, "first")
-    again = reg.register(FAM, "cpu", "s3://x/1", m1, sha256_file(e1 / "manifest.json"), None, {}, "first")
+    again = reg.register(FAM, "cpu", "s3://x/1", _record(m1), sha256_file(e1 / "manifest.json"), None, {}, "first")
     assert again == v1  # a retried task does not create a second version
     mv = reg.resolve(FAM, "cpu", CHALLENGER)
     assert mv.version == v1 and mv.tags["precision"] == "fp32" and mv.tags["backend"] == "onnxruntime"
@@ -117,7 +122,7 @@ def test_registry_aliases_promote_rollback_and_idempotent_registration(engines, 
     with pytest.raises(RegistryError, match="registry_test.cpu: no version has alias 'champion'"):
         reg.resolve(FAM, "cpu", CHAMPION)
     reg.promote(FAM, "cpu", v1, by="test", why="first champion")
-    v2 = reg.register(FAM, "cpu", "s3://x/2", m2, sha256_file(e2 / "manifest.json"), None, {}, "second")
+    v2 = reg.register(FAM, "cpu", "s3://x/2", _record(m2), sha256_file(e2 / "manifest.json"), None, {}, "second")
     reg.promote(FAM, "cpu", v2, by="alice", why="better AUC")
     champ = reg.resolve(FAM, "cpu", CHAMPION)
     assert champ.version == v2 and reg.history(FAM, "cpu")[-1] | {"at": "-"} == {
@@ -138,8 +143,8 @@ def test_a_champion_moved_in_the_mlflow_ui_leaves_rollback_metric_and_provenance
     fam = "ui_moves"
     reg = Registry(mlflow_server.uri)
     e1, e2 = engines
-    v1 = reg.register(fam, "cpu", "s3://x/1", _manifest(e1), sha256_file(e1 / "manifest.json"), None, {}, "1")
-    v2 = reg.register(fam, "cpu", "s3://x/2", _manifest(e2), sha256_file(e2 / "manifest.json"), None, {}, "2")
+    v1 = reg.register(fam, "cpu", "s3://x/1", _record(_manifest(e1)), sha256_file(e1 / "manifest.json"), None, {}, "1")
+    v2 = reg.register(fam, "cpu", "s3://x/2", _record(_manifest(e2)), sha256_file(e2 / "manifest.json"), None, {}, "2")
     reg.promote(fam, "cpu", v1, by="policy:auto_promote", why="first night")
     reg.promote(fam, "cpu", v2, by="policy:auto_promote", why="second night")
     before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -166,12 +171,12 @@ def test_mlflow_down_during_registration_fails_clearly_with_no_dangling_alias(en
     reg._ensure_model("fraud_risk.cpu", "fraud_risk", "cpu")
     server.stop()
     with pytest.raises(Exception, match="127.0.0.1"):  # the error names the unreachable endpoint
-        reg.register("fraud_risk", "cpu", "s3://x/1", m1, "sha", None, {}, "d")
+        reg.register("fraud_risk", "cpu", "s3://x/1", _record(m1), "sha", None, {}, "d")
     server.start()  # same DB, back up: nothing half-done is visible
     reg = Registry(server.uri)
     with pytest.raises(RegistryError):
         reg.resolve("fraud_risk", "cpu", CHALLENGER)
-    assert reg.register("fraud_risk", "cpu", "s3://x/1", m1, "sha", None, {}, "d") == "1"  # the retry succeeds
+    assert reg.register("fraud_risk", "cpu", "s3://x/1", _record(m1), "sha", None, {}, "d") == "1"  # the retry succeeds
     server.stop()
 
 
@@ -188,7 +193,7 @@ def test_pull_verifies_installs_atomically_and_keeps_the_installed_version_on_co
     for e in (e1, e2):
         m = _manifest(e)
         uri = store.put_version(e, "fraud_risk", "cpu", m["version"])
-        versions[e] = reg.register("fraud_risk", "cpu", uri, m, sha256_file(e / "manifest.json"), None, {}, "d")
+        versions[e] = reg.register("fraud_risk", "cpu", uri, _record(m), sha256_file(e / "manifest.json"), None, {}, "d")
     name = "fraud_risk.cpu"
     reg.client.set_registered_model_alias(name, "prod", versions[e1])
     dest = tmp_path / "serving"
@@ -364,7 +369,7 @@ def test_pull_refuses_a_store_that_disagrees_with_the_registry_and_cleans_a_kill
     e1, e2 = engines
     uri = store.put_version(e2, "mismatch_test", "cpu", "20261121.x")  # the store holds e2 under the version...
     m1 = {**_manifest(e1), "family": "mismatch_test", "version": "20261121.x"}
-    v = reg.register("mismatch_test", "cpu", uri, m1, "sha", None, {}, "d")  # ...the registry says e1
+    v = reg.register("mismatch_test", "cpu", uri, _record(m1), "sha", None, {}, "d")  # ...the registry says e1
     reg.client.set_registered_model_alias("mismatch_test.cpu", CHAMPION, v)
     dest = tmp_path / "serving"
     killed = dest / "mismatch_test" / "cpu" / "versions" / ".tmp-999999-deadbeef"  # a pull killed by kill -9
@@ -404,9 +409,9 @@ def test_auto_promotion_never_replaces_a_champion_from_a_newer_night(engines, ml
 
     e1, e2 = engines
     reg = Registry(mlflow_server.uri)
-    newer = reg.register("dates_test", "cpu", "s3://x/1", _manifest(e1), "a", None, {"date": "2026-11-22"}, "d")
+    newer = reg.register("dates_test", "cpu", "s3://x/1", _record(_manifest(e1)), "a", None, {"date": "2026-11-22"}, "d")
     assert auto_promote(reg, "dates_test", "cpu", newer, "2026-11-22", "why") == (True, "")
-    older = reg.register("dates_test", "cpu", "s3://x/2", _manifest(e2), "b", None, {"date": "2026-11-21"}, "d")
+    older = reg.register("dates_test", "cpu", "s3://x/2", _record(_manifest(e2)), "b", None, {"date": "2026-11-21"}, "d")
     promoted, note = auto_promote(reg, "dates_test", "cpu", older, "2026-11-21", "why")
     assert not promoted and "trained for 2026-11-22, newer than this night's 2026-11-21" in note
     assert reg.resolve("dates_test", "cpu", CHAMPION).version == newer

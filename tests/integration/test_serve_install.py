@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from factory_core.contracts import Manifest
 from factory_core.fsutil import sha256_file
 from model_registry.registry import Registry
 from model_registry.store import S3Store
@@ -80,7 +81,7 @@ def test_a_lean_host_pulls_predicts_and_hot_swaps(lean, export_small_model, mlfl
     for e in (e1, e2):
         m = json.loads((e / "manifest.json").read_text())
         uri = store.put_version(e, FAM, "cpu", m["version"])
-        versions.append(reg.register(FAM, "cpu", uri, m, sha256_file(e / "manifest.json"), None, {}, "lean test"))
+        versions.append(reg.register(FAM, "cpu", uri, Manifest.model_validate(m), sha256_file(e / "manifest.json"), None, {}, "lean test"))
     reg.promote(FAM, "cpu", versions[0], by="test", why="first")
     cfg = tmp_path / "factory.yaml"
     cfg.write_text(f"registry:\n  tracking_uri: {mlflow_server.uri}\n  store_uri: s3://serving/engines\n"
