@@ -51,7 +51,7 @@ def _first_line(text: str) -> str:
 
 
 HISTORY_TAG = "champion.history"
-"""Registered-model tag: the champion's history as JSON, ``[{version, at, by, why[, detected_at]}]``."""
+"""Registered-model tag: the champion's history as JSON, ``[{version, at, by, why[, not_before]}]``."""
 HISTORY_KEEP = 20
 
 
@@ -174,9 +174,10 @@ class Registry:
         Every promotion the factory makes (policy, ``factory promote``, ``factory rollback``) appends an entry
         to one record, the registered model's tag :data:`HISTORY_TAG`. A person who moves ``champion`` in the
         MLflow UI (or any other client) leaves no entry; when the alias names another version than the last
-        entry, the move is appended here, as ``by: outside the factory``, with the time the model was last
-        updated (the move happened then or earlier) and when it was detected. Rollback, the promotion metric
-        and the provenance all read this record, so they agree with the alias whoever moved it.
+        entry, the move is appended here, as ``by: outside the factory``, dated when the factory first saw it
+        (``at``; MLflow records no time for an alias move) with ``not_before``, the previous entry's time.
+        Rollback, the promotion metric and the provenance all read this record, so they agree with the alias
+        whoever moved it. The nightly's outcome task reads it every night, so a move is seen within a day.
         """
         from mlflow.exceptions import MlflowException
 
@@ -193,16 +194,15 @@ class Registry:
             raise
         last = entries[-1]["version"] if entries else None
         if current is not None and current != last:
-            rm = self.client.get_registered_model(name)
-            when = dt.datetime.fromtimestamp(rm.last_updated_timestamp / 1000, dt.timezone.utc)
-            entries.append({"version": current, "at": when.isoformat(timespec="seconds"),
-                            "by": "outside the factory (MLflow UI or API)",
+            # MLflow keeps no time for an alias move: the factory dates it when it first sees it, and says since when
+            # it may have happened (the previous entry).
+            entries.append({"version": current, "at": _now(), "by": "outside the factory (MLflow UI or API)",
                             "why": f"champion alias found on v{current}" + (f", not v{last}" if last else ""),
-                            "detected_at": _now()})
+                            "not_before": entries[-1]["at"] if entries else ""})
             self._write_history(family, target, entries)
         elif current is None and last is not None:  # the alias was deleted outside the factory
             entries.append({"version": "", "at": _now(), "by": "outside the factory (MLflow UI or API)",
-                            "why": f"champion alias removed (was v{last})", "detected_at": _now()})
+                            "why": f"champion alias removed (was v{last})", "not_before": entries[-1]["at"]})
             self._write_history(family, target, entries)
         return entries
 

@@ -271,12 +271,12 @@ class S3Store:
         return manifest
 
 
-def _same_engine(stored: dict, new: dict, where: str) -> None:
+def _same_engine(stored: Manifest, new: Manifest, where: str) -> None:
     a, b = engine_identity(stored), engine_identity(new)
     if a != b:
         raise StoreError(f"{where}: the store already holds another engine under this version (identity {a[:12]}, "
-                         f"engine {stored['sha256']['engine'][:12]}); refusing to keep engine {b[:12]} "
-                         f"({new['sha256']['engine'][:12]}) under it")
+                         f"engine {(stored.sha256['engine'] or '')[:12]}); refusing to keep engine {b[:12]} "
+                         f"({(new.sha256['engine'] or '')[:12]}) under it")
 
 
 def open_store(uri: str, endpoint_url: str | None = None) -> EngineStore:

@@ -265,10 +265,13 @@ def test_hot_swap_under_concurrent_requests_loses_none(engines, tmp_path):
 
 def test_triton_config_maps_compute_capabilities_to_plans():
     def m(cc):
-        return {"backend": "tensorrt", "compute_capability": cc,
-                "inputs": [{"name": "features", "dtype": "float32", "shape": ["batch", "seq", 16],
-                            "profile": {"min": [1, 30, 16], "opt": [32, 60, 16], "max": [256, 120, 16]}}],
-                "outputs": [{"name": "prob", "dtype": "float32", "shape": ["batch", 1]}]}
+        return _record({"family": "market_alert", "version": "v", "target": f"sm_{cc.replace('.', '')}",
+                        "backend": "tensorrt", "backend_version": "10.13.3", "precision": "fp16",
+                        "engine_file": "model.plan", "onnx_file": "model.onnx", "compute_capability": cc,
+                        "inputs": [{"name": "features", "dtype": "float32", "shape": ["batch", "seq", 16],
+                                    "profile": {"min": [1, 30, 16], "opt": [32, 60, 16], "max": [256, 120, 16]}}],
+                        "outputs": [{"name": "prob", "dtype": "float32", "shape": ["batch", 1]}],
+                        "sha256": {"engine": "e", "onnx": "o"}, "build": {}, "host": {}, "versions": {}})
 
     text = config_pbtxt("market_alert", {"model.sm_86.plan": m("8.6"), "model.sm_90.plan": m("9.0")})
     assert 'platform: "tensorrt_plan"' in text and "max_batch_size: 256" in text
@@ -344,7 +347,7 @@ def test_store_trusts_only_what_the_manifest_hashes(engines, tmp_path):
 
 
 @pytest.mark.parametrize("text, problem", [("{not json", "not valid JSON"), ('{"family": "fraud_risk"}',
-                                                                             "key 'target' missing")])
+                                                                             "key 'version' missing")])
 def test_a_malformed_manifest_is_one_clear_line(engines, tmp_path, text, problem):
     e1, _ = engines
     store = LocalStore(tmp_path / "store")
