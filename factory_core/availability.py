@@ -111,11 +111,6 @@ def local_target() -> Probe:
     return Probe(found.value[0].target_name)
 
 
-def local_target_name() -> str | None:
-    """This host's ``sm_XY`` when CUDA (a GPU through NVML) and TensorRT are both here, else None."""
-    return local_target().value
-
-
 def host_facts() -> dict[str, object]:
     """Host description recorded in manifests and benchmark reports."""
     gpu = first_gpu()

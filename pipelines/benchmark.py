@@ -11,39 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from factory_core.contracts import Latency
+
 from .evidence import round_stats
 
 
-@dataclass(frozen=True)
-class LatencyStats:
-    batch: int
-    iters: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-    mean_ms: float
-    throughput: float
-    """Samples per second at this batch (batch / mean latency)."""
-
-    @classmethod
-    def from_samples(cls, batch: int, samples_ns: list[int] | np.ndarray) -> "LatencyStats":
-        ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
-        if ms.size == 0:
-            raise ValueError("no timed iterations")
-        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-        mean = float(ms.mean())
-        return cls(batch=batch, iters=int(ms.size), p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
-                   max_ms=float(ms.max()), mean_ms=mean, throughput=batch / (mean / 1e3) if mean > 0 else float("inf"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def latency_stats(batch: int, samples_ns: list[int] | np.ndarray, rounds: list[np.ndarray] | None = None) -> Latency:
+    """p50/p90/p99/max/mean and throughput of timed calls at one batch size (with each round's p50/p99)."""
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    if ms.size == 0:
+        raise ValueError("no timed iterations")
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    mean = float(ms.mean())
+    rs = round_stats(rounds) if rounds else None
+    return Latency(batch=batch, iters=int(ms.size), p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
+                   max_ms=float(ms.max()), mean_ms=mean, throughput=batch / (mean / 1e3) if mean > 0 else float("inf"),
+                   rounds_p50_ms=rs.p50.tolist() if rs else [], rounds_p99_ms=rs.p99.tolist() if rs else [])
 
 
 def time_calls(fn: Callable[[], object], warmup: int, iters: int, max_seconds: float,
@@ -254,10 +242,6 @@ class TensorRTRunner:
         return _cuda_latencies(torch, step, warmup, iters, max_seconds)
 
 
-def measure(runner: Runner, x: np.ndarray, warmup: int, iters: int, max_seconds: float) -> LatencyStats:
-    return LatencyStats.from_samples(len(x), runner.latencies(x, warmup, iters, max_seconds))
-
-
 def host_load() -> dict[str, float]:
     """What else the host was doing: 1-minute load average and CPU count."""
     import os
@@ -302,9 +286,7 @@ def benchmark_interleaved(runners: dict[str, Runner], x_pool: np.ndarray, opt_ba
     for name, r in runners.items():
         res: dict[str, Any] = {"runner": r.name, "info": r.info, "host": host}
         for key, x in shapes.items():
-            stats = LatencyStats.from_samples(len(x), np.concatenate(samples[name][key])).to_dict()
-            rs = round_stats(samples[name][key])
-            res[key] = stats | {"rounds_p50_ms": rs.p50.tolist(), "rounds_p99_ms": rs.p99.tolist()}
+            res[key] = latency_stats(len(x), np.concatenate(samples[name][key]), samples[name][key]).model_dump()
         if gpu:
             res["telemetry"] = sampler.summary()
         out[name] = res

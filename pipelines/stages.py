@@ -290,7 +290,7 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
     return result
 
 
-def _left_out(cfg: FactoryConfig, p: Plan, target: str) -> str:
+def _left_out(p: Plan, target: str) -> str:
     """Why ``target`` does not run tonight ('' when it does)."""
     if target not in p.targets:
         return f"target {target} left out of this run by its params (targets: {p.targets})"
@@ -318,7 +318,7 @@ def build_engine(cfg: FactoryConfig, p: Plan, vs: VariantSet, precision: str, ta
         return EngineResult(family=fam, precision=precision, target=tgt.name, backend=str(tgt.backend),
                             status=Status.SKIPPED, reason=reason, required=tgt.required)
 
-    if reason := _left_out(cfg, p, target):
+    if reason := _left_out(p, target):
         return skipped(reason)
     tgt, reason = cfg.resolve_target(target)  # ``auto`` becomes this worker's own architecture, here
     if tgt is None:
@@ -404,7 +404,7 @@ def gate_target(cfg: FactoryConfig, p: Plan, acc: AccuracyReport, built: list[En
     from .gates import gate_engines
 
     fam = Family(acc.family)
-    if reason := _left_out(cfg, p, target):
+    if reason := _left_out(p, target):
         return TargetGate(family=fam, target=target, status=Status.SKIPPED, reason=reason)
     tgt, reason = cfg.resolve_target(target)
     if tgt is None:

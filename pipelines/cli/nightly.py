@@ -111,6 +111,8 @@ class Progress:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nightly-progress", daemon=True)
         self.counts: dict[str, int] = {}
+        self.started = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)  # clock slack against the DB's
+        self._run_id: str | None = None
 
     def __enter__(self) -> "Progress":
         self._thread.start()
@@ -159,9 +161,8 @@ class Progress:
             if f["task"].split("[")[0] == task_id and (not label or label in f["task"] or "[" not in f["task"]):
                 self.out.write(f"           {f['error']}: {f['reason'].splitlines()[0][:300]}\n")
 
-    _run_id: str | None = None
-
     def run_id(self) -> str | None:
+        """This night's run: the newest run of the DAG that started after this watcher did."""
         if self._run_id is None:
             from airflow.models.dagrun import DagRun
             from airflow.utils.session import create_session
@@ -172,8 +173,6 @@ class Progress:
                                               .where(DagRun.start_date >= self.started)
                                               .order_by(DagRun.start_date.desc()).limit(1))
         return self._run_id
-
-    started = dt.datetime.now(dt.timezone.utc)
 
 
 def _run_nightly_locked(cfg: FactoryConfig, date: str, console, params: dict) -> int:
@@ -195,11 +194,8 @@ def _run_nightly_locked(cfg: FactoryConfig, date: str, console, params: dict) ->
             return 3
         dag = bag.dags[NIGHTLY_DAG]
         logical = dt.datetime.fromisoformat(date).replace(hour=2, tzinfo=dt.timezone.utc)
-        progress = Progress(cfg, date, terminal)
-        progress.started = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
-        with progress:
+        with Progress(cfg, date, terminal) as progress:
             dagrun = dag.test(logical_date=logical, run_conf=params)
-            progress._run_id = dagrun.run_id
     elapsed = time.perf_counter() - start
     state = str(getattr(dagrun, "state", "unknown"))
     failures = orchestration.read_failures(cfg, date)

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from factory_core.config import Family, load_config
 from factory_core.contracts import Decision, Status
 from pipelines import faults
-from pipelines.benchmark import LatencyStats, OnnxRuntimeRunner, benchmark_interleaved, time_calls
+from pipelines.benchmark import OnnxRuntimeRunner, benchmark_interleaved, latency_stats, time_calls
 from pipelines.datasets import Split
 from pipelines.export import INPUT_NAME, OUTPUT_NAME
 from pipelines.gates import (
@@ -183,7 +183,7 @@ def test_harness_statistics_on_a_synthetic_clock():
     ticks = iter(stamps)
     samples = time_calls(lambda: None, warmup=3, iters=100, max_seconds=10, clock=lambda: next(ticks))
     assert samples == [ms * 1_000_000 for ms in range(1, 101)]
-    s = LatencyStats.from_samples(4, samples)
+    s = latency_stats(4, samples)
     assert (s.iters, s.p50_ms, s.max_ms, s.mean_ms) == (100, 50.5, 100.0, 50.5)
     assert s.p90_ms == pytest.approx(90.1) and s.p99_ms == pytest.approx(99.01)
     assert s.throughput == pytest.approx(4 / 0.0505)
