@@ -250,12 +250,17 @@ def host_load() -> dict[str, float]:
     return {"loadavg_1m": load1, "cpus": float(os.cpu_count() or 0)}
 
 
+VISIT_WARMUP = 3
+"""Untimed calls at each visit of a runner in a round."""
+
+
 def benchmark_interleaved(runners: dict[str, Runner], x_pool: np.ndarray, opt_batch: int, warmup: int, iters: int,
                           max_seconds: float, rounds: int, gpu: bool = False, seed: int = 0) -> dict[str, Any]:
     """Time several runners (the champion and the candidates) interleaved, in ``rounds`` rounds on this host.
 
     Each round visits the runners in a fresh random order and times ``iters / rounds`` calls of each at
-    batch 1 and at ``opt_batch``; host noise (another process, a frequency change) lands on every runner
+    batch 1 and at ``opt_batch``, after :data:`VISIT_WARMUP` untimed calls (the first call after another
+    runner finds cold caches, and would otherwise be the p99 of whoever follows a slow runner); host noise (another process, a frequency change) lands on every runner
     of the round alike instead of on whichever ran when it happened. Returns, per runner, the pooled
     statistics plus per-round p50/p99 (``rounds_p50_ms``, ``rounds_p99_ms``) for the gates' intervals,
     and ``host``: the load average before and after, and the share of a CPU this process used.
@@ -277,7 +282,8 @@ def benchmark_interleaved(runners: dict[str, Runner], x_pool: np.ndarray, opt_ba
         for _ in range(rounds):
             for name in rng.permutation(list(runners)):
                 for key, x in shapes.items():
-                    samples[name][key].append(np.asarray(runners[name].latencies(x, 0, per_round, seconds)))
+                    samples[name][key].append(
+                        np.asarray(runners[name].latencies(x, VISIT_WARMUP, per_round, seconds)))
     wall = time.perf_counter() - wall0
     host = {"loadavg_1m_before": before["loadavg_1m"], "loadavg_1m_after": host_load()["loadavg_1m"],
             "cpus": before["cpus"], "process_cpu_share": (time.process_time() - cpu0) / wall if wall else 0.0,

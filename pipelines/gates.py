@@ -271,6 +271,10 @@ def onnx_runner(path: Path) -> Any:
     return OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]))
 
 
+P99_MIN_CALLS = 100
+"""Calls per round below which a round's p99 is its maximum, too noisy to compare with the champion's."""
+
+
 def latency_checks(cand: dict[str, Any], budget_ms: float, champion: dict[str, Any] | None, max_regression: float,
                    noise_floor_ms: float, level: float) -> list[Check]:
     """Batch-1 latency from interleaved rounds (:func:`pipelines.benchmark.benchmark_interleaved`).
@@ -299,7 +303,13 @@ def latency_checks(cand: dict[str, Any], budget_ms: float, champion: dict[str, A
     if champion is None:
         return checks
     cb1 = champion["batch1"]
+    calls = min(cand.get("host", {}).get("calls_per_round", P99_MIN_CALLS),
+                champion.get("host", {}).get("calls_per_round", P99_MIN_CALLS))
     for stat in ("p50", "p99"):
+        if stat == "p99" and calls < P99_MIN_CALLS:
+            checks.append(undecided("p99_vs_champion", f"p99 not compared: {calls} calls per round, a p99 needs "
+                                    f"at least {P99_MIN_CALLS} (raise benchmark.iters)", n=k))
+            continue
         mine, theirs = np.asarray(b1[f"rounds_{stat}_ms"]), np.asarray(cb1[f"rounds_{stat}_ms"])
         ratio = log_mean_interval(mine / theirs, level)
         diff = b1[f"{stat}_ms"] - cb1[f"{stat}_ms"]

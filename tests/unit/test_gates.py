@@ -142,7 +142,9 @@ def test_interleaved_rounds_catch_a_slowed_runner_and_pass_the_same_engine_twice
     _, src, _, split, _ = pdir
     champ, again = OnnxRuntimeRunner(src), OnnxRuntimeRunner(src)
     runners = {"champion": champ, "same": again, "slow": _Slowed(champ, 0.002)}
-    bench = benchmark_interleaved(runners, split.x[:16], opt_batch=8, warmup=3, iters=70, max_seconds=5.0, rounds=7)
+    # production's counts (benchmark.iters 1000+ over 7 rounds): a round's p99 needs >= 100 calls
+    bench = benchmark_interleaved(runners, split.x[:16], opt_batch=8, warmup=3, iters=1400, max_seconds=7.0, rounds=7)
+    assert bench["slow"]["host"]["calls_per_round"] == 200
     assert len(bench["slow"]["batch1"]["rounds_p99_ms"]) == 7 and bench["slow"]["batch1"]["p50_ms"] >= 2.0
     host = bench["slow"]["host"]
     assert host["cpus"] >= 1 and host["rounds"] == 7 and host["loadavg_1m_before"] >= 0
@@ -153,6 +155,11 @@ def test_interleaved_rounds_catch_a_slowed_runner_and_pass_the_same_engine_twice
     assert all(c.ok for c in same), [c.detail for c in same]
     over = latency_checks(bench["slow"], 1.0, None, 0.10, 0.05, 0.95)
     assert [c.name for c in over if not c.ok] == ["p99_budget"]
+    # too few calls per round: a round's "p99" is its maximum, so p99 is not compared (p50 still is)
+    few = {n: {**r, "host": {**r["host"], "calls_per_round": 10}} for n, r in bench.items()}
+    thin = {c.name: c for c in latency_checks(few["slow"], 10_000, few["champion"], 0.10, 0.05, 0.95)}
+    assert thin["p99_vs_champion"].decision is Decision.UNDECIDED and "10 calls per round" in thin["p99_vs_champion"].detail
+    assert not thin["p50_vs_champion"].ok
 
 
 def test_latency_decisions_on_synthetic_rounds():
