@@ -46,25 +46,36 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
 
 from factory_core.config import load_config
 from pipelines import stages
-from pipelines.orchestration import RETRAIN_ASSET, config_from_params, retrain_request, run_date, run_stage, xcom_items
+from pipelines.orchestration import (
+    RETRAIN_ASSET,
+    config_from_params,
+    queue_outcomes,
+    require_pools,
+    retrain_request,
+    run_date,
+    run_stage,
+    xcom_items,
+)
 
 LABEL = "{{ factory_label }}"
 """A mapped task instance's name in the UI and in ``factory nightly``'s progress: its family (and precision)."""
-TARGETS = load_config().declared_targets()  # the DAG's shape: the config file alone, never a run's params
+SHAPE = load_config()  # the DAG's shape: the config file alone, never a run's params
+TARGETS = SHAPE.declared_targets()
+ROUTED = [t for t in TARGETS if t.queue != "default"]
+"""Targets on their own queue: a night waits a bounded time for a live worker there (``engines.worker_wait_s``)."""
 
 
 @dag(
     dag_id="nightly_model_factory",
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"),
                                  assets=[Asset(RETRAIN_ASSET)]),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    # No start_date: unpausing waits for the next 02:00 instead of starting a run for the slot that just passed.
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=1,  # one night at a time: a run writes runs/<date>/ and moves the registry's aliases
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True},
     params={
         "profile": Param("default", enum=["default", "smoke"], description="size of the night (never its shape)"),
@@ -79,6 +90,7 @@ TARGETS = load_config().declared_targets()  # the DAG's shape: the config file a
 def nightly_model_factory():
     @task
     def plan() -> dict:
+        require_pools(sorted({str(t.pool) for t in TARGETS}))  # a missing pool would leave its tasks unscheduled
         ctx = get_current_context()
         families, trigger = retrain_request(ctx)
         return run_stage(stages.plan, run_date(ctx), families=families or ctx["params"].get("families"),
@@ -96,7 +108,17 @@ def nightly_model_factory():
     def features(plan: dict, snapshot: dict) -> dict:
         return run_stage(stages.build_features, plan, snapshot)
 
-    @task(map_index_template=LABEL)
+    @task
+    def queues(plan: dict) -> dict:
+        """Waits (bounded) for a live worker on each routed target's queue; ``{target: reason}`` for those without."""
+        return queue_outcomes(plan, ROUTED, SHAPE.engines.worker_wait_s)
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def route(outcomes: dict, target: str) -> bool:
+        """False (skips this target's build and gate) when its queue has no worker; the report records why."""
+        return target not in outcomes
+
+    @task(map_index_template=LABEL, queue=SHAPE.train.queue)
     def train(plan: dict, feature_set: dict, family: str) -> dict:
         return run_stage(stages.train, plan, feature_set, family=family)
 
@@ -120,16 +142,17 @@ def nightly_model_factory():
     def gate(plan: dict, accuracy: dict, built: list[dict], target: str) -> dict:
         return run_stage(stages.gate_target, plan, accuracy, xcom_items(built), target=target)
 
-    @task
-    def gate_report(plan: dict, accuracy: list[dict], gates: list) -> dict:
-        return run_stage(stages.gate_report, plan, xcom_items(accuracy), [g for seq in gates for g in xcom_items(seq)])
+    @task(trigger_rule="none_failed")  # a target skipped for want of a worker is recorded, not a failure
+    def gate_report(plan: dict, accuracy: list[dict], gates: list, unavailable: dict) -> dict:
+        return run_stage(stages.gate_report, plan, xcom_items(accuracy), [g for seq in gates for g in xcom_items(seq)],
+                         unavailable=unavailable)
 
     @task(map_index_template=LABEL)
     def publish(plan: dict, report: dict, night: tuple) -> dict:
         trained, exported = night
         return run_stage(stages.publish, plan, trained, exported, report)
 
-    @task
+    @task(trigger_rule="none_failed")
     def summarize(plan: dict, trained: list[dict], exported: list[dict], variant_sets: list[dict],
                   engines: list, report: dict, published: list[dict]) -> str:
         built = [e for per_target in engines for e in xcom_items(per_target)]
@@ -152,6 +175,7 @@ def nightly_model_factory():
     exported = export.partial(plan=p).expand(trained=trained)
     variant_sets = variants.partial(plan=p).expand(exported=exported)
     acc = accuracy.partial(plan=p).expand(variant_set=variant_sets)
+    q = queues(p)
     built, gated = [], []
     for t in TARGETS:  # each target's build and gate run on its own workers
         on_target = {"queue": t.queue, "pool": t.pool}
@@ -159,9 +183,11 @@ def nightly_model_factory():
         b = b.expand(variant_set=variant_sets, precision=t.precisions)
         g = gate.override(task_id=f"gate_{t.name}", **on_target).partial(plan=p, built=b, target=t.name)
         g = g.expand(accuracy=acc)
+        if t.queue != "default":
+            route.override(task_id=f"route_{t.name}")(q, t.name) >> b
         built.append(b)
         gated.append(g)
-    report = gate_report(p, acc, gated)
+    report = gate_report(p, acc, gated, q)
     published = publish.partial(plan=p, report=report).expand(night=trained.zip(exported))
     summarize(p, trained, exported, variant_sets, built, report, published) >> outcome()
 

@@ -111,6 +111,9 @@ class TrainConfig(_Strict):
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     threads: int = Field(0, ge=0)
     """torch intra-op threads on CPU; 0 leaves torch's default."""
+    queue: str = "default"
+    """Airflow queue of the ``train`` tasks: ``train`` in a fleet, where the trainer host (CUDA + AMP when it has a
+    GPU) is the only worker on it. Part of the DAG's shape, read from the config file at parse."""
 
     @field_validator("split")
     @classmethod
@@ -152,9 +155,9 @@ class TargetConfig(_Strict):
     queue: str | None = None
     """Airflow queue of this target's tasks (Celery/Edge workers); default ``default`` / ``gpu_<name>``."""
     pool: str | None = None
-    """Airflow pool of this target's tasks; default ``engines_<name>``."""
-    pool_slots: int = Field(1, ge=1)
-    """Size of that pool: concurrent builds/benchmarks (1 on a GPU keeps timings clean)."""
+    """Airflow pool of this target's tasks; default ``engines_<name>``. Pools and their slots are declared once, in
+    ``infra/airflow/pools.json`` (``$FACTORY_POOLS``), and created by ``factory airflow init``; one slot on a GPU
+    keeps timings clean."""
     required: bool = False
     """A required target that cannot build fails the night; others record ``skipped``."""
     hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
@@ -219,6 +222,10 @@ class EngineConfig(_Strict):
     """``auto``: ``cpu`` plus this host's ``sm_XY`` when CUDA and TensorRT are both here."""
     tensorrt: TensorRTConfig = TensorRTConfig()
     onnxruntime: OnnxRuntimeConfig = OnnxRuntimeConfig()
+    worker_wait_s: float = Field(600.0, ge=0)
+    """Under the CeleryExecutor, how long a night waits for a live worker on a target's queue (other than
+    ``default``) before the target records ``skipped`` ("no worker on queue gpu_sm_XY"), or fails the night when
+    ``required``. A queued task with no worker would otherwise wait for good."""
 
     @field_validator("targets")
     @classmethod

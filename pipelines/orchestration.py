@@ -44,6 +44,49 @@ def retrain_request(context: Mapping[str, Any]) -> tuple[list[str] | None, str]:
     return None, "manual" if "manual" in run_type else "schedule"
 
 
+def require_pools(names: list[str]) -> None:
+    """Fail this task at once, without retry, naming any of ``names`` that is not an Airflow pool."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from factory_core.errors import BadInput
+
+    from .fleet import check_pools
+
+    try:
+        check_pools(names)
+    except BadInput as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+def queue_outcomes(plan: Mapping[str, Any], targets: list[Any], wait_s: float) -> dict[str, str]:
+    """``{target: reason}`` for each of ``targets`` (each on its own queue) that gets no worker tonight.
+
+    A target the run's params leave out is listed without waiting (its tasks must not be queued either). The
+    others wait in parallel, each up to ``wait_s``, for a live worker on their queue; a ``required`` one without
+    a worker fails the task (and so the night) with the same words.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from .fleet import celery_queue_workers, wait_for_queue
+
+    out = {t.name: f"target {t.name} left out of this run by its params (targets: {plan['targets']})"
+           for t in targets if t.name not in plan["targets"]}
+    waiting = [t for t in targets if t.name not in out]
+    workers = celery_queue_workers()
+    with ThreadPoolExecutor(max_workers=max(1, len(waiting))) as pool:
+        reasons = list(pool.map(lambda t: wait_for_queue(str(t.queue), wait_s, workers), waiting))
+    for t, reason in zip(waiting, reasons):
+        if reason is None:
+            continue
+        if t.required:
+            raise AirflowFailException(f"target {t.name} is required: {reason}")
+        log.warning("target %s skipped: %s", t.name, reason)
+        out[t.name] = reason
+    return out
+
+
 def xcom_items(seq: Any) -> list:
     """A mapped task's results as a list. Index by length: iterating a lazy XCom sequence probes one past its end."""
     return [seq[i] for i in range(len(seq))]

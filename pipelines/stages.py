@@ -421,10 +421,18 @@ def gate_target(cfg: FactoryConfig, p: Plan, acc: AccuracyReport, built: list[En
     return gate_engines(cfg, fam, tgt, engines, acc, splits, prob_ref, champion)
 
 
-def gate_report(cfg: FactoryConfig, p: Plan, accuracy: list[AccuracyReport], gated: list[TargetGate]) -> GateReport:
-    """The night's gate report and its accuracy-vs-p99 plot, committed under ``<run>/gates/``."""
+def gate_report(cfg: FactoryConfig, p: Plan, accuracy: list[AccuracyReport], gated: list[TargetGate],
+                unavailable: dict[str, str] | None = None) -> GateReport:
+    """The night's gate report and its accuracy-vs-p99 plot, committed under ``<run>/gates/``.
+
+    ``unavailable``: targets whose build and gate tasks never ran (no worker on their queue), with the reason;
+    each family records them ``skipped``.
+    """
     from .report import plot_accuracy_vs_p99
 
+    seen = {(g.family, g.target) for g in gated}
+    gated = gated + [TargetGate(family=a.family, target=t, status=Status.SKIPPED, reason=reason)
+                     for t, reason in sorted((unavailable or {}).items()) for a in accuracy if (a.family, t) not in seen]
     report = GateReport(date=p.date, profile=cfg.profile, accuracy=accuracy, targets=gated)
     with stage_output(_run(p).gates(), cfg.scratch) as tmp:
         write_json(tmp / layout.GATE_REPORT, report.to_xcom())

@@ -44,16 +44,9 @@ def prepare_airflow(cfg: FactoryConfig) -> None:
 
     logging.getLogger(__name__).info("airflow: migrating metadata DB at %s", env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     db.initdb()
-    ensure_pools(cfg)
+    from pipelines.fleet import ensure_pools
 
-
-def ensure_pools(cfg: FactoryConfig) -> None:
-    """Create (or resize) each target's Airflow pool; a task in a missing pool would never be scheduled."""
-    from airflow.models.pool import Pool
-
-    for t in cfg.declared_targets():
-        Pool.create_or_update_pool(str(t.pool), t.pool_slots, f"model-factory engine builds/benchmarks for {t.name}",
-                                   include_deferred=False)
+    ensure_pools()  # infra/airflow/pools.json, as `factory airflow init` does for a deployment
 
 
 def run_drift_monitor(cfg: FactoryConfig, config_path: str | None, windows: list[tuple[dt.datetime, dt.datetime]],
