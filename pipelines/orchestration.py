@@ -44,20 +44,6 @@ def retrain_request(context: Mapping[str, Any]) -> tuple[list[str] | None, str]:
     return None, "manual" if "manual" in run_type else "schedule"
 
 
-def require_pools(names: list[str]) -> None:
-    """Fail this task at once, without retry, naming any of ``names`` that is not an Airflow pool."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from factory_core.errors import BadInput
-
-    from .fleet import check_pools
-
-    try:
-        check_pools(names)
-    except BadInput as exc:
-        raise AirflowFailException(str(exc)) from exc
-
-
 def queue_outcomes(plan: Mapping[str, Any], targets: list[Any], wait_s: float) -> dict[str, str]:
     """``{target: reason}`` for each of ``targets`` (each on its own queue) that gets no worker tonight.
 

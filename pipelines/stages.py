@@ -43,7 +43,7 @@ def _run(p: Plan) -> layout.RunLayout:
 
 
 def plan(cfg: FactoryConfig, date: str, families: list[str] | None = None, trigger: str = "schedule",
-         targets: list[str] | None = None) -> Plan:
+         targets: list[str] | None = None, pools: list[str] | None = None) -> Plan:
     """Resolve the logical date into the lake days to use, the families to train and the targets to build.
 
     ``families`` (a drift trigger, or the run's params) and ``targets`` (the run's params) narrow the night;
@@ -53,6 +53,10 @@ def plan(cfg: FactoryConfig, date: str, families: list[str] | None = None, trigg
     """
     from .preflight import preflight
 
+    if pools:  # Airflow pools the night's tasks use: a missing one would leave its tasks unscheduled, silently
+        from .fleet import check_pools
+
+        check_pools(pools)
     for line in preflight(cfg):  # every service the night needs, reached now with short timeouts
         log.info("preflight ok: %s", line)
     day = dt.date.fromisoformat(date)
