@@ -1,7 +1,8 @@
 """
 ### nightly_model_factory
 
-Every night at 02:00 UTC: **ingest** the lake days before the logical date (the
+Every night at 02:00 UTC: **plan** (first: fails at once, naming them, when the target pools of
+`infra/airflow/pools.json` are missing; then the preflight of every service) → **ingest** the lake days before the logical date (the
 embedded simulator fills missing days) → **features** → **train**, mapped over the
 enabled families → **export** each to FP32 ONNX with parity against PyTorch → **variants**: FP16 and
 INT8 (ModelOpt explicit Q/DQ, regime-stratified calibration) graphs, each scored in
@@ -26,6 +27,12 @@ updates when a family's served data drifts: such a run retrains the drifted fami
 only, and records the drift reason in its plan. A last task, **outcome** (runs
 whatever happened), exports the night's outcome and each champion's promotion time
 to Prometheus, for the "nightly failed" and "no fresh champion" alerts.
+
+Under the CeleryExecutor, **queues** waits up to `engines.worker_wait_s` for a live worker on each GPU
+target's queue (`gpu_sm_XY`); **route_<target>** skips the build and gate of a target without one, which the
+gate report records `skipped`: "no worker on queue gpu_sm_XY" (a `required` target fails the night instead).
+`train` runs on `train.queue` (the trainer host in a fleet). Unpausing starts nothing: the first run is the
+next 02:00 (no `start_date`); see docs/operations.md.
 
 The target matrix is read from the factory config when the DAG is parsed
 (`$FACTORY_CONFIG` or `./factory.yaml`, profile `$FACTORY_PROFILE`).

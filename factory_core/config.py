@@ -140,7 +140,7 @@ class QuantizeConfig(_Strict):
 Precision = Literal["fp32", "fp16", "int8"]
 AUTO = "auto"
 """A target name that the building worker resolves to its own ``sm_XY`` (``engines.targets: auto``)."""
-_TARGET_NAME = re.compile(r"^(cpu|sm_(\d)(\d+))$")
+_TARGET_NAME = re.compile(r"^(cpu(?:_[a-z0-9]+)?|sm_(\d)(\d+))$")
 COMPUTE_CAPABILITIES = ("sm_70", "sm_72", "sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_100", "sm_101",
                         "sm_103", "sm_110", "sm_120", "sm_121")
 """NVIDIA compute capabilities a GPU target may name (Volta to Blackwell); ``sm_9x`` or ``sm_999`` is a typo."""
@@ -174,11 +174,11 @@ class TargetConfig(_Strict):
         name = data["name"]
         if name == AUTO:  # this worker's own architecture, resolved where the build runs
             data = {"queue": "default", **data}
-        elif not _TARGET_NAME.match(name) or (name != "cpu" and name not in COMPUTE_CAPABILITIES):
-            raise ValueError(f"target name {name!r}: expected 'cpu' or a real compute capability "
-                             f"({', '.join(COMPUTE_CAPABILITIES)})")
+        elif not _TARGET_NAME.match(name) or (not is_cpu_target(name) and name not in COMPUTE_CAPABILITIES):
+            raise ValueError(f"target name {name!r}: expected 'cpu', a CPU class 'cpu_<class>' or a real compute "
+                             f"capability ({', '.join(COMPUTE_CAPABILITIES)})")
         data = dict(data)
-        gpu = name != "cpu"
+        gpu = not is_cpu_target(name)
         data.setdefault("backend", "tensorrt" if gpu else "onnxruntime")
         data.setdefault("queue", f"gpu_{name}" if gpu else "default")
         data.setdefault("pool", f"engines_{name}")
@@ -192,10 +192,16 @@ class TargetConfig(_Strict):
     def compute_capability(self) -> tuple[int, int] | None:
         """(major, minor) for ``sm_XY``: ``sm_86`` → (8, 6), ``sm_100`` → (10, 0)."""
         m = _TARGET_NAME.match(self.name)
-        if self.name == "cpu" or m is None:
+        if is_cpu_target(self.name) or m is None:
             return None
         digits = m.group(2) + m.group(3)
         return int(digits[:-1]), int(digits[-1])
+
+
+def is_cpu_target(name: str) -> bool:
+    """``cpu``, or a CPU class ``cpu_<class>`` (e.g. ``cpu_icelake``: one serving CPU fleet, built and timed on a
+    worker of that class, on the default queue unless ``queue`` says otherwise)."""
+    return name == "cpu" or name.startswith("cpu_")
 
 
 def _default_targets() -> list[TargetConfig]:

@@ -80,8 +80,15 @@ def xcom_items(seq: Any) -> list:
 
 def config_from_params(params: Mapping[str, Any]) -> FactoryConfig:
     """The worker's config (``$FACTORY_CONFIG``, the same file that shaped the DAG) at the run's profile: a
-    profile sizes a night, it never changes which tasks exist (``tests/unit/test_config.py`` holds that)."""
-    return load_config(None, params.get("profile") or None)
+    profile sizes a night, it never changes which tasks exist (``tests/unit/test_config.py`` holds that).
+
+    Also points this process's clients at the config's endpoints (S3 endpoint, MLflow retries), so every task
+    body (a stage, the outcome, the drift check) reaches the same run root and registry."""
+    from .preflight import apply_client_limits
+
+    cfg = load_config(None, params.get("profile") or None)
+    apply_client_limits(cfg)
+    return cfg
 
 
 def run_date(context: Mapping[str, Any]) -> str:
@@ -117,8 +124,6 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowFailException
 
-    from .preflight import apply_client_limits
-
     ctx = get_current_context()
     ti = ctx["ti"]
     # One failure file per task instance: the family when it is an argument, else the map index.
@@ -127,7 +132,6 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     label = kwargs.get("family") or ("" if map_index in (-1, None) else map_index)
     task = ti.task_id + (f"[{label}]" if label != "" else "")
     with task_home(config_from_params(ctx["params"])) as cfg:
-        apply_client_limits(cfg)
         try:
             records = [_to_record(stage, i, a) for i, a in enumerate(args)]
             ctx["factory_label"] = _label(records, kwargs)  # rendered by the DAG's map_index_template

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from factory_core.availability import onnxruntime_version
-from factory_core.config import TargetConfig
+from factory_core.config import TargetConfig, is_cpu_target
 
 from .base import RESULT, SOURCE_ONNX, BuildSpec, parse_shape_arg, shape_arg
 
@@ -27,8 +27,8 @@ class OnnxRuntimeBuilder:
     engine_file = ENGINE_FILE
 
     def unavailable_reason(self, target: TargetConfig) -> str | None:
-        if target.name != "cpu":
-            return f"backend onnxruntime builds only the cpu target, not {target.name}"
+        if not is_cpu_target(target.name):
+            return f"backend onnxruntime builds only cpu targets, not {target.name}"
         probe = onnxruntime_version()
         return None if probe else probe.reason
 

@@ -77,6 +77,8 @@ class Fleet:
     workers: list[Worker]
     targets: list[dict] = field(default_factory=list)
     wait_s: float = 20.0
+    pools_file: Path | None = None
+    """Pools file for `factory airflow init` (default: infra/airflow/pools.json)."""
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -238,6 +240,7 @@ class Fleet:
             "AIRFLOW_CONN_FACTORY_AIRFLOW_API": self.api_url,
             "FACTORY_CONFIG": str(self.config_path),
             "FACTORY_HOME": str(factory_home),
+            **({"FACTORY_POOLS": str(self.pools_file)} if self.pools_file else {}),
             "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
             "PYTHONUNBUFFERED": "1",
         }
@@ -277,18 +280,18 @@ class Fleet:
         return self
 
     def stop(self) -> None:
-        for name, p in reversed(list(self.procs.items())):
-            if p.poll() is None:
+        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):  # whole process groups: no stragglers
+            for p in reversed(list(self.procs.values())):
                 try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
+                    os.killpg(p.pid, sig)
+                except (ProcessLookupError, PermissionError):
                     pass
-        deadline = time.time() + 30
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+            deadline = time.time() + grace
+            for p in self.procs.values():
+                try:
+                    p.wait(timeout=max(0.1, deadline - time.time()))
+                except subprocess.TimeoutExpired:
+                    pass
         self._teardown_net()
 
     # ---- the operator's view: REST --------------------------------------------------------------------
