@@ -100,7 +100,7 @@ def _trt_rows(run_dir, fam, x, opt, b):
     gpu = first_gpu()
     if run_dir is None or not tensorrt_version() or gpu is None:
         return []
-    from pipelines.benchmark import TensorRTRunner
+    from model_registry.trt import TensorRTRunner
 
     out = []
     for prec in ("fp32", "fp16", "int8"):

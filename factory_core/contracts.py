@@ -261,6 +261,21 @@ class TensorInfo(Record):
     profile: dict[str, list[int]] | None = None
 
 
+class CanarySample(Record):
+    """Inputs recorded at build time with the engine's own outputs on its build host: a serving host's preflight
+    canary runs the engine on them and refuses it unless every output is within ``atol + rtol * |expected|``."""
+
+    file: str
+    rows: int
+    atol: float
+    rtol: float
+
+
+CANARY_FILE = "canary.npz"
+CANARY_TOLERANCE = {"fp32": (1e-4, 1e-3), "fp16": (5e-3, 1e-2), "int8": (2e-2, 5e-2)}
+"""(atol, rtol) per precision: another host of the same target may pick other kernels (CPU ISA, GPU SKU)."""
+
+
 class Manifest(Record):
     """Everything needed to trust, run or rebuild one engine."""
 
@@ -284,6 +299,8 @@ class Manifest(Record):
     versions: dict[str, str]
     files: dict[str, str] = {}
     """sha256 of every file of the engine directory but the manifest itself: nothing unlisted is trusted."""
+    canary: CanarySample | None = None
+    """The recorded sample a serving host's preflight canary checks the engine against (None: older engines)."""
 
 
 IDENTITY_KEYS = ("family", "target", "compute_capability", "backend", "backend_version", "precision", "engine_file",

@@ -36,16 +36,57 @@ def run_pull(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+def add_replay_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", nargs="?", help="the failure's id (omit with --list)")
+    p.add_argument("--failures", required=True, help="the serving host's failure store (FailureStore root)")
+    p.add_argument("--engine", help="installed engine directory to re-run it against (any version)")
+    p.add_argument("--list", action="store_true", help="list the stored failures")
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """Re-run a captured failed request against an installed engine; prints JSON (outputs, finite, error)."""
+    import json
+
+    import numpy as np
+
+    from .canary import read_manifest
+    from .runtime import FailureStore, load_engine
+
+    store = FailureStore(Path(args.failures))
+    if args.list or not args.id:
+        for rec in store.list():
+            print(json.dumps(rec))
+        return 0
+    if not args.engine:
+        raise BadInput("replay-failure needs --engine DIR (the installed version to re-run the request against)")
+    try:
+        x, rec = store.load(args.id)
+    except KeyError as exc:
+        raise BadInput(str(exc)) from exc
+    manifest = read_manifest(Path(args.engine))
+    out: dict = {"id": args.id, "failed_on": rec["version"], "error": rec["error"], "replayed_on": manifest.version}
+    try:
+        y = load_engine(Path(args.engine), manifest).infer(np.ascontiguousarray(x, dtype=np.float32))
+        out.update(outputs=y.tolist(), finite=bool(np.isfinite(y).all()))
+    except Exception as exc:  # noqa: BLE001 - the replay's own failure is its result
+        out.update(outputs=None, finite=False, replay_error=f"{type(exc).__name__}: {exc}")
+    print(json.dumps(out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="factory-serve", description=__doc__)
     parser.add_argument("--config", default=None, help="factory.yaml (default: $FACTORY_CONFIG or ./factory.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     add_pull_arguments(sub.add_parser("pull", help="install the engine an alias names for this host"))
+    add_replay_arguments(sub.add_parser("replay-failure", help="re-run a captured failed request on any version"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "replay-failure":
+            return run_replay(args)
         return run_pull(args, load_config(args.config))
     except FactoryError as exc:
         print(f"factory-serve: {exc}", file=sys.stderr)

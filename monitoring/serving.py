@@ -44,6 +44,19 @@ class ServingMetrics:
                             ["family", "target", "version"], registry=registry)
         self.dropped = Counter("factory_prediction_log_dropped", "Prediction-log records dropped (queue full)",
                                ["family", "target"], registry=registry)
+        self.breaker = Gauge("factory_serving_breaker_state", "Circuit breaker of the GPU engine: 0 closed, "
+                             "1 open (serving the CPU fallback), 2 half-open (trying the GPU engine)",
+                             ["family", "target"], registry=registry)
+        self.fallback_requests = Counter("factory_serving_fallback_requests", "Requests served by the fallback engine",
+                                         ["family", "target"], registry=registry)
+        self.canary_refused = Counter("factory_canary_refused", "Swaps refused by the preflight canary, by reason",
+                                      ["family", "target", "reason"], registry=registry)
+        self.engine_choice = Gauge("factory_serving_engine_choice", "1 for the engine this host resolved, with why",
+                                   ["family", "target", "chosen", "step"], registry=registry)
+        self.failures_captured = Counter("factory_failures_captured", "Failed requests saved for replay",
+                                         ["family", "target"], registry=registry)
+        self.failures_dropped = Counter("factory_failures_dropped", "Failed requests not saved (store full)",
+                                        ["family", "target"], registry=registry)
         self._version: str | None = None
 
     def observe(self, seconds: float) -> None:
@@ -51,6 +64,18 @@ class ServingMetrics:
 
     def failed(self) -> None:
         self.failures.labels(**self.labels).inc()
+
+    def set_breaker(self, state: int) -> None:
+        self.breaker.labels(**self.labels).set(state)
+
+    def fell_back(self) -> None:
+        self.fallback_requests.labels(**self.labels).inc()
+
+    def refused(self, reason: str) -> None:
+        self.canary_refused.labels(**self.labels, reason=reason).inc()
+
+    def captured(self, saved: bool) -> None:
+        (self.failures_captured if saved else self.failures_dropped).labels(**self.labels).inc()
 
     def set_version(self, version: str) -> None:
         if self._version is not None:

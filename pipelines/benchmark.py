@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from factory_core.contracts import Latency
+from model_registry.trt import TensorRTRunner, cuda_latencies  # the one TensorRT runner, shared with serving
 
 from .evidence import round_stats
 
@@ -109,7 +110,7 @@ class TorchRunner:
             with self.torch.inference_mode():
                 xt = self.torch.from_numpy(x)
                 return time_calls(lambda: self.model(xt), warmup, iters, max_seconds)
-        return _cuda_latencies(self.torch, self._cuda_step(x), warmup, iters, max_seconds)
+        return cuda_latencies(self.torch, self._cuda_step(x), warmup, iters, max_seconds)
 
     def _cuda_step(self, x: np.ndarray) -> Callable[[Any], None]:
         """One request on ``stream``: pinned host → device, forward (or graph replay), device → pinned host."""
@@ -143,103 +144,6 @@ class TorchRunner:
                 host_out.copy_(res, non_blocking=True)
 
         return step
-
-
-def _cuda_latencies(torch: Any, step: Callable[[Any], None], warmup: int, iters: int, max_seconds: float) -> list[int]:
-    """Time ``step(stream)`` with CUDA events on a dedicated stream, one request at a time."""
-    stream = torch.cuda.Stream()
-    for _ in range(warmup):
-        step(stream)
-    stream.synchronize()
-    samples, spent = [], 0.0
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(iters):
-        start.record(stream)
-        step(stream)
-        end.record(stream)
-        end.synchronize()
-        ms = start.elapsed_time(end)
-        samples.append(int(ms * 1e6))
-        spent += ms / 1e3
-        if spent >= max_seconds and len(samples) >= 20:
-            break
-    return samples
-
-
-class TensorRTRunner:
-    """A TensorRT engine: one execution context, device buffers and pinned host buffers from torch,
-    ``execute_async_v3`` on a dedicated stream, optionally captured in a CUDA graph. Needs TensorRT and CUDA."""
-
-    def __init__(self, plan: Path, cuda_graph: bool = False, output: str = "prob"):
-        import tensorrt as trt
-        import torch
-
-        self.torch, self.trt = torch, trt
-        logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(plan).read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {plan} (built for another GPU or TensorRT version?)")
-        self.context = self.engine.create_execution_context()
-        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input = next(n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.output, self.cuda_graph = output, cuda_graph
-        self.name = f"tensorrt:{Path(plan).name}"
-        self.info = {"backend": "tensorrt", "tensorrt": trt.__version__, "cuda_graph": cuda_graph,
-                     "device": torch.cuda.get_device_name()}
-
-    def dtype(self, name: str) -> np.dtype:
-        """The numpy dtype the engine declares for tensor ``name`` (an FP16-output engine writes halves)."""
-        return np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
-
-    def output_buffer_dtype(self) -> Any:
-        """The torch dtype of the output buffers: the engine's declared one, never an assumed float32."""
-        return self.torch.from_numpy(np.empty(0, dtype=self.dtype(self.output))).dtype
-
-    def _bind(self, x: np.ndarray) -> tuple[Any, Any, Any, Any]:
-        torch = self.torch
-        x = np.ascontiguousarray(x, dtype=self.dtype(self.input))
-        self.context.set_input_shape(self.input, tuple(x.shape))
-        host_in = torch.from_numpy(x).pin_memory()
-        dev_in = host_in.to("cuda")
-        shape = tuple(self.context.get_tensor_shape(self.output))
-        out_dtype = self.output_buffer_dtype()
-        dev_out = torch.empty(shape, dtype=out_dtype, device="cuda")
-        host_out = torch.empty(shape, dtype=out_dtype, pin_memory=True)
-        self.context.set_tensor_address(self.input, dev_in.data_ptr())
-        self.context.set_tensor_address(self.output, dev_out.data_ptr())
-        return host_in, dev_in, dev_out, host_out
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        host_in, dev_in, dev_out, host_out = self._bind(x)
-        stream = self.torch.cuda.Stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
-        host_out.copy_(dev_out, non_blocking=True)
-        stream.synchronize()
-        return host_out.numpy().astype(np.float32)  # read in the declared dtype, then widened for scoring
-
-    def latencies(self, x: np.ndarray, warmup: int, iters: int, max_seconds: float) -> list[int]:
-        torch = self.torch
-        host_in, dev_in, dev_out, host_out = self._bind(x)
-        graph = None
-        if self.cuda_graph:
-            s = torch.cuda.Stream()
-            self.context.execute_async_v3(s.cuda_stream)  # the first enqueue after a shape change is not capturable
-            s.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=s):
-                self.context.execute_async_v3(s.cuda_stream)
-
-        def step(stream: Any) -> None:
-            with torch.cuda.stream(stream):
-                dev_in.copy_(host_in, non_blocking=True)
-                if graph is not None:
-                    graph.replay()
-                else:
-                    self.context.execute_async_v3(stream.cuda_stream)
-                host_out.copy_(dev_out, non_blocking=True)
-
-        return _cuda_latencies(torch, step, warmup, iters, max_seconds)
 
 
 def host_load() -> dict[str, float]:

@@ -348,13 +348,21 @@ def build_engine(cfg: FactoryConfig, p: Plan, vs: VariantSet, precision: str, ta
                       calibration_sha256=vs.calibration_sha256 if precision == "int8" else None)
     dest = _run(p).engine(fam, tgt.name, precision)
     with stage_output(dest, cfg.scratch) as tmp:
-        manifest = build(builder, spec_, tmp, inputs, outputs, host_facts())
+        manifest = build(builder, spec_, tmp, inputs, outputs, host_facts(), sample=_canary_sample(cfg, vs, inputs))
     log.info("%s/%s for %s: %s %s engine in %.1fs", fam, precision, tgt.name, manifest.backend,
              manifest.backend_version, manifest.build["seconds"])
     return EngineResult(family=fam, precision=precision, target=tgt.name, backend=manifest.backend, status=Status.OK,
                         engine_dir=dest, engine_sha256=manifest.sha256["engine"] or "",
                         backend_version=manifest.backend_version, seconds=manifest.build["seconds"],
                         required=tgt.required)
+
+
+def _canary_sample(cfg: FactoryConfig, vs: VariantSet, inputs: list):
+    """Up to 8 validation windows (within the engine's batch profile) for the serving canary."""
+    from .datasets import load_splits
+
+    val = load_splits(fetch(vs.splits_uri, cfg.scratch))["val"]
+    return val.x[: max(1, min(8, inputs[0].profile["max"][0], len(val.x)))]
 
 
 def engine_version(p: Plan, vs: VariantSet) -> str:

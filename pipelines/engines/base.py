@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from factory_core.config import FamilyConfig, TargetConfig
-from factory_core.contracts import MANIFEST, SOURCE_ONNX, Manifest, TensorInfo, hash_mismatch
+from factory_core.contracts import (
+    CANARY_FILE,
+    CANARY_TOLERANCE,
+    MANIFEST,
+    SOURCE_ONNX,
+    CanarySample,
+    Manifest,
+    TensorInfo,
+    hash_mismatch,
+)
 from factory_core.errors import BadInput, Unavailable
 from factory_core.families import spec
 from factory_core.fsutil import committed_dir, sha256_file, write_json
@@ -159,8 +168,13 @@ def run_logged(cmd: list[str], cwd: Path, log_path: Path, timeout_s: int, what: 
 
 
 def build_engine(builder: EngineBuilder, spec: BuildSpec, dest: Path, inputs: list[TensorInfo],
-                 outputs: list[TensorInfo], host: dict[str, Any], note: str = "") -> Manifest:
-    """Build ``spec`` with ``builder`` into ``dest`` (committed only when complete) and return its manifest."""
+                 outputs: list[TensorInfo], host: dict[str, Any], note: str = "",
+                 sample: Any = None) -> Manifest:
+    """Build ``spec`` with ``builder`` into ``dest`` (committed only when complete) and return its manifest.
+
+    ``sample`` (a batch of real inputs): run through the built engine here, saved with its outputs as the
+    canary sample a serving host checks the engine against before taking traffic.
+    """
     import json
 
     what = f"{spec.family}/{spec.precision} for {spec.target.name} ({builder.backend}) from {spec.onnx.name}"
@@ -178,6 +192,7 @@ def build_engine(builder: EngineBuilder, spec: BuildSpec, dest: Path, inputs: li
         result = json.loads((tmp / RESULT).read_text()) if (tmp / RESULT).is_file() else {}
         if inputs and outputs:  # a graph without declared tensors has no signature to state
             write_signature(tmp / MLMODEL, inputs, outputs)
+        canary = _record_canary(builder, tmp, spec.precision, sample) if sample is not None else None
         manifest = Manifest(
             family=spec.family, version=spec.version, target=spec.target.name,
             compute_capability=builder.compute_capability(spec.target), backend=builder.backend,
@@ -189,9 +204,25 @@ def build_engine(builder: EngineBuilder, spec: BuildSpec, dest: Path, inputs: li
                    "command": shlex.join(["python", *cmd[1:]]), "options": {**spec.options, **result},
                    "hardware_compatibility": spec.target.hardware_compatibility},
             host=host, versions=_versions(builder),
-            files={f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file() and f.name != MANIFEST})
+            files={f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file() and f.name != MANIFEST},
+            canary=canary)
         write_json(tmp / MANIFEST, manifest.to_xcom())
     return manifest
+
+
+def _record_canary(builder: EngineBuilder, folder: Path, precision: str, sample: Any) -> CanarySample:
+    """The engine's own outputs on ``sample``, here on its build host, saved beside it (``canary.npz``)."""
+    import numpy as np
+
+    from ..benchmark import engine_runner
+
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    expected = engine_runner(folder, builder.backend, builder.engine_file).infer(x)
+    if not np.isfinite(expected).all():
+        raise EngineBuildError(f"{folder.name}: the built engine emits non-finite outputs on the canary sample")
+    np.savez(folder / CANARY_FILE, inputs=x, expected=np.asarray(expected, dtype=np.float32))
+    atol, rtol = CANARY_TOLERANCE[precision]
+    return CanarySample(file=CANARY_FILE, rows=len(x), atol=atol, rtol=rtol)
 
 
 def write_signature(path: Path, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> Path:

@@ -142,12 +142,17 @@ class Fleet:
 
     # ---- services -------------------------------------------------------------------------------------
     def _postgres(self) -> None:
-        pg, data = pg_bin(), self.root / "pg"
-        data.mkdir()
+        import tempfile
+
+        # the server runs as user postgres, who cannot enter a root-only tree (pytest's tmp is 0700)
+        pg, data = pg_bin(), Path(tempfile.mkdtemp(prefix="factory-fleet-pg-"))
+        self.pg_data = data
         shutil.chown(data, "postgres", "postgres")
         run_as = ["runuser", "-u", "postgres", "--"]
-        subprocess.run([*run_as, str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
-                       capture_output=True)
+        r = subprocess.run([*run_as, str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"initdb: {r.stdout[-1500:]}{r.stderr[-1500:]}")
         with open(data / "pg_hba.conf", "a") as f:
             f.write(f"host all all {NET}.0/24 trust\n")
         port = self.ports["postgres"] = self._free_port()
@@ -293,6 +298,8 @@ class Fleet:
                 except subprocess.TimeoutExpired:
                     pass
         self._teardown_net()
+        if getattr(self, "pg_data", None):
+            shutil.rmtree(self.pg_data, ignore_errors=True)
 
     # ---- the operator's view: REST --------------------------------------------------------------------
     def api(self, method: str, path: str, body: dict | None = None) -> dict:

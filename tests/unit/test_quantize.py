@@ -89,7 +89,7 @@ def test_bad_calibration_sets_are_named():
 def test_fp16_outputs_are_fp32_for_every_family_and_halves_are_never_read_as_floats(tmp_path, export_small_model):
     """The converter wrote ``prob`` as float16 (measured on all three families); a runner that reads those
     bytes as float32 scores garbage. The graph casts inside, and runners read the declared dtype."""
-    from pipelines.benchmark import TensorRTRunner
+    from model_registry.trt import TensorRTRunner
 
     shapes = {Family.MARKET_ALERT: (8, 40, 16), Family.PRICE_DIRECTION: (8, 64, 16), Family.FRAUD_RISK: (8, 11)}
     for fam, shape in shapes.items():

@@ -1,0 +1,209 @@
+"""The serving host: the preflight canary refuses every bad version while the live engine keeps serving under
+4 client threads; the breaker opens, serves the CPU fallback and recovers; failed requests are kept for replay.
+
+Real fraud_risk and market_alert CPU engines, built by the factory's own builder with a canary sample."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from factory_core.config import Family, TargetConfig, load_config
+from model_registry.canary import SwapRefused, preflight
+from model_registry.runtime import EngineRunner, FailureStore
+from monitoring.serving import ServingMetrics
+from pipelines import faults
+from pipelines.engines.base import BuildSpec, build_engine, onnx_io
+from pipelines.engines.onnxruntime_builder import OnnxRuntimeBuilder
+
+pytestmark = pytest.mark.integration
+
+SHAPES = {Family.FRAUD_RISK: (64, 11), Family.MARKET_ALERT: (64, 40, 16)}
+
+
+def _build(family: Family, onnx_path: Path, dest: Path, version: str, sample: np.ndarray) -> Path:
+    cfg = load_config(profile="smoke", env={})
+    inputs, outputs, profile = onnx_io(onnx_path, family, cfg.families[family])
+    spec = BuildSpec(family=family.value, version=version, precision="fp32", target=TargetConfig(name="cpu"),
+                     onnx=onnx_path, calibration_sha256=None, profile=profile,
+                     options={"graph_optimization_level": "extended", "intra_op_threads": 1, "build_timeout_s": 120})
+    build_engine(OnnxRuntimeBuilder(), spec, dest, inputs, outputs, {"hostname": "test"}, sample=sample)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, export_small_model):
+    root = tmp_path_factory.mktemp("serving")
+    out = {}
+    for seed in (1, 2):
+        x = np.random.default_rng(seed).normal(size=SHAPES[Family.FRAUD_RISK]).astype(np.float32)
+        _, src = export_small_model(Family.FRAUD_RISK, x, root / f"src{seed}" / "model.onnx", seed=seed)
+        out[f"v{seed}"] = _build(Family.FRAUD_RISK, src, root / f"v{seed}", f"2026112{seed}.0000000{seed}", x[:8])
+        out[f"src{seed}"] = src
+    xa = np.random.default_rng(3).normal(size=SHAPES[Family.MARKET_ALERT]).astype(np.float32)
+    _, srca = export_small_model(Family.MARKET_ALERT, xa, root / "srca" / "model.onnx", seed=3)
+    out["other_shape"] = _build(Family.MARKET_ALERT, srca, root / "alert", "20261123.0000000a", xa[:8])
+    nan = faults.nan_on_rare_inputs(out["src2"], root / "nan.onnx", feature=0, above=-1e9)  # NaN everywhere
+    out["nan"] = _build_unchecked(out["v2"], root / "nan", nan)
+    out["root"] = root
+    return out
+
+
+def _build_unchecked(good: Path, dest: Path, engine: Path) -> Path:
+    """A copy of a good engine directory whose engine file is replaced and re-hashed: only running it tells."""
+    shutil.copytree(good, dest)
+    faults.replace_engine(dest, engine)
+    return dest
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+class Load:
+    """4 client threads calling predict until stopped; counts served and failed requests."""
+
+    def __init__(self, runner: EngineRunner, x: np.ndarray):
+        self.runner, self.x = runner, x
+        self.stop, self.served, self.failed = threading.Event(), 0, 0
+        self.threads = [threading.Thread(target=self._client) for _ in range(4)]
+
+    def _client(self):
+        while not self.stop.is_set():
+            try:
+                out = self.runner.predict(self.x)
+                assert np.isfinite(out).all()
+                self.served += 1
+            except Exception:
+                self.failed += 1
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(0.1)
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+def test_the_canary_refuses_each_bad_version_while_the_live_engine_serves(built, tmp_path):
+    prom = CollectorRegistry()
+    metrics = ServingMetrics("fraud_risk", "cpu", registry=prom)
+    runner = EngineRunner(built["v1"], metrics=metrics, canary_timeout_s=20)
+    live = runner.version
+    x = np.random.default_rng(0).normal(size=(4, 11)).astype(np.float32)
+
+    truncated = _copy(built["v2"], tmp_path / "truncated")  # bytes no longer match the manifest
+    engine = truncated / "model.ort.onnx"
+    engine.write_bytes(engine.read_bytes()[: engine.stat().st_size // 2])
+    truncated_rehashed = _build_unchecked(built["v2"], tmp_path / "truncated_rehashed", engine)  # consistent, broken
+    disagrees = _copy(built["v2"], tmp_path / "disagrees")  # the recorded sample no longer matches the engine
+    with np.load(disagrees / "canary.npz") as z:
+        np.savez(tmp_path / "c.npz", inputs=z["inputs"], expected=z["expected"] + 0.2)
+    _rehash(disagrees, "canary.npz", tmp_path / "c.npz")
+
+    cases = {truncated: "sha256", truncated_rehashed: "load", built["nan"]: "non-finite",
+             built["other_shape"]: "contract", disagrees: "disagrees"}
+    with Load(runner, x) as load:
+        for folder, kind in cases.items():
+            with pytest.raises(SwapRefused) as err:
+                runner.swap(folder)
+            assert err.value.kind == kind, (folder.name, err.value)
+            assert runner.version == live
+        for cmd, kind in (([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], "crash"),
+                          ([sys.executable, "-c", "import time; time.sleep(60)"], "hang")):
+            with pytest.raises(SwapRefused) as err:
+                preflight(built["v2"], runner.manifest, timeout_s=3, command=cmd)
+            assert err.value.kind == kind and ("SIGSEGV" in err.value.reason or kind == "hang")
+        seconds = runner.swap(built["v2"])  # a good version passes
+    assert load.failed == 0 and load.served > 100
+    assert runner.version != live and runner.swaps[-1]["canary_seconds"] > 0
+    for kind in ("sha256", "load", "non-finite", "contract", "disagrees"):
+        assert prom.get_sample_value("factory_canary_refused_total",
+                                     {"family": "fraud_risk", "target": "cpu", "reason": kind}) == 1
+    print(f"\nswap with canary under load: {seconds * 1000:.0f} ms (canary "
+          f"{runner.swaps[-1]['canary_seconds'] * 1000:.0f} ms); served {load.served}, failed {load.failed}")
+
+
+def _rehash(folder: Path, name: str, new: Path) -> None:
+    from factory_core.fsutil import sha256_file
+
+    shutil.copyfile(new, folder / name)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["files"][name] = sha256_file(folder / name)
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+class _Failing:
+    """A stand-in for a GPU engine that fails: raises, or returns NaN, while ``broken`` is set."""
+
+    def __init__(self, inner, mode: str):
+        self.inner, self.mode, self.broken = inner, mode, True
+
+    def infer(self, x):
+        if not self.broken:
+            return self.inner.infer(x)
+        if self.mode == "raise":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (stand-in)")
+        return np.full((len(x), 1), np.nan, np.float32)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+def test_the_breaker_opens_serves_the_cpu_fallback_and_recovers(built, tmp_path, mode):
+    prom = CollectorRegistry()
+    metrics = ServingMetrics("fraud_risk", "sm_90", registry=prom)
+    store = FailureStore(tmp_path / "failures", max_items=3)
+    runner = EngineRunner(built["v1"], metrics=metrics, fallback=built["v2"], failures=store, breaker_failures=3,
+                          breaker_cooldown_s=0.3)
+    stand_in = runner._current.engine = _Failing(runner._current.engine, mode)
+    x = np.random.default_rng(0).normal(size=(2, 11)).astype(np.float32)
+    fallback_out = runner._fallback.engine.infer(x)
+    state = lambda: prom.get_sample_value("factory_serving_breaker_state", {"family": "fraud_risk", "target": "sm_90"})  # noqa: E731
+    outs = [runner.predict(x) for _ in range(10)]  # no request fails: the failing ones are re-served by the fallback
+    assert all(np.array_equal(o, fallback_out) for o in outs)
+    assert state() == 1 and runner.breaker.consecutive == 3
+    assert len(store.list()) == 3 and store.dropped == 0  # only the primary's 3 failures (open: not tried)
+    time.sleep(0.35)
+    runner.predict(x)  # half-open: one try of the primary, which still fails → open again
+    assert state() == 1 and store.dropped == 1  # the store is full: dropped and counted
+    stand_in.broken = False
+    time.sleep(0.35)
+    out = runner.predict(x)  # half-open, the primary answers → closed
+    assert state() == 0 and np.array_equal(out, stand_in.inner.infer(x))
+    assert prom.get_sample_value("factory_serving_fallback_requests_total",
+                                 {"family": "fraud_risk", "target": "sm_90"}) >= 10
+    assert prom.get_sample_value("factory_inference_failures_total", {"family": "fraud_risk", "target": "sm_90"}) is None
+
+
+def test_failed_requests_are_kept_and_replayed_against_any_version(built, tmp_path, capsys):
+    from model_registry.cli import main
+
+    store = FailureStore(tmp_path / "failures", max_items=10)
+    runner = EngineRunner(built["v1"], failures=store)
+    runner._current.engine = _Failing(runner._current.engine, "nan")
+    x = np.random.default_rng(4).normal(size=(3, 11)).astype(np.float32)
+    with pytest.raises(Exception, match="non-finite"):
+        runner.predict(x)
+    (rec,) = store.list()
+    assert rec["version"] == runner.version and "NonFiniteOutput" in rec["error"]
+    saved, _ = store.load(rec["id"])
+    assert np.array_equal(saved, x)
+    assert main(["replay-failure", rec["id"], "--failures", str(store.root), "--engine", str(built["v2"])]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["id"] == rec["id"] and out["finite"] and np.asarray(out["outputs"]).shape == (3, 1)
