@@ -53,6 +53,52 @@ def local_target(choice: str) -> str:
     return gpu.target_name if gpu else "cpu"
 
 
+@dataclass(frozen=True)
+class Choice:
+    target: str
+    step: str
+    """``exact``, ``compatible`` (a hardware-compatible engine of another architecture) or ``cpu``."""
+    reason: str
+
+
+def _cc(target: str) -> tuple[int, int] | None:
+    from factory_core.config import COMPUTE_CAPABILITIES
+
+    if target not in COMPUTE_CAPABILITIES:
+        return None
+    digits = target[3:]
+    return int(digits[:-1]), int(digits[-1])
+
+
+def choose_engine(registry: Registry, family: str, host: str, alias: str, gpu_targets: list[str]) -> Choice:
+    """The fallback chain of a host: its exact architecture; then an engine of another architecture built
+    ``ampere_plus`` (TensorRT hardware compatibility: runs on any sm_80+ GPU) when this host is Ampere or newer;
+    then the CPU engine. Each step that finds no ``alias`` says why in the returned reason."""
+    from .registry import NoSuchAlias
+
+    tried = []
+    if host != "cpu":
+        try:
+            registry.resolve(family, host, alias)
+            return Choice(host, "exact", f"{family}.{host}@{alias} exists")
+        except NoSuchAlias:
+            tried.append(f"no {family}.{host}@{alias}")
+        cc = _cc(host)
+        for other in gpu_targets:
+            occ = _cc(other)
+            if other == host or cc is None or occ is None or cc < (8, 0) or occ < (8, 0):
+                continue
+            try:
+                mv = registry.resolve(family, other, alias)
+            except NoSuchAlias:
+                continue
+            if (mv.tags or {}).get("hardware_compatibility") == "ampere_plus":
+                return Choice(other, "compatible", "; ".join(tried + [f"{family}.{other}@{alias} is built "
+                                                                      f"ampere_plus, which runs on {host}"]))
+            tried.append(f"{family}.{other}@{alias} is not hardware-compatible")
+    return Choice("cpu", "cpu", "; ".join(tried) or "no GPU on this host")
+
+
 def check_compatible(manifest: Manifest, target: str) -> None:
     """The engine must be for this target, and loadable by this host's backend version."""
     if manifest.target != target:
@@ -108,9 +154,18 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def pull(cfg: FactoryConfig, family: str, target: str = "auto", alias: str = "champion",
-         dest: Path = Path("engines")) -> Installed:
+         dest: Path = Path("engines"), metrics=None) -> Installed:
+    """Install ``alias``'s engine; ``target="auto"`` walks the fallback chain (:func:`choose_engine`)."""
+    registry = Registry(cfg.tracking_uri)
+    if target == "auto":
+        gpus = [t.name for t in cfg.declared_targets() if t.compute_capability is not None]
+        choice = choose_engine(registry, family, local_target("auto"), alias, gpus)
+        log.info("engine for %s on this host: %s (%s: %s)", family, choice.target, choice.step, choice.reason)
+        if metrics is not None:
+            metrics.engine_choice.labels(**metrics.labels, chosen=choice.target, step=choice.step).set(1)
+        target = choice.target
     target = local_target(target)
-    mv = Registry(cfg.tracking_uri).resolve(family, target, alias)
+    mv = registry.resolve(family, target, alias)
     version = (mv.tags or {}).get("factory_version", "")
     base = Path(dest) / check_name(family, "family") / target
     name = f"{mv.version}-{check_name(version, 'version')}"

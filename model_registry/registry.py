@@ -129,6 +129,7 @@ class Registry:
             tags = {"precision": manifest.precision, "backend": manifest.backend,
                     "backend_version": manifest.backend_version,
                     "compute_capability": manifest.compute_capability or "cpu",
+                    "hardware_compatibility": str(manifest.build.get("hardware_compatibility") or "none"),
                     "manifest_sha256": manifest_sha, "engine_sha256": manifest.sha256["engine"] or "",
                     "engine_identity": identity, "factory_version": manifest.version, **extra_tags}
             mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags,
