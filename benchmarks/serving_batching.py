@@ -61,6 +61,34 @@ def build_engines(family: str, root: Path, versions: int = 1) -> list[Path]:
     return out
 
 
+def _standin_model(torch, family: str):
+    """Each family's architecture at smoke size (hidden 32), written out so the GPU machine needs only torch."""
+    nn = torch.nn
+    f = SHAPES[family][-1]
+    if family == "market_alert":
+        class Gru(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.gru, self.head = nn.GRU(f, 32, batch_first=True), nn.Linear(32, 1)
+
+            def forward(self, x):
+                return torch.sigmoid(self.head(self.gru(x)[0][:, -1]))
+        return Gru()
+    if family == "price_direction":
+        class ConvTransformer(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv1d(f, 32, 3, padding=1)
+                self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 1)
+                self.head = nn.Linear(32, 2)
+
+            def forward(self, x):
+                h = self.conv(x.transpose(1, 2)).transpose(1, 2)
+                return torch.softmax(self.head(self.enc(h).mean(1)), -1)
+        return ConvTransformer()
+    return nn.Sequential(nn.Linear(f, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1), nn.Sigmoid())
+
+
 class CudaGraphStandIn:
     """A family's PyTorch model on CUDA, one CUDA graph captured per batch size 1..max_batch: a stand-in for a
     TensorRT engine's serving path (static buffers, graph replay), not a TensorRT engine."""
@@ -68,13 +96,8 @@ class CudaGraphStandIn:
     def __init__(self, family: str, max_batch: int = 64, opt_batch: int = 32):
         import torch
 
-        from factory_core.config import Family, load_config
-        from pipelines.models import build_model
-
-        cfg = load_config(profile="smoke", env={})
-        fam = Family(family)
         self.torch = torch
-        self.model = build_model(fam, cfg.families[fam], SHAPES[family][-1]).eval().cuda()
+        self.model = _standin_model(torch, family).eval().cuda()
         self.manifest = type("M", (), {"inputs": [type("T", (), {"profile": {
             "min": [1, *SHAPES[family]], "opt": [opt_batch, *SHAPES[family]], "max": [max_batch, *SHAPES[family]]}})]})
         self.stream = torch.cuda.Stream()

@@ -154,8 +154,12 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def pull(cfg: FactoryConfig, family: str, target: str = "auto", alias: str = "champion",
-         dest: Path = Path("engines"), metrics=None) -> Installed:
-    """Install ``alias``'s engine; ``target="auto"`` walks the fallback chain (:func:`choose_engine`)."""
+         dest: Path = Path("engines"), metrics=None, before_switch=None, refused: set | None = None) -> Installed:
+    """Install ``alias``'s engine; ``target="auto"`` walks the fallback chain (:func:`choose_engine`).
+
+    ``before_switch(folder)`` runs on the verified version before ``current`` moves (the preflight canary, or a
+    serving process's swap); if it raises, ``current`` stays where it was and the error propagates.
+    """
     registry = Registry(cfg.tracking_uri)
     if target == "auto":
         gpus = [t.name for t in cfg.declared_targets() if t.compute_capability is not None]
@@ -185,6 +189,15 @@ def pull(cfg: FactoryConfig, family: str, target: str = "auto", alias: str = "ch
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    if before_switch is not None:
+        if refused is not None and name in refused:  # refused once: not retried until the alias moves
+            return Installed(family, target, alias, str(mv.version), version, final, changed=False)
+        try:
+            before_switch(final)
+        except Exception:
+            if refused is not None:
+                refused.add(name)
+            raise
     link = base / f".current-{uuid.uuid4().hex[:8]}"
     os.symlink(f"versions/{name}", link)
     os.replace(link, current)  # atomic switch; the previous version stays for rollback
@@ -201,17 +214,54 @@ def _prune(versions: Path, keep: set[str]) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def canary_against_current(base: Path, timeout_s: float = 60.0):
+    """A ``before_switch`` for a pull process: the preflight canary against the installed ``current`` version."""
+    from .canary import preflight, read_manifest
+
+    def check(folder: Path) -> None:
+        current = base / "current"
+        live = read_manifest(current) if current.exists() else None
+        preflight(folder, live, timeout_s)
+
+    return check
+
+
 def watch(cfg: FactoryConfig, family: str, target: str, alias: str, dest: Path, interval_s: float,
-          on_change=None, iterations: int | None = None) -> None:
-    """Poll the alias every ``interval_s``; install and call ``on_change(installed)`` when it moves."""
-    n = 0
-    while iterations is None or n < iterations:
+          on_change=None, iterations: int | None = None, before_switch=None, canary: bool = True,
+          stop=None) -> None:
+    """Poll the alias every ``interval_s``; verify, canary (or ``before_switch``, e.g. a serving process's
+    ``EngineRunner.swap``), install, and call ``on_change(installed)`` when it moves. Rollback is the same path:
+    the alias moves back, the previous version (kept installed) is checked and switched to. A version refused
+    once is not retried until the alias moves again."""
+    from .canary import SwapRefused
+
+    n, refused = 0, set()
+    base = Path(dest) / check_name(family, "family")
+    while (iterations is None or n < iterations) and not (stop is not None and stop.is_set()):
         try:
-            inst = pull(cfg, family, target, alias, dest)
+            hook = before_switch or (canary_against_current(base / local_target(target)) if canary else None)
+            inst = pull(cfg, family, target, alias, dest, before_switch=hook, refused=refused)
             if inst.changed and on_change:
                 on_change(inst)
+        except SwapRefused as exc:
+            log.error("%s/%s@%s refused, keeping the installed version: %s", family, target, alias, exc)
         except Exception as exc:  # a bad version or an outage: keep serving what is installed
             log.error("pull %s/%s@%s failed, keeping the installed version: %s", family, target, alias, exc)
         n += 1
         if iterations is None or n < iterations:
-            time.sleep(interval_s)
+            if stop is not None:
+                stop.wait(interval_s)
+            else:
+                time.sleep(interval_s)
+
+
+def follow(runner, cfg: FactoryConfig, family: str, target: str, alias: str, dest: Path, interval_s: float):
+    """Keep a serving process's ``EngineRunner`` on ``alias``: a daemon thread that watches the registry and, on a
+    move, swaps the runner (canary included) before ``current`` moves. Returns the thread's stop event."""
+    import threading
+
+    stop = threading.Event()
+    threading.Thread(target=watch, name=f"follow-{family}", daemon=True,
+                     kwargs={"cfg": cfg, "family": family, "target": target, "alias": alias, "dest": dest,
+                             "interval_s": interval_s, "before_switch": runner.swap, "stop": stop}).start()
+    return stop

@@ -207,3 +207,59 @@ def test_failed_requests_are_kept_and_replayed_against_any_version(built, tmp_pa
     assert main(["replay-failure", rec["id"], "--failures", str(store.root), "--engine", str(built["v2"])]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["id"] == rec["id"] and out["finite"] and np.asarray(out["outputs"]).shape == (3, 1)
+
+
+def test_a_serving_process_follows_the_alias_refuses_a_bad_version_and_rolls_back(built, mlflow_server, aws_env,
+                                                                                   tmp_path, monkeypatch):
+    """Alias moves in the registry reach a running EngineRunner through pull → canary → swap, under load."""
+    import os
+
+    from factory_core.contracts import Manifest
+    from factory_core.fsutil import sha256_file
+    from model_registry.pull import follow, pull
+    from model_registry.registry import Registry
+    from model_registry.store import S3Store
+
+    from .conftest import make_bucket
+
+    make_bucket(aws_env, "follow")
+    monkeypatch.setenv("FACTORY_HOME", str(tmp_path / "home"))
+    cfg = load_config(profile="smoke", env={"FACTORY_HOME": str(tmp_path / "home")}, overrides={"registry": {
+        "tracking_uri": mlflow_server.uri, "store_uri": "s3://follow/engines", "s3_endpoint_url": aws_env}})
+    store, reg = S3Store(cfg.store_uri, endpoint_url=aws_env), Registry(cfg.tracking_uri)
+    bad = _build_unchecked(built["v2"], tmp_path / "bad", built["root"] / "nan.onnx")  # NaN engine, own version
+    m = json.loads((bad / "manifest.json").read_text())
+    m["version"] = "20261129.0000000b"
+    (bad / "manifest.json").write_text(json.dumps(m))
+    versions = {}
+    for key, e in (("v1", built["v1"]), ("v2", built["v2"]), ("bad", bad)):
+        man = Manifest.model_validate_json((e / "manifest.json").read_text())
+        uri = store.put_version(e, "fraud_risk", "cpu", man.version)
+        versions[key] = reg.register("fraud_risk", "cpu", uri, man, sha256_file(e / "manifest.json"), None, {}, key)
+    name, dest = "fraud_risk.cpu", tmp_path / "serving"
+    reg.client.set_registered_model_alias(name, "prod", versions["v1"])
+    runner = EngineRunner(pull(cfg, "fraud_risk", "cpu", "prod", dest).path, canary_timeout_s=30)
+    x = np.random.default_rng(0).normal(size=(4, 11)).astype(np.float32)
+
+    def wait_for(cond, what, seconds=60):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    current = lambda: os.readlink(dest / "fraud_risk" / "cpu" / "current")  # noqa: E731
+    with Load(runner, x) as load:
+        stop = follow(runner, cfg, "fraud_risk", "cpu", "prod", dest, interval_s=0.5)
+        reg.client.set_registered_model_alias(name, "prod", versions["v2"])
+        wait_for(lambda: runner.version == "20261122.00000002", "the swap to v2")
+        assert current().startswith(f"versions/{versions['v2']}-")
+        reg.client.set_registered_model_alias(name, "prod", versions["bad"])
+        time.sleep(8)  # several polls: refused once, not retried, v2 keeps serving and stays current
+        assert runner.version == "20261122.00000002" and current().startswith(f"versions/{versions['v2']}-")
+        reg.client.set_registered_model_alias(name, "prod", versions["v1"])  # rollback: the same path in reverse
+        wait_for(lambda: runner.version == "20261121.00000001", "the rollback to v1")
+        stop.set()
+    assert load.failed == 0 and load.served > 100
+    assert [s["to"] for s in runner.swaps] == ["20261122.00000002", "20261121.00000001"]
