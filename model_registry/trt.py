@@ -140,8 +140,11 @@ class TensorRTRunner:
             slot.context.execute_async_v3(slot.stream.cuda_stream)
         return graph
 
+    def _on(self, stream: Any) -> Any:
+        return self.torch.cuda.stream(stream)
+
     def _enqueue(self, slot: _Slot, b: _Bound) -> None:
-        with self.torch.cuda.stream(slot.stream):
+        with self._on(slot.stream):
             b.dev_in.copy_(b.host_in, non_blocking=True)
             if b.graph is not None:
                 b.graph.replay()

@@ -34,6 +34,8 @@ def _emitted(tmp_path) -> set[str]:
     reg = CollectorRegistry()
     m = ServingMetrics("fraud_risk", "cpu", registry=reg)
     m.observe(0.001), m.failed(), m.set_version("v1"), m.dropped.labels(**m.labels).inc()
+    m.set_breaker(1), m.fell_back(), m.refused("non-finite"), m.captured(True), m.captured(False)
+    m.engine_choice.labels(**m.labels, chosen="cpu", step="cpu").set(1)
     names |= {s.name for fam in reg.collect() for s in fam.samples}
     cfg = load_config(env={}, overrides={"home": str(tmp_path)})
     col = ColumnDrift("a", "psi", 0.1, 0.2, False)
@@ -51,6 +53,7 @@ def test_the_alerts_the_issue_asks_for_exist_with_their_thresholds():
     assert "DCGM_FI_DEV_XID_ERRORS" in alerts["GpuXidError"]["expr"]
     assert "48 * 3600" in alerts["NoFreshChampion48h"]["expr"]
     assert "factory_nightly_last_run_success == 0" in alerts["NightlyFailed"]["expr"]
+    assert "factory_serving_breaker_state" in alerts["ServingBreakerOpen"]["expr"]
     for a in alerts.values():
         assert a["labels"]["severity"] in ("page", "warn") and a["annotations"]["summary"]
 
