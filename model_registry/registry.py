@@ -182,7 +182,6 @@ class Registry:
         """
         from mlflow.exceptions import MlflowException
 
-        name = model_name(family, target)
         try:
             current = str(self.resolve(family, target, CHAMPION).version)
         except NoSuchAlias:
