@@ -130,22 +130,7 @@ class CudaGraphStandIn:
 
 
 def gpu_standin_table(seconds: float) -> list[dict]:
-    from model_registry.batching import BatchingRunner
-
-    rows = []
-    for family in SHAPES:
-        standin = CudaGraphStandIn(family)
-        x = np.random.default_rng(0).normal(size=(1, *SHAPES[family])).astype(np.float32)
-        for clients in (1, 8, 64):
-            plain = closed_loop(standin.predict, x, clients, seconds)
-            br = BatchingRunner(standin, window_ms=2.0)
-            batched = closed_loop(br.predict, x, clients, seconds)
-            mean_batch = float(np.mean(br.batches)) if br.batches else 0.0
-            br.close()
-            rows.append({"family": family, "clients": clients, "plain": plain, "batched": batched,
-                         "mean_batch": round(mean_batch, 1), "max_batch": br.max_batch})
-            print(f"[cuda-graph stand-in] {family} c={clients}: plain {plain} | batched {batched}", flush=True)
-    return rows
+    return batching_table({f: CudaGraphStandIn(f) for f in SHAPES}, seconds, "[cuda-graph stand-in] ")
 
 
 def closed_loop(predict, x: np.ndarray, clients: int, seconds: float) -> dict:
@@ -173,13 +158,12 @@ def closed_loop(predict, x: np.ndarray, clients: int, seconds: float) -> dict:
             "p50_ms": round(float(np.percentile(all_, 50)), 3), "p99_ms": round(float(np.percentile(all_, 99)), 3)}
 
 
-def batching_table(engines: dict[str, Path], seconds: float) -> list[dict]:
+def batching_table(runners: dict, seconds: float, tag: str = "") -> list[dict]:
+    """Per family and concurrency: each runner straight, then behind a BatchingRunner (2 ms window)."""
     from model_registry.batching import BatchingRunner
-    from model_registry.runtime import EngineRunner
 
     rows = []
-    for family, folder in engines.items():
-        runner = EngineRunner(folder)
+    for family, runner in runners.items():
         x = np.random.default_rng(0).normal(size=(1, *SHAPES[family])).astype(np.float32)
         for clients in (1, 8, 64):
             plain = closed_loop(runner.predict, x, clients, seconds)
@@ -189,7 +173,7 @@ def batching_table(engines: dict[str, Path], seconds: float) -> list[dict]:
             br.close()
             rows.append({"family": family, "clients": clients, "plain": plain, "batched": batched,
                          "mean_batch": round(mean_batch, 1), "max_batch": br.max_batch})
-            print(f"{family} c={clients}: plain {plain} | batched {batched} (mean batch {mean_batch:.1f})",
+            print(f"{tag}{family} c={clients}: plain {plain} | batched {batched} (mean batch {mean_batch:.1f})",
                   flush=True)
     return rows
 
@@ -259,7 +243,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as d:
         engines = {f: build_engines(f, Path(d))[0] for f in SHAPES}
         v1, v2 = build_engines("fraud_risk", Path(d) / "swap", versions=2)
-        res = {"batching": batching_table(engines, args.seconds), "swap": swap_times(v1, v2, args.swaps)}
+        from model_registry.runtime import EngineRunner
+
+        runners = {f: EngineRunner(folder) for f, folder in engines.items()}
+        res = {"batching": batching_table(runners, args.seconds), "swap": swap_times(v1, v2, args.swaps)}
     print(report(res))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
