@@ -66,3 +66,50 @@ def test_engine_matches_onnxruntime(variants, tmp_path, precision, atol):
             want = ref.run([OUTPUT_NAME], {INPUT_NAME: xb})[0]
             assert np.isfinite(got).all()
             np.testing.assert_allclose(got, want, atol=atol)
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_serving_path_on_a_real_engine(variants, tmp_path, cuda_graph):
+    """The serving runner on a real plan: pinned buffers per shape, a context per thread, CUDA graphs per shape,
+    the profile enforced; and EngineRunner's canary accepts the engine with its recorded sample."""
+    import threading
+
+    import onnxruntime as ort
+
+    from factory_core.config import Family, TargetConfig
+    from model_registry.canary import preflight
+    from model_registry.runtime import EngineRunner
+    from model_registry.trt import TensorRTRunner
+    from pipelines.engines.base import BuildSpec, build_engine, onnx_io
+    from pipelines.engines.tensorrt_builder import TensorRTBuilder
+    from pipelines.export import INPUT_NAME, OUTPUT_NAME
+
+    cfg, folder, x = variants
+    onnx_path = folder / "model.fp32.onnx"
+    inputs, outputs, profile = onnx_io(onnx_path, Family.PRICE_DIRECTION, cfg.families[Family.PRICE_DIRECTION])
+    spec = BuildSpec(family="price_direction", version="serve", precision="fp32",
+                     target=TargetConfig(name=first_gpu().target_name), onnx=onnx_path, calibration_sha256=None,
+                     profile=profile, options=cfg.engines.tensorrt.model_dump())
+    m = build_engine(TensorRTBuilder(tmp_path / "store"), spec, tmp_path / "engine", inputs, outputs, {}, sample=x[:8])
+    runner = TensorRTRunner(tmp_path / "engine" / m.engine_file, cuda_graph=cuda_graph, output=OUTPUT_NAME)
+    ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    results: dict[int, bool] = {}
+
+    def client(i: int) -> None:
+        ok = True
+        for b in (1, 7, 32, 7):
+            xb = x[i * 40:i * 40 + b]
+            ok &= np.allclose(runner.infer(xb), ref.run([OUTPUT_NAME], {INPUT_NAME: xb})[0], atol=1e-4)
+        results[i] = ok
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: True for i in range(4)}
+    with pytest.raises(ValueError, match="outside the engine's profile"):
+        runner.infer(np.repeat(x[:1], profile[INPUT_NAME].max[0] + 1, axis=0))
+    assert preflight(tmp_path / "engine", m, timeout_s=120).checks[-1].startswith("recorded sample")
+    served = EngineRunner(tmp_path / "engine")
+    assert served.predict(x[:4]).shape == (4, 2)
