@@ -160,10 +160,10 @@ def nightly_model_factory():
 
     @task(trigger_rule="none_failed")
     def summarize(plan: dict, trained: list[dict], exported: list[dict], variant_sets: list[dict],
-                  engines: list, report: dict, published: list[dict]) -> str:
+                  engines: list, report: dict, published: list[dict], unavailable: dict) -> str:
         built = [e for per_target in engines for e in xcom_items(per_target)]
         return run_stage(stages.summarize, plan, xcom_items(trained), xcom_items(exported), xcom_items(variant_sets),
-                         built, report, xcom_items(published))
+                         built, report, xcom_items(published), unavailable=unavailable)
 
     @task(trigger_rule="all_done", retries=0)
     def outcome() -> None:
@@ -195,7 +195,7 @@ def nightly_model_factory():
         gated.append(g)
     report = gate_report(p, acc, gated, q)
     published = publish.partial(plan=p, report=report).expand(night=trained.zip(exported))
-    summarize(p, trained, exported, variant_sets, built, report, published) >> outcome()
+    summarize(p, trained, exported, variant_sets, built, report, published, q) >> outcome()
 
 
 nightly_model_factory()

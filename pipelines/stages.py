@@ -511,8 +511,20 @@ def publish(cfg: FactoryConfig, p: Plan, tr: TrainResult, ex: ExportResult, repo
 
 def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported: list[ExportResult],
               variants: list[VariantSet] | None = None, built: list[EngineResult] | None = None,
-              report: GateReport | None = None, published: list[PublishResult] | None = None) -> str:
-    """Write ``summary.json`` for the night: one row per family, with its engines per target and precision."""
+              report: GateReport | None = None, published: list[PublishResult] | None = None,
+              unavailable: dict[str, str] | None = None) -> str:
+    """Write ``summary.json`` for the night: one row per family, with its engines per target and precision.
+
+    ``unavailable``: targets whose build tasks never ran (no worker on their queue, or left out by the run's
+    params); each of their (family, precision) is recorded ``skipped`` with the reason.
+    """
+    built = list(built or [])
+    seen = {(b.family, b.target, b.precision) for b in built}
+    for name, reason in sorted((unavailable or {}).items()):
+        tgt = cfg.declared_target(name)
+        built += [EngineResult(family=t.family, precision=prec, target=name, backend=str(tgt.backend),
+                               status=Status.SKIPPED, reason=reason, required=tgt.required)
+                  for t in trained for prec in tgt.precisions if (t.family, name, prec) not in seen]
     by_family = {e.family: e for e in exported}
     var_by_family = {v.family: v for v in variants or []}
     rows = []
