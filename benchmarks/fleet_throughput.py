@@ -38,6 +38,7 @@ PRECISIONS = ["fp32", "fp16", "int8"]
 CASES = {
     "smoke": [(3, 0, 3)],
     "scaling": [(3, 0, 3), (1, 0, 1), (3, 0, 1), (3, 2, 3)],
+    "quick": [(3, 0, 3), (1, 0, 1), (3, 2, 3)],
 }
 CHAIN = ["plan", "ingest", "features", "train", "export", "variants", "engine", "gate", "gate_report", "publish",
          "summarize", "outcome"]
