@@ -262,14 +262,9 @@ class EngineRunner:
         Raises :class:`~model_registry.canary.SwapRefused` (the live engine keeps serving) when a check fails.
         """
         start = time.perf_counter()
-        canary_s = None
         try:
-            if self.canary:
-                canary_s = preflight(Path(folder), self._current.manifest, self.canary_timeout_s).seconds
-            else:
-                problem = _cheap_checks(Path(folder), self._current.manifest)
-                if problem:
-                    raise problem
+            result = preflight(Path(folder), self._current.manifest, self.canary_timeout_s, child=self.canary)
+            canary_s = result.seconds if self.canary else None
             new = _Loaded(folder)
             new.warm_up()
         except SwapRefused as exc:
@@ -289,20 +284,6 @@ class EngineRunner:
         seconds = time.perf_counter() - start
         self.swaps.append({"from": old.version, "to": new.version, "seconds": seconds, "canary_seconds": canary_s})
         return seconds
-
-
-def _cheap_checks(folder: Path, live: Manifest) -> SwapRefused | None:
-    """Without the canary: still the sha256s and the contract (they cost no load)."""
-    from factory_core.contracts import hash_mismatch
-
-    from .canary import contract_mismatch
-
-    new = read_manifest(folder)
-    problem = hash_mismatch(folder, new)
-    if problem:
-        return SwapRefused("sha256", problem)
-    problem = contract_mismatch(live, new)
-    return SwapRefused("contract", problem) if problem else None
 
 
 __all__ = ["EngineRunner", "FailureStore", "NonFiniteOutput", "SwapRefused", "load_engine", "MANIFEST"]
