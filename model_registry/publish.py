@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factory_core.config import FactoryConfig, Family
-from factory_core.contracts import PublishResult, Registered, TargetGate
+from factory_core.contracts import Champion, PublishResult, Registered, TargetGate
 from factory_core.fsutil import sha256_file
 
 from .registry import CHAMPION, NoSuchAlias, Registry, use_experiment
@@ -59,26 +59,61 @@ def close_interrupted_runs(experiment: str, family: str, date: str) -> None:
                     run.info.run_id)
 
 
-def auto_promote(registry: Registry, family: str, target: str, version: str, date: str, why: str) -> tuple[bool, str]:
-    """Move ``champion`` to ``version`` unless the current champion was trained on a newer night.
+def auto_promote(registry: Registry, family: str, target: str, version: str, date: str, why: str,
+                 compared: Champion | None) -> tuple[bool, str]:
+    """Move ``champion`` to ``version`` only when tonight's gate compared it with the champion there is now.
 
-    Two dates run at once, or a re-run of an old date, must not replace a champion from fresher data.
-    A registry outage raises (the task retries); only the registry's "no such alias" means no champion.
+    Promotion never skips the comparison: a champion the gate could not measure (its copy missing from the store,
+    a bad hash, another input shape, a load error) or one that moved since the gate ran keeps its alias, and the
+    note says why. A champion trained for a newer night is not replaced by an older one (two dates at once, a
+    re-run of an old date) unless its date lies beyond today plus the allowance: such a date is a mistake, and it
+    is not allowed to block promotion, but the note says so. A registry outage raises (the task retries); only the
+    registry's "no such alias" means no champion.
+
+    Args:
+        compared: the champion as the gate saw it (``comparable`` when it was measured beside the candidates);
+            None when the gate had no record of a champion.
     """
+    from factory_core.dates import is_future, latest_night_date
+
     try:
         current = registry.resolve(family, target, CHAMPION)
     except NoSuchAlias:
         current = None
-    if current is not None and str(current.version) == str(version):
-        return False, f"v{version} is already the champion"
-    champ_date = ((current.tags or {}).get("date") or "") if current is not None else ""
-    if champ_date > date:
-        note = (f"not promoted: champion v{current.version} was trained for {champ_date}, newer than this "
-                f"night's {date}")
-        log.warning("%s/%s: %s", family, target, note)
-        return False, note
+    notes: list[str] = []
+    if current is not None:
+        cur = str(current.version)
+        if cur == str(version):
+            return False, f"v{version} is already the champion"
+        if compared is None or not compared.registry_version:
+            note = (f"kept champion v{cur}: the gate saw no champion, so v{version} was never compared with it "
+                    f"(it became champion while tonight's gates ran); promote by hand after comparing")
+            log.warning("%s/%s: %s", family, target, note)
+            return False, note
+        if str(compared.registry_version) != cur:
+            note = (f"kept champion v{cur}: tonight's gate compared v{version} with v{compared.registry_version}, "
+                    f"and the champion has moved since")
+            log.warning("%s/%s: %s", family, target, note)
+            return False, note
+        if not compared.comparable:
+            note = (f"kept champion v{cur}: v{version} was not compared with it tonight "
+                    f"({compared.reason or 'the gate did not measure it'}); fix the champion's copy or promote by "
+                    f"hand after comparing")
+            log.warning("%s/%s: %s", family, target, note)
+            return False, note
+        champ_date = (current.tags or {}).get("date") or ""
+        if champ_date > date:
+            if champ_date and is_future(champ_date):
+                notes.append(f"champion v{cur}'s date {champ_date} lies beyond {latest_night_date()} (today plus "
+                             f"the allowance): a mistaken date, not allowed to block promotion")
+                log.warning("%s/%s: %s", family, target, notes[-1])
+            else:
+                note = (f"not promoted: champion v{cur} was trained for {champ_date}, newer than this night's "
+                        f"{date}")
+                log.warning("%s/%s: %s", family, target, note)
+                return False, note
     registry.promote(family, target, version, by="policy:auto_promote", why=why)
-    return True, ""
+    return True, "; ".join(notes)
 
 
 def publish_family(cfg: FactoryConfig, night: Night, files: NightFiles,
@@ -144,7 +179,7 @@ def publish_family(cfg: FactoryConfig, night: Night, files: NightFiles,
             if cfg.gates.auto_promote:
                 promoted, note = auto_promote(registry, family, gate.target, version, night.date,
                                               f"nightly {night.date}: passed every gate; lowest p99 "
-                                              f"{win.p99_ms:.3f} ms")
+                                              f"{win.p99_ms:.3f} ms", gate.champion)
             versions.append(Registered(target=gate.target, registry_version=str(version), store_uri=uri,
                                        precision=gate.selected, promoted=promoted, note=note))
             log.info("%s/%s: registered v%s (%s) at %s%s", family, gate.target, version, gate.selected, uri,

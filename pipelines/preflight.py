@@ -113,6 +113,20 @@ def check_s3(uri: str, endpoint_url: str | None, timeout_s: float, what: str) ->
         raise PreflightError(f"{where}: {type(exc).__name__}") from None
 
 
+def check_store_reachable_by_registry(tracking_uri: str, store_uri: str) -> None:
+    """A tracking server (``http(s)://``) with an engine store on a local path is refused before any work.
+
+    An MLflow server refuses a model version whose source is a path on the client's disk ("Invalid model version
+    source"), so the night would fail at publish after writing the store; and no serving host could reach that
+    path anyway. A path store goes with a tracking URI on the same disk (``sqlite:///``, ``file:``)."""
+    if tracking_uri.startswith(("http://", "https://")) and not store_uri.startswith("s3://"):
+        raise PreflightError(f"engine store (registry.store_uri) {store_uri} is a local path, but the registry "
+                             f"(registry.tracking_uri) is a tracking server at {redact(tracking_uri)}: the server "
+                             f"refuses model versions whose source is a path on this host, and serving hosts could "
+                             f"not reach it. Use an s3:// store (S3 or MinIO) with a tracking server, or a sqlite:/// "
+                             f"tracking URI with a path store.")
+
+
 def _check_writable(folder: Path, what: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -128,6 +142,7 @@ def preflight(cfg: FactoryConfig) -> list[str]:
     timeout = cfg.registry.preflight_timeout_s
     checked = []
     check_tracking(cfg.tracking_uri, timeout)
+    check_store_reachable_by_registry(cfg.tracking_uri, cfg.store_uri)
     checked.append(f"tracking {redact(cfg.tracking_uri)}")
     for uri, what in ((cfg.store_uri, "engine store (registry.store_uri)"), (cfg.lake_uri, "lake (data.lake_uri)"),
                       (cfg.runs_root, "run root (runs.root)")):

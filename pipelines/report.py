@@ -192,18 +192,25 @@ def print_gates(report: dict[str, Any], console=None) -> None:
 
 
 def print_published(summary: dict[str, Any], console) -> None:
-    """One row per registered engine: MLflow version, aliases set, and where the store holds it."""
+    """One row per registered engine: MLflow version, aliases set, where the store holds it, and why the champion
+    was kept when it was (a promotion withheld is never silent)."""
     from rich.table import Table
 
     table = Table(title="Registered in MLflow and pushed to the engine store")
-    for col in ("model", "version", "precision", "aliases", "store"):
+    for col in ("model", "version", "precision", "aliases", "store", "note"):
         table.add_column(col, overflow="fold")
+    withheld = []
     for pub in summary.get("published") or []:
         for v in pub["versions"]:
             aliases = "challenger" + (", champion" if v["promoted"] else "")
+            note = v.get("note") or ""
             table.add_row(f"{pub['family']}.{v['target']}", v["registry_version"], v["precision"], aliases,
-                          v["store_uri"])
+                          v["store_uri"], f"[yellow]{note}[/]" if note else "")
+            if note and not v["promoted"] and "is already the champion" not in note:
+                withheld.append(f"{pub['family']}.{v['target']} v{v['registry_version']}: {note}")
     console.print(table)
+    for line in withheld:
+        console.print(f"[bold yellow]NOT PROMOTED[/] {line}")
 
 
 def print_drift(result: dict[str, Any], console=None) -> None:

@@ -51,8 +51,11 @@ def plan(cfg: FactoryConfig, date: str, families: list[str] | None = None, trigg
     lake are reached with short timeouts, and a failure names the endpoint and what failed
     (:class:`pipelines.preflight.PreflightError`, final).
     """
+    from factory_core.dates import check_night_date
+
     from .preflight import preflight
 
+    check_night_date(date)  # a future date would train on days to come and then block every later promotion
     if pools:  # Airflow pools the night's tasks use: a missing one would leave its tasks unscheduled, silently
         from .fleet import check_pools
 
@@ -358,11 +361,31 @@ def build_engine(cfg: FactoryConfig, p: Plan, vs: VariantSet, precision: str, ta
 
 
 def _canary_sample(cfg: FactoryConfig, vs: VariantSet, inputs: list):
-    """Up to 8 validation windows (within the engine's batch profile) for the serving canary."""
-    from .datasets import load_splits
+    """The serving canary's recorded sample: ``CANARY_ROWS`` (1,024) test windows drawn uniformly, plus up to
+    ``CANARY_TAIL_ROWS`` (256) of the test windows the gates score as the tail (:func:`pipelines.gates.tail_mask`).
 
-    val = load_splits(fetch(vs.splits_uri, cfg.scratch))["val"]
-    return val.x[: max(1, min(8, inputs[0].profile["max"][0], len(val.x)))]
+    Uniform, so an engine failing on a share p of inputs slips past with probability at most (1 - p)^1024: 0.59 %
+    at p = 0.5 % (drawing without replacement only lowers it); the tail on top, so rare inputs are there whatever
+    their share. A test split smaller than 1,024 windows is topped up with validation windows. Any number of rows:
+    the build and the canary run it in chunks of the profile's max batch (``inputs``' profile).
+    """
+    import numpy as np
+
+    from factory_core.contracts import CANARY_ROWS, CANARY_TAIL_ROWS
+
+    from .datasets import load_splits
+    from .gates import tail_mask
+
+    splits = load_splits(fetch(vs.splits_uri, cfg.scratch))
+    test, val = splits["test"], splits["val"]
+    rng = np.random.default_rng(cfg.train.seed)
+    uniform = rng.permutation(len(test))[:CANARY_ROWS]
+    tail = rng.permutation(np.flatnonzero(tail_mask(Family(vs.family), test)))[:CANARY_TAIL_ROWS]
+    x = test.x[np.union1d(uniform, tail)]
+    short = CANARY_ROWS - len(uniform)
+    if short > 0 and len(val):
+        x = np.concatenate([x, val.x[np.sort(rng.permutation(len(val))[:short])]])
+    return x
 
 
 def engine_version(p: Plan, vs: VariantSet) -> str:

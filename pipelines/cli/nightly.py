@@ -105,8 +105,8 @@ FINISHED = {"success", "failed", "skipped", "upstream_failed", "up_for_retry", "
 class Progress:
     """Polls the metadata DB for this run's task instances and prints each one that finishes, once."""
 
-    def __init__(self, cfg: FactoryConfig, date: str, out, interval_s: float = 0.5):
-        self.cfg, self.date, self.out, self.interval = cfg, date, out, interval_s
+    def __init__(self, cfg: FactoryConfig, date: str, out, logical: dt.datetime, interval_s: float = 0.5):
+        self.cfg, self.date, self.out, self.interval, self.logical = cfg, date, out, interval_s, logical
         self.seen: set[tuple[str, int, int, str]] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nightly-progress", daemon=True)
@@ -162,7 +162,11 @@ class Progress:
                 self.out.write(f"           {f['error']}: {f['reason'].splitlines()[0][:300]}\n")
 
     def run_id(self) -> str | None:
-        """This night's run: the newest run of the DAG that started after this watcher did."""
+        """This night's run: the DAG's run for this logical date created after this watcher started.
+
+        Not by ``start_date``: ``dag.test`` sets a run's start date to its logical date (02:00 of the night), so
+        a watcher filtering on it found no run for any past date and printed nothing (seen in 18 of 20 nights).
+        ``run_after`` is when the run was created."""
         if self._run_id is None:
             from airflow.models.dagrun import DagRun
             from airflow.utils.session import create_session
@@ -170,8 +174,9 @@ class Progress:
 
             with create_session() as session:
                 self._run_id = session.scalar(select(DagRun.run_id).where(DagRun.dag_id == NIGHTLY_DAG)
-                                              .where(DagRun.start_date >= self.started)
-                                              .order_by(DagRun.start_date.desc()).limit(1))
+                                              .where(DagRun.logical_date == self.logical)
+                                              .where(DagRun.run_after >= self.started)
+                                              .order_by(DagRun.id.desc()).limit(1))
         return self._run_id
 
 
@@ -194,7 +199,7 @@ def _run_nightly_locked(cfg: FactoryConfig, date: str, console, params: dict) ->
             return 3
         dag = bag.dags[NIGHTLY_DAG]
         logical = dt.datetime.fromisoformat(date).replace(hour=2, tzinfo=dt.timezone.utc)
-        with Progress(cfg, date, terminal) as progress:
+        with Progress(cfg, date, terminal, logical) as progress:
             dagrun = dag.test(logical_date=logical, run_conf=params)
     elapsed = time.perf_counter() - start
     state = str(getattr(dagrun, "state", "unknown"))
@@ -222,6 +227,9 @@ def _run_nightly_locked(cfg: FactoryConfig, date: str, console, params: dict) ->
 
 
 def _cmd_nightly(args: argparse.Namespace) -> int:
+    from factory_core.dates import check_night_date
+
+    check_night_date(args.date)  # before anything starts: the plan task checks it again for runs from elsewhere
     cfg = _load(args)
     return run_nightly(cfg, args.date, args.config, args.families, args.targets)
 

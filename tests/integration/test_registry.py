@@ -407,14 +407,56 @@ def test_a_registry_outage_is_never_no_champion(tmp_path):
         Registry(local.tracking_uri).resolve("fraud_risk", "cpu", CHAMPION)
 
 
-def test_auto_promotion_never_replaces_a_champion_from_a_newer_night(engines, mlflow_server):
+def test_auto_promotion_never_skips_the_comparison_nor_replaces_a_champion_from_a_newer_night(
+        engines, mlflow_server, export_small_model, tmp_path):
+    import datetime as dt
+
+    from factory_core.contracts import Champion
     from model_registry.publish import auto_promote
 
     e1, e2 = engines
     reg = Registry(mlflow_server.uri)
+
+    def seen(version, comparable=True, reason=""):  # the champion as tonight's gate saw it
+        return Champion(family="dates_test", target="cpu", registry_version=str(version) if version else None,
+                        comparable=comparable, reason=reason)
+
     newer = reg.register("dates_test", "cpu", "s3://x/1", _record(_manifest(e1)), "a", None, {"date": "2026-11-22"}, "d")
-    assert auto_promote(reg, "dates_test", "cpu", newer, "2026-11-22", "why") == (True, "")
+    assert auto_promote(reg, "dates_test", "cpu", newer, "2026-11-22", "why", seen(None, False)) == (True, "")
     older = reg.register("dates_test", "cpu", "s3://x/2", _record(_manifest(e2)), "b", None, {"date": "2026-11-21"}, "d")
-    promoted, note = auto_promote(reg, "dates_test", "cpu", older, "2026-11-21", "why")
+    promoted, note = auto_promote(reg, "dates_test", "cpu", older, "2026-11-21", "why", seen(newer))
     assert not promoted and "trained for 2026-11-22, newer than this night's 2026-11-21" in note
     assert reg.resolve("dates_test", "cpu", CHAMPION).version == newer
+
+    # whatever made the champion unusable to the gate, the champion stays and the note says why
+    gone = "champion's engine unusable: s3://x: no committed version dates_test/cpu/1"
+    promoted, note = auto_promote(reg, "dates_test", "cpu", older, "2026-11-23", "why", seen(newer, False, gone))
+    assert not promoted and f"kept champion v{newer}" in note and "no committed version" in note
+    promoted, note = auto_promote(reg, "dates_test", "cpu", older, "2026-11-23", "why", seen(None, False))
+    assert not promoted and "never compared" in note  # the gate saw no champion; one appeared since
+    promoted, note = auto_promote(reg, "dates_test", "cpu", older, "2026-11-23", "why", seen("999"))
+    assert not promoted and "compared v" in note and "moved since" in note
+    assert reg.resolve("dates_test", "cpu", CHAMPION).version == newer
+
+    # a champion dated beyond today (a mistyped --date before the date check) never blocks in silence
+    future = (dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=200)).isoformat()
+    e3 = _engine(export_small_model, tmp_path, 3)
+    bogus = reg.register("dates_test", "cpu", "s3://x/3", _record(_manifest(e3)), "c", None, {"date": future}, "d")
+    reg.promote("dates_test", "cpu", bogus, by="test", why="a mistyped date")
+    promoted, note = auto_promote(reg, "dates_test", "cpu", older, "2026-11-24", "why", seen(bogus))
+    assert promoted and f"date {future} lies beyond" in note and "not allowed to block" in note
+
+
+def test_a_path_store_beside_a_tracking_server_is_refused_before_any_work(mlflow_server, tmp_path):
+    """An MLflow server refuses a version whose source is a local path ("Invalid model version source"): the night
+    would write the store, then fail at registration. The preflight refuses the pair instead, naming both."""
+    from pipelines.preflight import PreflightError, preflight
+
+    store = tmp_path / "engine_store"
+    cfg = load_config(profile="smoke", env={"FACTORY_HOME": str(tmp_path)}, overrides={"registry": {
+        "tracking_uri": mlflow_server.uri, "store_uri": str(store)}})
+    with pytest.raises(PreflightError) as err:
+        preflight(cfg)
+    msg = str(err.value)
+    assert f"registry.store_uri) {store} is a local path" in msg and mlflow_server.uri in msg and "s3://" in msg
+    assert not store.exists()  # nothing written
