@@ -227,3 +227,36 @@ def delete(uri: str) -> None:
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type == pafs.FileType.File:
         fs.delete_file(path)
+
+
+RESERVE = ".disk-reserve"
+RESERVE_BYTES = 1 << 20
+"""Room kept in ``home`` (1 MiB; a failure record with its traceback is a few KiB) so that a night that fills its
+disk can still say so: the reserve is released to write the failure record."""
+
+
+def reserve_space(home: Path) -> bool:
+    """Keep :data:`RESERVE_BYTES` in ``home/.disk-reserve`` (a file of zeros). False when there is no room for it."""
+    path = Path(home) / RESERVE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and path.stat().st_size >= RESERVE_BYTES:
+            return True
+        with open(path, "wb") as f:
+            f.write(b"\0" * RESERVE_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return False
+
+
+def release_space(home: Path) -> bool:
+    """Free the reserve (when the disk is full and the failure record needs the room). True when there was one."""
+    try:
+        (Path(home) / RESERVE).unlink()
+        return True
+    except OSError:
+        return False

@@ -17,10 +17,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from factory_core.config import FactoryConfig, load_config
+from factory_core.config import FactoryConfig, load_config, redact
 from factory_core.contracts import Record
-from factory_core.errors import is_final
-from factory_core.fsutil import delete, list_json, put_json
+from factory_core.errors import disk_full, is_final
+from factory_core.fsutil import delete, list_json, put_json, release_space
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,11 @@ def config_from_params(params: Mapping[str, Any]) -> FactoryConfig:
 
     Also points this process's clients at the config's endpoints (S3 endpoint, MLflow retries), so every task
     body (a stage, the outcome, the drift check) reaches the same run root and registry."""
+    from factory_core.logsafe import install_log_redaction
+
     from .preflight import apply_client_limits
 
+    install_log_redaction()  # a task process on a worker: its task log never shows a credential
     cfg = load_config(None, params.get("profile") or None)
     apply_client_limits(cfg)
     return cfg
@@ -98,8 +101,17 @@ def run_date(context: Mapping[str, Any]) -> str:
 
 
 def record_failure(cfg: FactoryConfig, date: str, task: str, exc: BaseException) -> str:
-    return put_json(cfg.run_layout(date).failure(task), {"task": task, "error": type(exc).__name__, "reason": str(exc),
-                                                         "traceback": traceback.format_exc()})
+    """``failures/<task>.json``: the error's class, its reason and traceback, with every URI's credentials
+    redacted. On a full disk, the home's reserve is released to make room for the record itself."""
+    record = {"task": task, "error": type(exc).__name__, "reason": redact(str(exc)),
+              "traceback": redact(traceback.format_exc())}
+    uri = cfg.run_layout(date).failure(task)
+    try:
+        return put_json(uri, record)
+    except OSError as err:
+        if disk_full(err) is None or not release_space(cfg.home):
+            raise
+        return put_json(uri, record)
 
 
 @contextlib.contextmanager
@@ -137,6 +149,9 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             ctx["factory_label"] = _label(records, kwargs)  # rendered by the DAG's map_index_template
             result = stage(cfg, *records, **kwargs)
         except Exception as exc:
+            full = disk_full(exc, cfg.home)
+            if full is not None and full is not exc:  # named, and final: a retry on the same disk fails the same
+                full.__cause__, exc = exc, full
             record_failure(cfg, run_date(ctx), task, exc)
             if is_final(exc):  # bad input or a required capability missing: the same again fails the same way
                 raise AirflowFailException(f"{task}: {exc}") from exc

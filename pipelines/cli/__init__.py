@@ -11,7 +11,9 @@ import argparse
 import logging
 import sys
 
+from factory_core.config import redact
 from factory_core.errors import BadInput, FactoryError
+from factory_core.logsafe import install_log_redaction
 
 from . import airflow_cmds, monitoring_cmds, nightly, registry_cmds
 from .nightly import NightRunning, night_lock, run_nightly
@@ -30,12 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    install_log_redaction()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except FactoryError as exc:  # the factory's own errors print one line; bugs keep their traceback
-        print(f"factory: {exc}", file=sys.stderr)
+        print(f"factory: {redact(str(exc))}", file=sys.stderr)
         return 2 if isinstance(exc, BadInput) else 1
 
 

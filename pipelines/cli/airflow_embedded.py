@@ -3,6 +3,7 @@ DAGs, its pools, and runs through ``dag.test``. Airflow is imported only after i
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -42,11 +43,46 @@ def prepare_airflow(cfg: FactoryConfig) -> None:
         raise RuntimeError("airflow was imported before its environment was set")
     from airflow.utils import db
 
-    logging.getLogger(__name__).info("airflow: migrating metadata DB at %s", env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
-    db.initdb()
-    from pipelines.fleet import ensure_pools
+    # One set-up per home at a time: two nights (two dates) started at once in a fresh home both created the
+    # tables and one crashed ("table asset_alias_asset_event already exists"). The second waits, then finds the
+    # schema current and only checks it.
+    with home_lock(cfg, "airflow-db"):
+        logging.getLogger(__name__).info("airflow: migrating metadata DB at %s",
+                                         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+        db.initdb()
+        from pipelines.fleet import ensure_pools
 
-    ensure_pools()  # infra/airflow/pools.json, as `factory airflow init` does for a deployment
+        ensure_pools()  # infra/airflow/pools.json, as `factory airflow init` does for a deployment
+
+
+@contextlib.contextmanager
+def home_lock(cfg: FactoryConfig, name: str, timeout_s: float = 600.0):
+    """An exclusive advisory lock ``<home>/locks/<name>.lock`` (``flock``: released by the kernel if the holder
+    dies, so a killed night never leaves it held). Waits up to ``timeout_s``, then says who holds it."""
+    import fcntl
+    import time
+
+    path = cfg.home / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    f.seek(0)
+                    raise TimeoutError(f"{path}: held for more than {timeout_s:g} s by {f.read().strip() or '?'}")
+                time.sleep(0.2)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run_drift_monitor(cfg: FactoryConfig, config_path: str | None, windows: list[tuple[dt.datetime, dt.datetime]],

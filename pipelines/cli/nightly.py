@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from factory_core.config import ConfigError, FactoryConfig
-from factory_core.fsutil import get_json
+from factory_core.errors import disk_full
+from factory_core.fsutil import get_json, reserve_space
 from factory_core.layout import GATE_PLOT
 
 from .airflow_embedded import DAGS_DIR, NIGHTLY_DAG, prepare_airflow
@@ -187,20 +188,27 @@ def _run_nightly_locked(cfg: FactoryConfig, date: str, console, params: dict) ->
     console.rule(f"nightly_model_factory · {date} · profile {cfg.profile}")
     console.print(f"task logs: {logs}")
     start = time.perf_counter()
-    with task_logs_to(logs) as terminal:
-        prepare_airflow(cfg)
-        orchestration.clear_failures(cfg, date)
-        from airflow.dag_processing.dagbag import DagBag
+    reserve_space(cfg.home)  # room for the failure record should the night fill the disk
+    try:
+        with task_logs_to(logs) as terminal:
+            prepare_airflow(cfg)
+            orchestration.clear_failures(cfg, date)
+            from airflow.dag_processing.dagbag import DagBag
 
-        bag = DagBag(dag_folder=str(DAGS_DIR))
-        if bag.import_errors:
-            for path, err in bag.import_errors.items():
-                terminal.write(f"DAG import error {path}:\n{err}\n")
-            return 3
-        dag = bag.dags[NIGHTLY_DAG]
-        logical = dt.datetime.fromisoformat(date).replace(hour=2, tzinfo=dt.timezone.utc)
-        with Progress(cfg, date, terminal, logical) as progress:
-            dagrun = dag.test(logical_date=logical, run_conf=params)
+            bag = DagBag(dag_folder=str(DAGS_DIR))
+            if bag.import_errors:
+                for path, err in bag.import_errors.items():
+                    terminal.write(f"DAG import error {path}:\n{err}\n")
+                return 3
+            dag = bag.dags[NIGHTLY_DAG]
+            logical = dt.datetime.fromisoformat(date).replace(hour=2, tzinfo=dt.timezone.utc)
+            with Progress(cfg, date, terminal, logical) as progress:
+                dagrun = dag.test(logical_date=logical, run_conf=params)
+    except Exception as exc:  # Airflow's own writes (its SQLite DB, XComs) raise out of dag.test
+        full = disk_full(exc, cfg.home / "airflow" / "airflow.db")
+        if full is None:
+            raise
+        return _end_on_full_disk(cfg, date, console, full)
     elapsed = time.perf_counter() - start
     state = str(getattr(dagrun, "state", "unknown"))
     failures = orchestration.read_failures(cfg, date)
@@ -224,6 +232,22 @@ def _run_nightly_locked(cfg: FactoryConfig, date: str, console, params: dict) ->
                     console.print(f"[red]{ti.state}[/red] task {ti.task_id} (see the task logs)")
         return 1
     return 0
+
+
+def _end_on_full_disk(cfg: FactoryConfig, date: str, console, full: BaseException) -> int:
+    """A full disk ends the night with one line and a failure record (``failures/nightly.json``), the room for
+    which the home's reserve gives back; not with a SQLAlchemy traceback."""
+    from factory_core.fsutil import release_space
+
+    from ..orchestration import record_failure
+
+    release_space(cfg.home)
+    console.print(f"[red]FAILED[/red] night {date}: {full}")
+    try:
+        console.print(f"failure record: {record_failure(cfg, date, 'nightly', full)}")
+    except OSError as exc:
+        console.print(f"[red]no failure record[/red]: the disk has no room for it either ({exc.strerror})")
+    return 1
 
 
 def _cmd_nightly(args: argparse.Namespace) -> int:

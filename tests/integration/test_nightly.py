@@ -68,6 +68,7 @@ def test_models_and_onnx_for_every_family(night):
         assert (run / fam / "onnx" / "model.fp32.onnx").is_file()
         assert fam in proc.stdout  # the summary table names it
     assert "run state: success" in proc.stdout.replace("DagRunState.SUCCESS", "success")
+    assert "  done     plan " in proc.stdout and "  done     publish " in proc.stdout  # one line per task
 
 
 def test_each_family_learns_above_chance(night):
@@ -279,6 +280,42 @@ def test_next_night_meets_the_champion_on_evidence_and_promotes_a_non_inferior_c
         if win is not None:  # a selected challenger was not shown worse, so it is the champion now
             v = promoted[(g["family"], "cpu")]
             assert v["promoted"] and reg.resolve(g["family"], "cpu", CHAMPION).version == v["registry_version"]
+
+
+def test_a_champion_the_store_lost_is_kept_not_promoted_over_without_comparison(night, services):
+    """The champion's store folder is gone: tonight's gate cannot measure it, so the night registers the
+    challenger, keeps the champion, and says why on the console and in the summary (it used to auto-promote)."""
+    import shutil
+
+    import boto3
+
+    from model_registry.registry import CHAMPION, Registry
+
+    home, _ = night
+    reg = Registry(services["FACTORY__REGISTRY__TRACKING_URI"])
+    champ = reg.resolve("fraud_risk", "cpu", CHAMPION)
+    s3 = boto3.client("s3", endpoint_url=services["FACTORY__REGISTRY__S3_ENDPOINT_URL"], region_name="us-east-1")
+    prefix = f"engines/fraud_risk/cpu/{champ.tags['factory_version']}/"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="nightly", Prefix=prefix).get("Contents", [])]
+    assert keys
+    s3.delete_objects(Bucket="nightly", Delete={"Objects": [{"Key": k} for k in keys]})
+    shutil.rmtree(home / "cache" / "champions", ignore_errors=True)  # no local copy to fall back on either
+    date = "2026-11-24"
+    proc = _factory(home, "nightly", "--profile", "smoke", "--date", date, "--families", "fraud_risk", "--targets",
+                    "cpu", extra_env=services)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = " ".join(proc.stdout.split())  # the console folds long lines
+    assert f"NOT PROMOTED fraud_risk.cpu" in out and f"kept champion v{champ.version}" in out
+    assert "no committed version" in out
+    assert reg.resolve("fraud_risk", "cpu", CHAMPION).version == champ.version
+    summary = json.loads((home / "runs" / date / "summary.json").read_text())
+    (v,) = summary["published"][0]["versions"]
+    assert not v["promoted"] and f"kept champion v{champ.version}" in v["note"]
+    # one console line per finished task instance, every night
+    import re
+
+    lines = re.findall(r"^\s+(done|skip|FAILED)\s+(\w+)", proc.stdout, flags=re.M)
+    assert {"plan", "ingest", "train", "publish", "summarize"} <= {t for _, t in lines}, proc.stdout[-3000:]
 
 
 _PUBLISH = """
