@@ -8,18 +8,28 @@ Environment overrides: ``FACTORY_HOME`` sets ``home``; ``FACTORY_PROFILE`` picks
 when none is passed (the CLI sets it so a DAG parsed in its process sees the run's targets); any ``FACTORY__A__B=value``
 sets ``a.b`` (value parsed as YAML, so ``FACTORY__TRAIN__MAX_EPOCHS=3`` is an int).
 An unknown key or a bad value raises :class:`ConfigError` naming the key.
+
+YAML (the file and every override value) is read by one loader, :func:`_load_yaml`, that refuses what a config
+never holds: a file over 1 MiB, bytes that are not UTF-8, a duplicate key, nesting past 32 levels, and a
+document that expands past 100,000 nodes once its aliases are expanded (an alias bomb). Every URI-valued key
+(:data:`Uri`) refuses credentials in the URI. Errors echo at most 200 characters of a value, redacted.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import re
+import reprlib
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .errors import BadInput
 from .families import SPECS, Family
@@ -38,14 +48,39 @@ class ConfigError(BadInput, ValueError):
     """A configuration key or value is wrong; the message names it."""
 
 
+_CREDENTIALS_BELONG = {
+    "tracking_uri": "use MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+                    "environment instead",
+    "pushgateway_url": "the factory pushes without credentials; reach the Pushgateway over a private network instead",
+}
+_AWS_CHAIN = ("S3 credentials come from the AWS credential chain instead (AWS_ACCESS_KEY_ID and "
+              "AWS_SECRET_ACCESS_KEY in the environment, AWS_PROFILE, or the host's role)")
+
+
+def _refuse_credentials(value: str, info: ValidationInfo) -> str:
+    """Every URI-valued key: ``scheme://user:secret@host`` is refused, since config values are printed in the
+    console, task logs, plans and failure records. The message says where the key's credentials belong."""
+    if "://" in value:
+        parts = urlsplit(value)
+        if parts.username or parts.password:
+            raise ValueError("credentials in a URI would reach every log line that prints it; "
+                             + _CREDENTIALS_BELONG.get(info.field_name or "", _AWS_CHAIN))
+    return value
+
+
+Uri = Annotated[str, AfterValidator(_refuse_credentials)]
+"""A path or URI in the config (lake, run root, stores, endpoints): never with credentials in it."""
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Inputs stay out of pydantic's own message: _format_error echoes them bounded and redacted.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class DataConfig(_Strict):
     source: Literal["simulator", "lake"] = "simulator"
     """``simulator`` writes missing days into the lake; ``lake`` only reads what is there."""
-    lake_uri: str | None = None
+    lake_uri: Uri | None = None
     """Local path or ``s3://bucket/prefix``; defaults to ``<home>/lake``."""
     symbols: list[str] = Field(default_factory=lambda: ["ESZ6", "NQZ6", "AAPL", "MSFT"], min_length=1)
     ticks_per_day: int = Field(20_000, ge=500)
@@ -361,12 +396,12 @@ class BenchmarkConfig(_Strict):
 
 
 class RegistryConfig(_Strict):
-    tracking_uri: str | None = None
+    tracking_uri: Uri | None = None
     """MLflow tracking/registry URI; default ``sqlite:///<home>/mlflow/mlflow.db`` (embedded)."""
     experiment: str = "model-factory"
-    store_uri: str | None = None
+    store_uri: Uri | None = None
     """Engine store: a path or ``s3://bucket/prefix``; default ``<home>/engine_store``."""
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: Uri | None = None
     """For MinIO or another S3-compatible endpoint; AWS when unset. Credentials: the AWS chain, never config."""
     http_timeout_s: float = Field(10.0, gt=0)
     """MLflow client: seconds per HTTP attempt (``MLFLOW_HTTP_REQUEST_TIMEOUT``)."""
@@ -377,17 +412,6 @@ class RegistryConfig(_Strict):
     """MLflow client: backoff factor between retries (1, 2, 4 … s; MLflow takes an integer)."""
     preflight_timeout_s: float = Field(5.0, gt=0)
     """The night's first task reaches every service within this many seconds, or fails naming it."""
-
-    @field_validator("tracking_uri")
-    @classmethod
-    def _no_credentials_in_uri(cls, v: str | None) -> str | None:
-        from urllib.parse import urlparse
-
-        if v and "://" in v and (urlparse(v).username or urlparse(v).password):
-            raise ValueError("credentials in the tracking URI would reach every log line that prints it; use "
-                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
-                             "environment instead")
-        return v
 
 
 class DriftConfig(_Strict):
@@ -435,17 +459,17 @@ class DriftConfig(_Strict):
 
 class MonitoringConfig(_Strict):
     drift: DriftConfig = DriftConfig()
-    prediction_log_uri: str | None = None
+    prediction_log_uri: Uri | None = None
     """Where serving hosts log predictions: a path or ``s3://bucket/prefix``; default: the engine store."""
     textfile_dir: str | None = None
     """node_exporter textfile-collector directory for batch metrics (drift, nightly outcome);
     default ``<home>/metrics``."""
-    pushgateway_url: str | None = None
+    pushgateway_url: Uri | None = None
     """Also push batch metrics to this Prometheus Pushgateway when set."""
 
 
 class RunsConfig(_Strict):
-    root: str | None = None
+    root: Uri | None = None
     """Where every night's artifacts live: a path, or ``s3://bucket/prefix`` (AWS or MinIO) in a fleet, where no
     task can read another host's disk. Default ``<home>/runs``."""
     isolate_tasks: bool = False
@@ -588,20 +612,147 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file is a few KB; one over 1 MiB is refused before it is parsed."""
+MAX_YAML_NODES = 100_000
+"""A config document has a few hundred nodes; past this many, counting every alias at its expanded size, it is
+refused before anything is built from it (an alias bomb: nested anchors that expand to billions)."""
+MAX_YAML_DEPTH = 32
+"""A config nests about 5 levels deep (``gates.families.market_alert.p99_budget_ms.cpu``)."""
+_ECHO_CHARS = 200
+"""A config error echoes at most this much of a rejected value or key."""
+
+
+class _Echo(reprlib.Repr):
+    """``repr`` of a rejected value for an error message: bounded (never a megabyte) and redacted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = _ECHO_CHARS
+        self.maxlevel = 3
+
+    def repr_str(self, x: str, level: int) -> str:
+        return super().repr_str(redact(x), level)
+
+
+def _clip(text: str, limit: int = _ECHO_CHARS) -> str:
+    """``text`` redacted, then cut to ``limit`` characters."""
+    text = redact(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _echo(value: Any) -> str:
+    return _clip(_Echo().repr(value))
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing a duplicate key and a document that nests past :data:`MAX_YAML_DEPTH` or
+    expands past :data:`MAX_YAML_NODES`.
+
+    PyYAML is already a dependency; ruamel.yaml would refuse duplicate keys by default, but the size and alias
+    limits would still be ours, so three overrides here cost less than a second YAML library.
+    """
+
+    def __init__(self, text: str, source: str, name: str) -> None:
+        super().__init__(text)
+        self.source = source  # "config file X" or "environment variable Y": how our messages begin
+        self.name = name  # how PyYAML's marks name the text, for its own errors
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        # Before Python's recursion limit, and before the scanner's cost, quadratic in nesting, adds up to seconds.
+        self.depth += 1
+        if self.depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{self.source}, line {self.peek_event().start_mark.line + 1}: nested deeper than "
+                              f"{MAX_YAML_DEPTH} levels (a config has about 5)")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        self._expanded_nodes(node, {})
+        return node
+
+    def _expanded_nodes(self, node: yaml.Node, counted: dict[int, int]) -> int:
+        """Nodes under ``node`` with every alias counted at its full size; an alias is counted once per use."""
+        if id(node) not in counted:
+            counted[id(node)] = MAX_YAML_NODES + 1  # met again while being counted: an alias to itself, endless
+            children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                        else node.value if isinstance(node, yaml.SequenceNode) else [])
+            counted[id(node)] = 1 + sum(self._expanded_nodes(c, counted) for c in children)
+        if counted[id(node)] > MAX_YAML_NODES:
+            raise ConfigError(f"{self.source}, line {node.start_mark.line + 1}: expands to more than "
+                              f"{MAX_YAML_NODES:,} nodes once its aliases are expanded (a config has a few hundred); "
+                              "refused as an alias bomb")
+        return counted[id(node)]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`, whose keys the mapping may override
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the base class names an unhashable key
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise ConfigError(f"{self.source}, line {line}: duplicate key {_echo(key)} (first at line "
+                                  f"{first_line[key]}); one of them would be silently ignored")
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, source: str, name: str | None = None) -> Any:
+    """Parse one YAML document of config; :class:`ConfigError` naming ``source`` on anything a config never is."""
+    loader = _ConfigLoader(text, source, name or source)
+    try:
+        return loader.get_single_data()
+    except ConfigError:
+        raise
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a date like 2024-02-30, an int of 5,000 digits
+        raise ConfigError(f"{source}: not valid YAML: {_clip(str(exc), 1000)}") from None
+    finally:
+        loader.dispose()
+
+
+def _read_config_file(path: Path) -> str:
+    """The file's text: at most :data:`MAX_CONFIG_BYTES`, UTF-8 (a BOM is allowed)."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+            size = max(len(data), os.fstat(fh.fileno()).st_size)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path}: {size:,} bytes is over the {MAX_CONFIG_BYTES // 2**20} MiB limit "
+                          f"({MAX_CONFIG_BYTES:,} bytes) for a config file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"config file {path}: not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} "
+                          f"(line {line}): {exc.reason}; save the file as UTF-8") from None
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    over: dict[str, Any] = {}
-    if env.get("FACTORY_HOME"):
-        over["home"] = env["FACTORY_HOME"]
-    for key, raw in sorted(env.items()):
+    paths: dict[tuple[str, ...], str] = {("home",): "FACTORY_HOME"} if env.get("FACTORY_HOME") else {}
+    for key in sorted(env):
         if not key.startswith(ENV_PREFIX):
             continue
-        path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        path = tuple(p.lower() for p in key[len(ENV_PREFIX):].split("__") if p)
         if not path:
             raise ConfigError(f"environment variable {key}: empty key path")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"environment variable {key}: cannot parse value {raw!r}: {exc}") from exc
+        if path in paths:
+            raise ConfigError(f"environment variables {paths[path]} and {key} both set {'.'.join(path)}")
+        paths[path] = key
+    for (a, key_a), (b, key_b) in itertools.combinations(paths.items(), 2):
+        if a[:len(b)] == b or b[:len(a)] == a:  # FACTORY__TRAIN and FACTORY__TRAIN__MAX_EPOCHS: which one wins?
+            raise ConfigError(f"environment variables {key_a} and {key_b} both set {'.'.join(min(a, b, key=len))}")
+    over: dict[str, Any] = {}
+    for path, key in paths.items():
+        value = env[key] if key == "FACTORY_HOME" else _load_yaml(env[key], f"environment variable {key}")
         node = over
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -613,12 +764,16 @@ def _family_defaults_as_dict() -> dict[str, Any]:
     return {f.value: c.model_dump() for f, c in _default_families().items()}
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
+def _format_error(exc: ValidationError, source: str, max_errors: int = 20) -> str:
+    """One line per error, naming the key; every part bounded, the value redacted."""
+    errors = exc.errors()
     lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  {loc}: {msg} (got {redact(repr(err.get('input')))})")
+    for err in errors[:max_errors]:
+        loc = _clip(".".join(str(p) for p in err["loc"]) or "<root>")
+        msg = "unknown key" if err["type"] == "extra_forbidden" else _clip(err["msg"], 500)
+        lines.append(f"  {loc}: {msg} (got {_echo(err.get('input'))})")
+    if len(errors) > max_errors:
+        lines.append(f"  ... and {len(errors) - max_errors} more")
     return f"invalid configuration ({source}):\n" + "\n".join(lines)
 
 
@@ -656,10 +811,7 @@ def load_config(
         f.value: g.model_dump() for f, g in _default_family_gates().items()}}}
     source = "defaults"
     if cfg_file is not None:
-        try:
-            loaded = yaml.safe_load(cfg_file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {cfg_file}: not valid YAML: {exc}") from exc
+        loaded = _load_yaml(_read_config_file(cfg_file), f"config file {cfg_file}", str(cfg_file)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {cfg_file}: top level must be a mapping, got {type(loaded).__name__}")
         layered = _deep_merge(layered, loaded)
@@ -667,7 +819,7 @@ def load_config(
         try:  # the file's own values are checked before a profile can overlay (and hide) them
             FactoryConfig.model_validate({k: v for k, v in layered.items() if k != "profile"})
         except ValidationError as exc:
-            raise ConfigError(_format_error(exc, source)) from exc
+            raise ConfigError(_format_error(exc, source)) from None
     chosen = profile or env.get("FACTORY_PROFILE") or layered.get("profile") or "default"
     if chosen not in PROFILES:
         raise ConfigError(f"profile: unknown profile {chosen!r}; choose one of {sorted(PROFILES)}")
@@ -679,4 +831,4 @@ def load_config(
     try:
         return FactoryConfig.model_validate(layered)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, f"{source} + profile {chosen} + environment")) from exc
+        raise ConfigError(_format_error(exc, f"{source} + profile {chosen} + environment")) from None
