@@ -4,6 +4,10 @@ The lake URI is a local path or ``s3://bucket/prefix`` (pyarrow's S3 filesystem;
 MinIO through ``?endpoint_override=host:port&scheme=http`` or ``AWS_ENDPOINT_URL``).
 Writes validate first, then go to a temporary name and are renamed into place, so a
 reader never sees a partial partition.
+
+Each published partition carries its :class:`~.validation.Reference` (close mid, typical sizes or amounts) in its
+own Parquet footer, so the statistics commit with the data in the same rename. The instrument's next day is
+checked against the most recent earlier one of them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .schema import SCHEMAS
-from .validation import DataValidationError, validate_table
+from .validation import (REFERENCE_KEY, DataValidationError, Reference, reference_of, validate_history,
+                         validate_table)
 
 log = logging.getLogger(__name__)
 PART_FILE = "part-0.parquet"
@@ -51,12 +56,19 @@ def exists(lake_uri: str, part: Partition) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
-def write_partition(lake_uri: str, part: Partition, df: pd.DataFrame) -> str:
-    """Validate ``df`` against the dataset schema and write it atomically. Returns the path."""
+def write_partition(lake_uri: str, part: Partition, df: pd.DataFrame, *, check_history: bool = True) -> str:
+    """Validate ``df`` and write it atomically with its reference statistics. Returns the path.
+
+    ``df`` must meet the dataset's contract and, unless ``check_history`` is false, keep the scale of the
+    instrument's previous published day. ``check_history=False`` publishes a legitimate change of scale (a stock
+    split of 10:1 or more, a redenomination): that day becomes the baseline the next one is checked against.
+    """
     schema = SCHEMAS[part.dataset]
     table = pa.Table.from_pandas(df, preserve_index=False)
     validate_table(table, part.dataset, part.key, part.date)
-    table = table.cast(schema)
+    reference = validate_history(table, part.dataset, part.key,
+                                 previous_reference(lake_uri, part) if check_history else None)
+    table = table.cast(schema).replace_schema_metadata({REFERENCE_KEY: reference.to_json()})
     fs, path = partition_file(lake_uri, part)
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
@@ -74,7 +86,11 @@ def write_partition(lake_uri: str, part: Partition, df: pd.DataFrame) -> str:
 
 
 def read_partition(lake_uri: str, part: Partition) -> pd.DataFrame:
-    """Read and validate one partition; a missing or bad one raises naming the partition."""
+    """Read and validate one partition; a missing or bad one raises naming the partition.
+
+    A file without reference statistics was not published by :func:`write_partition` (a feed wrote it straight
+    into the lake), so it is also checked against the instrument's previous day here.
+    """
     fs, path = partition_file(lake_uri, part)
     if fs.get_file_info(path).type != pafs.FileType.File:
         raise DataValidationError(part.key, None, f"partition not found at {path}")
@@ -84,7 +100,38 @@ def read_partition(lake_uri: str, part: Partition) -> pd.DataFrame:
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataValidationError(part.key, None, f"unreadable Parquet: {exc}") from exc
     validate_table(table, part.dataset, part.key, part.date)
+    if REFERENCE_KEY not in (table.schema.metadata or {}):
+        validate_history(table, part.dataset, part.key, previous_reference(lake_uri, part))
     return table.cast(SCHEMAS[part.dataset]).to_pandas()
+
+
+def previous_reference(lake_uri: str, part: Partition) -> Reference | None:
+    """The reference statistics of the instrument's most recent partition before ``part.date``; ``None`` if none.
+
+    A partition a feed wrote without them is validated, then has them computed from its columns.
+    """
+    fs, root = _fs(lake_uri)
+    infos = fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/{part.dataset}", allow_not_found=True))
+    dates = sorted((i.base_name.split("=", 1)[1] for i in infos
+                    if i.type == pafs.FileType.Directory and i.base_name.startswith("date=")), reverse=True)
+    for date in (d for d in dates if d < part.date):
+        prev = Partition(part.dataset, date, part.symbol)
+        if not exists(lake_uri, prev):
+            continue
+        fs, path = partition_file(lake_uri, prev)
+        try:
+            with fs.open_input_file(path) as src:
+                f = pq.ParquetFile(src)
+                stored = (f.schema_arrow.metadata or {}).get(REFERENCE_KEY)
+                if stored is not None:
+                    return Reference.from_json(prev.key, stored)
+                table = f.read()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataValidationError(prev.key, None, f"unreadable Parquet (the previous day of {part.key}): "
+                                                      f"{exc}") from exc
+        validate_table(table, prev.dataset, prev.key, prev.date)
+        return reference_of(table, prev.dataset, prev.key)
+    return None
 
 
 def list_symbols(lake_uri: str, dataset: str, date: str) -> list[str]:

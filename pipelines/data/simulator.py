@@ -2,6 +2,8 @@
 
 Output is a pure function of (date, symbol, seed). The market has:
 
+* a price level of the instrument's own (a function of symbol and seed) that each day
+  starts near, so consecutive days join up as a real instrument's do;
 * regimes (bull, bear, sideways) as a sticky Markov chain with their own drift and vol;
 * volatility clustering through a GARCH(1,1) variance;
 * an order-book imbalance (AR(1)) that shifts the next ticks' returns: the learnable
@@ -137,7 +139,10 @@ def simulate_market(date: str, symbol: str, n_ticks: int, seed: int, shift: Shif
         ret[t] = np.sqrt(var[t]) * (eps[t] * (1 + 0.6 * build[t]) + kappa * prev_imb[t])
     sigma = sigma0 * vol_mult * np.sqrt(var)
     log_ret = sigma0 * vol_mult * (ret + drift) + sigma0 * flash
-    mid = 100.0 * np.exp(np.cumsum(log_ret) + rng.uniform(-1.5, 2.5))
+    # The instrument keeps its own price level from day to day (as a real one does: the lake's validation checks
+    # each day against the previous close); each day opens with a small gap from it.
+    level = np.random.default_rng(stable_seed("level", seed, symbol)).uniform(-1.5, 2.5)
+    mid = 100.0 * np.exp(level + np.cumsum(log_ret) + rng.uniform(-0.05, 0.05))
 
     # Book: spread widens with vol and during build-ups; depth thins in build-ups.
     spread_ticks = np.maximum(1, np.round(1 + 2.5 * (sigma / sigma0 - 0.8).clip(0) + 4 * build))

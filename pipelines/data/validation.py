@@ -1,6 +1,14 @@
-"""Validation of lake partitions. Every error names the partition and the column."""
+"""Validation of lake partitions. Every error names the partition and the column.
+
+Two layers: :func:`validate_table` checks a partition on its own (the schema, then each row and each tick against
+the one before); :func:`validate_history` checks its scale against the instrument's previous published day, whose
+:class:`Reference` statistics the lake keeps in that day's Parquet footer (see ``lake.py`` and docs/lake_schema.md).
+"""
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -22,6 +30,26 @@ class DataValidationError(BadInput, ValueError):
 
 MAX_PRICE_DEVIATION = 0.5
 """A price further than this fraction from the row's level-1 mid is an outlier (a fat-finger 1e9, a unit slip)."""
+
+MAX_TICK_LOG_RETURN = 0.05
+"""Bound on |log(mid_t / mid_t-1)| between consecutive rows (about 5 %): a larger one-tick move of the whole book is
+a feed error, not a market. Measured with ``python benchmarks/lake_bounds.py`` (800 simulated days, 20 consecutive
+days x 4 symbols x 10 seeds, regime-shifted days among them): the largest is 0.0032, so the bound is about 16 times
+that; a 40 % jump is log(1.4) = 0.34."""
+
+MAX_DAY_RATIO = 10.0
+"""Factor either way between a day's median level-1 mid and the previous day's close, and between a day's median
+size or amount (and 99th-percentile amount) and the previous day's: beyond it is a unit slip (x100 cents, x1e9
+nano-units), not a market. Measured with ``python benchmarks/lake_bounds.py``: simulated days stay within 0.80-1.45
+(mid), 0.33-3.0 (sizes, across a regime shift that thins the book to 0.35) and 0.40-2.5 (amounts), margins of 6.9,
+3.3 and 4.0."""
+
+ABSOLUTE_MAX = {"price": 1e9, "size": 1e10, "amount": 1e10}
+"""Ceilings no instrument's price or book size and no card payment reach in their own units: they catch a unit slip
+on a first day, which has no history to compare with."""
+
+REFERENCE_KEY = b"model_factory.reference"
+"""Key of a published partition's :class:`Reference` (JSON) in its Parquet footer's schema metadata."""
 
 
 def validate_table(table: pa.Table, dataset: str, partition: str, day: str | None = None) -> None:
@@ -70,13 +98,26 @@ def validate_table(table: pa.Table, dataset: str, partition: str, day: str | Non
         amount = table.column("amount").to_numpy()
         if (amount <= 0).any():
             raise DataValidationError(partition, "amount", f"non-positive amount at row {int(np.argmax(amount <= 0))}")
+        _unique_ids(table, partition, "txn_id")
+
+
+def _unique_ids(table: pa.Table, partition: str, column: str) -> None:
+    ids = table.column(column).to_numpy()
+    dup = pd.Series(ids).duplicated(keep=False).to_numpy()
+    if dup.any():
+        first = ids[np.argmax(dup)]
+        rows = np.flatnonzero(ids == first).tolist()
+        n = pd.Series(ids[dup]).nunique()
+        raise DataValidationError(partition, column, f"duplicate id {first} at rows {rows[:10]}"
+                                                     f"{' …' if len(rows) > 10 else ''} ({n} duplicated id(s); "
+                                                     f"an id is unique within a partition)")
 
 
 def _first(partition: str, column: str, bad: np.ndarray, what: str, values: np.ndarray | None = None) -> None:
     rows = np.flatnonzero(bad)
     if rows.size:
         r = int(rows[0])
-        shown = f" ({values[r]!r})" if values is not None else ""
+        shown = f" ({values[r].item()!r})" if values is not None else ""
         raise DataValidationError(partition, column, f"{what} in {rows.size} row(s), first at row {r}{shown}")
 
 
@@ -105,6 +146,15 @@ def _validate_book(table: pa.Table, partition: str) -> None:
                                                for lvl in range(BOOK_LEVELS, 0, -1)]:
         _first(partition, name, np.abs(values / mid - 1) > MAX_PRICE_DEVIATION,
                f"price more than {MAX_PRICE_DEVIATION:.0%} from the level-1 mid (outlier)", values)
+    step = np.diff(np.log(mid))  # the row check above keeps the book together; this one keeps the ticks together
+    jumps = np.flatnonzero(np.abs(step) > MAX_TICK_LOG_RETURN)
+    if jumps.size:
+        r = int(jumps[0]) + 1
+        raise DataValidationError(partition, "bid_px_1",
+                                  f"the book jumps: level-1 mid moves {np.expm1(step[r - 1]):+.1%} in one tick, "
+                                  f"from row {r - 1} ({mid[r - 1]:.6g}) to row {r} ({mid[r]:.6g}), beyond the "
+                                  f"bound |log return| <= {MAX_TICK_LOG_RETURN} per tick ({jumps.size} such "
+                                  f"tick(s))")
     for side in ("bid", "ask"):
         for lvl in range(1, BOOK_LEVELS + 1):
             name = f"{side}_sz_{lvl}"
@@ -115,6 +165,89 @@ def _validate_book(table: pa.Table, partition: str) -> None:
     unknown = regimes - set(REGIMES) - {"unknown"}
     if unknown:
         raise DataValidationError(partition, "regime", f"unknown regime label(s) {sorted(unknown)}")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published day's scale: what the instrument's next day is checked against."""
+
+    partition: str
+    close_mid: float | None = None
+    """Market: the level-1 mid of the day's last row."""
+    median: dict[str, float] = field(default_factory=dict)
+    """Median of each size column (market) or of ``amount`` (transactions)."""
+    q99: dict[str, float] = field(default_factory=dict)
+    """99th percentile of ``amount`` (transactions): a slip in a minority of rows moves it before the median."""
+
+    def to_json(self) -> bytes:
+        return json.dumps({"close_mid": self.close_mid, "median": self.median, "q99": self.q99}).encode()
+
+    @classmethod
+    def from_json(cls, partition: str, data: bytes) -> Reference:
+        d = json.loads(data)
+        return cls(partition, d.get("close_mid"), d.get("median", {}), d.get("q99", {}))
+
+
+def _size_columns() -> list[str]:
+    return [f"{s}_sz_{lvl}" for s in ("bid", "ask") for lvl in range(1, BOOK_LEVELS + 1)] + ["last_sz"]
+
+
+def _np(table: pa.Table, column: str) -> np.ndarray:
+    return table.column(column).to_numpy().astype(float)
+
+
+def reference_of(table: pa.Table, dataset: str, partition: str) -> Reference:
+    """The day's :class:`Reference` statistics (``table`` has passed :func:`validate_table`)."""
+    if dataset == MARKET_DATASET:
+        bid, ask = _np(table, "bid_px_1"), _np(table, "ask_px_1")
+        return Reference(partition, close_mid=float(bid[-1] + ask[-1]) / 2,
+                         median={c: float(np.median(_np(table, c))) for c in _size_columns()})
+    amount = _np(table, "amount")
+    return Reference(partition, median={"amount": float(np.median(amount))},
+                     q99={"amount": float(np.quantile(amount, 0.99))})
+
+
+def validate_history(table: pa.Table, dataset: str, partition: str, previous: Reference | None) -> Reference:
+    """Raise :class:`DataValidationError` if ``table``'s scale is off; return its own :class:`Reference`.
+
+    Against ``previous`` (the instrument's previous published day; ``None`` on its first day, which passes these) the
+    median mid, sizes and amounts must stay within :data:`MAX_DAY_RATIO` either way; then every price, size and amount
+    must stay under :data:`ABSOLUTE_MAX`, history or not.
+    """
+    today = reference_of(table, dataset, partition)
+    if previous is not None:
+        bound = f"beyond the factor of {MAX_DAY_RATIO:g} either way a day allows (a unit slip?)"
+        if dataset == MARKET_DATASET and previous.close_mid:
+            mid = float(np.median((_np(table, "bid_px_1") + _np(table, "ask_px_1")) / 2))
+            if _off(mid, previous.close_mid):
+                raise DataValidationError(partition, "bid_px_1",
+                                          f"median level-1 mid {mid:.6g} is {mid / previous.close_mid:.3g}× the "
+                                          f"previous close {previous.close_mid:.6g} ({previous.partition}): {bound}")
+        for stat, now, before in [("median", today.median, previous.median), ("99th percentile", today.q99,
+                                                                                previous.q99)]:
+            for column, value in now.items():
+                ref = before.get(column)
+                if ref is not None and _off(value, ref):
+                    raise DataValidationError(partition, column,
+                                              f"{stat} {value:.6g} is {value / ref:.3g}× the previous day's "
+                                              f"{stat} {ref:.6g} ({previous.partition}): {bound}")
+    if dataset == MARKET_DATASET:
+        limits = [(f"{s}_px_{lvl}", "price") for s in ("bid", "ask") for lvl in range(1, BOOK_LEVELS + 1)]
+        limits += [("last_px", "price")] + [(c, "size") for c in _size_columns()]
+    else:
+        limits = [("amount", "amount")]
+    for column, kind in limits:
+        values = _np(table, column)
+        _first(partition, column, values > ABSOLUTE_MAX[kind],
+               f"{kind} above the absolute ceiling {ABSOLUTE_MAX[kind]:g} (a unit slip?)", values)
+    return today
+
+
+def _off(value: float, ref: float) -> bool:
+    """Whether ``value`` is beyond :data:`MAX_DAY_RATIO` of ``ref`` either way (undecidable when either is <= 0)."""
+    if not (np.isfinite(value) and np.isfinite(ref) and value > 0 and ref > 0):
+        return False
+    return not 1 / MAX_DAY_RATIO <= value / ref <= MAX_DAY_RATIO
 
 
 def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
