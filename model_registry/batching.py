@@ -3,9 +3,12 @@
 Callers call :meth:`BatchingRunner.predict` from any thread with their own rows. One worker thread collects
 requests for up to ``window_ms`` after the first one (default 2 ms, the seeds' window) or until ``max_batch``
 rows are waiting, runs them as one batch, and hands each caller its own rows, in order. A request alone still
-runs when its window closes. Batches never exceed the engine profile's max batch (a request larger than it
-runs alone, in chunks); requests of another trailing shape (another window length) wait for their own batch.
-A failed batch fails each of its callers with the same error.
+runs when its window closes. Each request is checked against the engine's input contract in its caller's
+thread before it joins a batch (``runner.check_request``: dtype, rank, the profile's bounds, finite values), so a
+bad request fails only its own caller, with :class:`~model_registry.runtime.BadRequest`, and never a batch of
+others. Batches never exceed ``max_batch`` (a request larger than it runs alone, in chunks); requests of another
+trailing shape (another window length) wait for their own batch. A failed batch fails each of its callers with
+the same error.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import numpy as np
 
 
 class BatchingRunner:
+    """``runner``: an :class:`~model_registry.runtime.EngineRunner` (``predict``, ``check_request``, ``manifest``)."""
+
     def __init__(self, runner: Any, window_ms: float = 2.0, max_batch: int | None = None):
         prof = runner.manifest.inputs[0].profile or {}
         self.profile_max = int(prof["max"][0]) if prof.get("max") else None
@@ -38,8 +43,9 @@ class BatchingRunner:
         return self.runner.manifest
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        x = self.runner.check_request(x)  # refused here, in the caller's thread: never part of anyone's batch
         fut: Future = Future()
-        self._q.put((np.ascontiguousarray(x, dtype=np.float32), fut))
+        self._q.put((x, fut))
         return fut.result()
 
     def close(self) -> None:

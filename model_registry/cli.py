@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     add_pull_arguments(sub.add_parser("pull", help="install the engine an alias names for this host"))
     add_replay_arguments(sub.add_parser("replay-failure", help="re-run a captured failed request on any version"))
     args = parser.parse_args(argv)
+    from factory_core.logsafe import install_log_redaction
+
+    install_log_redaction()  # a serving host's log never shows a credential inside a URI
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -5,9 +5,11 @@ Layout under ``--dest``::
     <family>/<target>/versions/<registry version>-<factory version>/   one directory per installed version
     <family>/<target>/current -> versions/…                          switched atomically (symlink rename)
 
-A download goes to a temporary directory, is verified against its manifest (sha256,
-target, backend version), fsynced, then renamed into ``versions/``; only then does
-``current`` move. A corrupted or truncated object fails the pull and leaves the
+The manifest is checked first: its bytes as fetched must hash to the registry version's
+``manifest_sha256`` tag (recorded at registration), else :class:`~model_registry.store.ManifestMismatch`
+and nothing else is downloaded. A download goes to a temporary directory, is verified against
+that manifest (sha256, target, backend version), fsynced, then renamed into ``versions/``; only
+then does ``current`` move. A corrupted or truncated object fails the pull and leaves the
 installed version as it was.
 """
 
@@ -26,7 +28,7 @@ from factory_core.contracts import Manifest
 from factory_core.fsutil import pid_alive
 
 from .registry import Registry
-from .store import StoreError, check_name, open_store
+from .store import MANIFEST, ManifestMismatch, StoreError, check_manifest_bytes, check_name, open_store
 
 log = logging.getLogger(__name__)
 KEEP = 3
@@ -131,6 +133,25 @@ def check_registered(manifest: Manifest, mv) -> None:
                          f"a registry/store mismatch")
 
 
+def registered_manifest_sha(mv) -> str:
+    """The ``manifest_sha256`` the registry recorded for ``mv``; a version without it cannot be verified and is
+    refused (:class:`ManifestMismatch`), never installed unchecked."""
+    want = (mv.tags or {}).get("manifest_sha256")
+    if not want:
+        raise ManifestMismatch(
+            f"refusing {mv.name} v{mv.version}: it has no manifest_sha256 tag, so its manifest cannot be checked "
+            f"against what was registered (registered outside the factory, or the tag was removed); nothing "
+            f"installed. After checking the store's {MANIFEST} by hand, set the tag to its sha256: "
+            f"MlflowClient().set_model_version_tag({mv.name!r}, {str(mv.version)!r}, 'manifest_sha256', SHA256)")
+    return want
+
+
+def _refused_manifest(mv, exc: ManifestMismatch) -> ManifestMismatch:
+    engine = (mv.tags or {}).get("engine_sha256") or "?"
+    return ManifestMismatch(f"refusing {mv.name} v{mv.version} (registered with engine {engine}): {exc}; nothing "
+                            f"installed")
+
+
 def _clean_abandoned(versions: Path) -> None:
     """Remove temporary download folders of pulls that died (their process is gone), e.g. after ``kill -9``."""
     if not versions.is_dir():
@@ -176,13 +197,24 @@ def pull(cfg: FactoryConfig, family: str, target: str = "auto", alias: str = "ch
     final, current = base / "versions" / name, base / "current"
     if final.is_dir() and current.is_symlink() and os.readlink(current) == f"versions/{name}":
         return Installed(family, target, alias, str(mv.version), version, final, changed=False)
+    want = registered_manifest_sha(mv)
     (base / "versions").mkdir(parents=True, exist_ok=True)
     _clean_abandoned(base / "versions")
-    if not final.is_dir():
+    if final.is_dir():  # kept from an earlier install (a rollback): its manifest must still be the registered one
+        try:
+            installed = final / MANIFEST
+            check_manifest_bytes(installed.read_bytes() if installed.is_file() else b"", want, f"installed {final}")
+        except ManifestMismatch as exc:
+            raise _refused_manifest(mv, exc) from None
+    else:
         tmp = base / "versions" / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            manifest = open_store(cfg.store_uri, cfg.registry.s3_endpoint_url).fetch(family, target, version, tmp)
+            store = open_store(cfg.store_uri, cfg.registry.s3_endpoint_url)
+            try:
+                manifest = store.fetch(family, target, version, tmp, manifest_sha256=want)
+            except ManifestMismatch as exc:
+                raise _refused_manifest(mv, exc) from None
             check_registered(manifest, mv)
             check_compatible(manifest, target)
             _fsync_tree(tmp)

@@ -7,8 +7,10 @@ version, so an upload that dies midway leaves nothing visible, and a retry of th
 same version replaces the incomplete attempt. A committed version is never rewritten.
 
 Every object carries its sha256 (in S3 object metadata ``sha256``; in the manifest
-for both backends), and downloads are verified against the manifest. File names in a
-manifest are checked before use, so a crafted manifest cannot write outside the
+for both backends), and downloads are verified against the manifest. The manifest
+itself is verified against the sha256 the registry recorded for it (``fetch(...,
+manifest_sha256=)``, as a pull does) before anything it lists is downloaded. File names
+in a manifest are checked before use, so a crafted manifest cannot write outside the
 destination.
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from factory_core.contracts import Manifest, engine_identity, hash_mismatch
-from factory_core.errors import FactoryError
+from factory_core.errors import BadInput, FactoryError
 from factory_core.fsutil import committed_dir, sha256_file
 from factory_core.layout import STORE_COMMITTED
 
@@ -32,8 +34,35 @@ MANIFEST = "manifest.json"
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
+STAGING_GRACE_S = 3600.0
+"""Age after which a ``.staging/`` object in an S3 store is taken as abandoned by a killed publish."""
+
+
 class StoreError(FactoryError, RuntimeError):
     """A store operation failed or found bad data; the message names the version and file."""
+
+
+class ManifestMismatch(BadInput, StoreError):
+    """The store's manifest is not the one the registry version was registered with (its sha256 differs from the
+    version's ``manifest_sha256`` tag, or the version has no such tag). Final: the store is immutable, so a retry
+    fetches the same bytes."""
+
+
+def check_manifest_bytes(raw: bytes, want: str, where: str) -> None:
+    """Raise :class:`ManifestMismatch` unless ``raw`` (the manifest as fetched) hashes to ``want``.
+
+    Checked before anything the manifest lists is fetched: nothing in a manifest is trusted until its own bytes
+    are the registered ones (an edited ``reproduce.sh`` or canary sample re-hashed into it, an extra listed file).
+    """
+    got = hashlib.sha256(raw).hexdigest()
+    if got == want:
+        return
+    try:  # best effort: which engine the edited manifest names, to tell an engine swap from other edits
+        names = f"; the store's manifest names engine {parse_manifest(raw, where).sha256['engine']}"
+    except StoreError:
+        names = "; the store's manifest does not parse"
+    raise ManifestMismatch(f"{where}: {MANIFEST} has sha256 {got}, but the registry recorded manifest_sha256 {want} "
+                           f"for this version (edited after registration?){names}")
 
 
 def check_name(name: str, what: str = "file name") -> str:
@@ -100,8 +129,13 @@ class EngineStore(Protocol):
 
     def put_files(self, src: Path, prefix: str) -> str: ...
 
-    def fetch(self, family: str, target: str, version: str, dest: Path) -> Manifest:
-        """Download a committed version into the (empty) directory ``dest``; return its manifest."""
+    def fetch(self, family: str, target: str, version: str, dest: Path,
+              manifest_sha256: str | None = None) -> Manifest:
+        """Download a committed version into the (empty) directory ``dest``; return its manifest.
+
+        ``manifest_sha256``: the registered hash of the manifest; when given, the manifest's bytes are checked
+        against it (:class:`ManifestMismatch`) before anything else is downloaded.
+        """
 
 
 def verify_dir(folder: Path, manifest: Manifest, where: str) -> None:
@@ -152,13 +186,24 @@ class LocalStore:
                     shutil.copy2(f, tmp / f.name)
         return str(dest)
 
-    def fetch(self, family: str, target: str, version: str, dest: Path) -> Manifest:
+    def fetch(self, family: str, target: str, version: str, dest: Path,
+              manifest_sha256: str | None = None) -> Manifest:
         src = self._dir(family, target, version)
         where = f"{self.uri} {family}/{target}/{version}"
         if not (src / COMMITTED).is_file():
             raise StoreError(f"{self.uri}: no committed version {family}/{target}/{version}")
-        manifest = read_manifest(src, where)
+        if (src / MANIFEST).is_symlink():
+            raise StoreError(f"{where}: {MANIFEST} is a symlink (refused)")
+        if not (src / MANIFEST).is_file():
+            raise StoreError(f"{where}: no {MANIFEST}")
+        raw = (src / MANIFEST).read_bytes()  # the bytes checked are the bytes installed
+        if manifest_sha256 is not None:
+            check_manifest_bytes(raw, manifest_sha256, where)
+        manifest = parse_manifest(raw, where)
+        (Path(dest) / MANIFEST).write_bytes(raw)
         for name in version_files(manifest):
+            if name == MANIFEST:
+                continue
             if (src / name).is_symlink():
                 raise StoreError(f"{where}: {name} is a symlink (refused)")
             if (src / name).is_file():
@@ -218,6 +263,7 @@ class S3Store:
             _same_engine(self._manifest(family, target, version), manifest, f"{family}/{target}/{version}")
             return f"s3://{self.bucket}/{self._vkey(family, target, version)}"
         verify_dir(src, manifest, str(src))
+        self.sweep_staging()
         staging = self._key(".staging", f"{family}.{target}.{version}.{uuid.uuid4().hex[:8]}")
         names = version_files(manifest)
         for name in names:  # 1. upload everything under a staging prefix (multipart when large)
@@ -236,6 +282,29 @@ class S3Store:
         self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": f"{staging}/{n}"} for n in names]})
         return f"s3://{self.bucket}/{self._vkey(family, target, version)}"
 
+    def sweep_staging(self, grace_s: float | None = None) -> int:
+        """Delete what killed publishes left under ``.staging/``: objects and unfinished multipart uploads older
+        than ``grace_s`` (default :data:`STAGING_GRACE_S`, well above one version's upload, so a publish running
+        now in another night keeps its own). Every publish sweeps before it stages. Returns how many went."""
+        import datetime as dt
+        import logging
+
+        grace = STAGING_GRACE_S if grace_s is None else grace_s
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=grace)
+        prefix = self._key(".staging") + "/"
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        old = [o["Key"] for page in pages for o in page.get("Contents", []) if o["LastModified"] < cutoff]
+        for i in range(0, len(old), 1000):  # DeleteObjects takes at most 1,000 keys
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in old[i:i + 1000]]})
+        uploads = self.s3.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix).get("Uploads", [])
+        stale = [u for u in uploads if u["Initiated"] < cutoff]
+        for u in stale:
+            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
+        if old or stale:
+            logging.getLogger(__name__).warning("%s: removed %d staging object(s) and %d unfinished upload(s) left "
+                                                "by an interrupted publish", self.uri, len(old), len(stale))
+        return len(old) + len(stale)
+
     def _manifest(self, family: str, target: str, version: str) -> Manifest:
         return parse_manifest(self._manifest_bytes(family, target, version), f"{self.uri} {family}/{target}/{version}")
 
@@ -251,12 +320,15 @@ class S3Store:
                                     ExtraArgs={"Metadata": {"sha256": sha256_file(f)}})
         return f"s3://{self.bucket}/{key}"
 
-    def fetch(self, family: str, target: str, version: str, dest: Path) -> Manifest:
+    def fetch(self, family: str, target: str, version: str, dest: Path,
+              manifest_sha256: str | None = None) -> Manifest:
         if not self.exists(family, target, version):
             raise StoreError(f"{self.uri}: no committed version {family}/{target}/{version}")
         dest = Path(dest)
         where = f"{self.uri} {family}/{target}/{version}"
         raw = self._manifest_bytes(family, target, version)
+        if manifest_sha256 is not None:
+            check_manifest_bytes(raw, manifest_sha256, where)
         manifest = parse_manifest(raw, where)
         (dest / MANIFEST).write_bytes(raw)
         for name in version_files(manifest):

