@@ -212,6 +212,7 @@ def test_failed_requests_are_kept_and_replayed_against_any_version(built, tmp_pa
 def test_a_serving_process_follows_the_alias_refuses_a_bad_version_and_rolls_back(built, mlflow_server, aws_env,
                                                                                    tmp_path, monkeypatch):
     """Alias moves in the registry reach a running EngineRunner through pull → canary → swap, under load."""
+    import contextlib
     import os
 
     from factory_core.contracts import Manifest
@@ -227,6 +228,8 @@ def test_a_serving_process_follows_the_alias_refuses_a_bad_version_and_rolls_bac
     cfg = load_config(profile="smoke", env={"FACTORY_HOME": str(tmp_path / "home")}, overrides={"registry": {
         "tracking_uri": mlflow_server.uri, "store_uri": "s3://follow/engines", "s3_endpoint_url": aws_env}})
     store, reg = S3Store(cfg.store_uri, endpoint_url=aws_env), Registry(cfg.tracking_uri)
+    with contextlib.suppress(Exception):  # the session's registry may hold these engines from another test's store:
+        reg.client.delete_registered_model("fraud_risk.cpu")  # registering them again would find those versions
     bad = _build_unchecked(built["v2"], tmp_path / "bad", built["root"] / "nan.onnx")  # NaN engine, own version
     m = json.loads((bad / "manifest.json").read_text())
     m["version"] = "20261129.0000000b"
