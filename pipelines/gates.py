@@ -137,6 +137,39 @@ def delta_check(name: str, metric: str, y: np.ndarray, p_ref: np.ndarray, p: np.
                          f"{margin} ({events_what})")
 
 
+SKILL_MIN_EVENTS = 5
+"""Below this many positives (or negatives) on the test window no AUC interval means anything: no demonstrated
+skill."""
+
+
+def skill_check(family: Family, split: Any, prob: np.ndarray, gates: GateConfig) -> Check:
+    """No demonstrated skill, no selection: the candidate's own test AUC must lie above chance (0.5) with the gates'
+    confidence (percentile bootstrap over the test windows).
+
+    The champion comparison cannot do this: on a window without signal (labels shuffled by a leak or a feed
+    fault) the champion is at chance too, the paired interval straddles the margin, and an ``undecided → promote``
+    policy would promote noise. This check is absolute.
+    """
+    from .models import positive_probability
+
+    y = np.asarray(split.y) > 0.5
+    p = np.asarray(positive_probability(family, prob), dtype=np.float64)
+    npos, nneg = int(y.sum()), int((~y).sum())
+    what = f"{npos} positives, {nneg} negatives"
+    if min(npos, nneg) < SKILL_MIN_EVENTS:
+        return failed("skill", None, 0.5, n=len(y),
+                      detail=f"no demonstrated skill: {what} on the test window (< {SKILL_MIN_EVENTS}): an AUC "
+                             f"cannot be told from chance")
+    iv = paired_bootstrap(lambda idx: metric_rows("auc", y, p, 0.5, idx), len(y), resamples=gates.bootstrap_resamples,
+                          level=gates.confidence)
+    ci = f"{gates.confidence:.0%} CI [{iv.lo:.4f}, {iv.hi:.4f}]"
+    if np.isfinite(iv.lo) and iv.lo > 0.5:
+        return passed("skill", iv.point, 0.5, ci=(iv.lo, iv.hi), n=len(y),
+                      detail=f"test AUC {iv.point:.4f}, {ci} above chance (0.5) ({what})")
+    return failed("skill", iv.point, 0.5, ci=(iv.lo, iv.hi), n=len(y),
+                  detail=f"no demonstrated skill: test AUC {iv.point:.4f}, {ci} does not lie above chance (0.5) ({what})")
+
+
 def accuracy_verdict(family: Family, precision: str, split: Any, prob_ref: np.ndarray, prob: np.ndarray,
                      bounds: FamilyGates, threshold: float, gates: GateConfig, onnx_sha256: str = "") -> Verdict:
     """A candidate's own outputs ``prob`` against the FP32 PyTorch reference's on the same (test) windows.
@@ -414,6 +447,7 @@ def gate_engines(cfg: FactoryConfig, family: Family, target: TargetConfig, engin
         own = accuracy_verdict(fam, m.precision, test, prob_ref, prob, bounds, threshold, cfg.gates)
         checks += [c.model_copy(update={"name": f"engine_{c.name}", "detail": f"engine: {c.detail}"})
                    for c in own.checks]
+        checks.append(skill_check(fam, test, prob, cfg.gates))
         checks.append(parity_check(polygraphy_runner(d, m.backend, m.engine_file), onnx_runner(d / m.onnx_file),
                                    batches, *cfg.gates.parity[m.precision]))
         if champ_prob is not None:

@@ -217,3 +217,30 @@ def test_selection_lowest_p99_ties_to_higher_precision_and_says_why_others_lost(
     winner, out = select([_cand("fp32", 0.41), _cand("int8", 0.40)], 0.03)
     assert winner.precision == "fp32" and "tie" in {c.precision: c.outcome for c in out}["int8"]
     assert select([_cand("int8", 0.1, ok=False)], 0.03)[0] is None
+
+
+def test_skill_check_passes_a_weak_real_signal_and_rejects_shuffled_labels_and_too_few_events():
+    """Absolute skill, not relative to the champion: on shuffled labels the champion is at chance too, so only
+    this check keeps noise from promotion. Rare positives (1 %), as in card fraud."""
+    from pipelines.gates import skill_check
+
+    cfg = load_config(profile="smoke", env={})
+    rng = np.random.default_rng(3)
+    n = 6000
+    y = rng.random(n) < 0.01
+    score = 0.9 * y + rng.normal(0, 1, n)  # weak: AUC about 0.74
+
+    def split(labels):
+        return Split(x=np.zeros((n, 1), np.float32), y=labels.astype(np.float32), ts=np.arange(n, dtype=np.int64),
+                     regime=np.zeros(n, np.int64), anomaly=np.zeros(n, bool), fwd_ret_bps=np.zeros(n))
+
+    prob = (1 / (1 + np.exp(-score)))[:, None]  # fraud_risk: one sigmoid output
+    good = skill_check(Family.FRAUD_RISK, split(y), prob, cfg.gates)
+    assert good.decision == Decision.PASS and good.ci[0] > 0.5, good.detail
+    shuffled = skill_check(Family.FRAUD_RISK, split(rng.permutation(y)), prob, cfg.gates)
+    assert shuffled.decision == Decision.FAIL and shuffled.ci[0] <= 0.5 <= shuffled.ci[1]
+    assert "no demonstrated skill" in shuffled.detail and "does not lie above chance (0.5)" in shuffled.detail
+    few = np.zeros(n, bool)
+    few[:3] = True
+    none = skill_check(Family.FRAUD_RISK, split(few), prob, cfg.gates)
+    assert none.decision == Decision.FAIL and "3 positives" in none.detail
