@@ -16,8 +16,11 @@ def sharpe_annualisation(trades: int, ts_ns: np.ndarray) -> float:
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
-    """AUC, accuracy, precision and recall of P(positive) ``p`` at ``threshold``."""
-    from sklearn.metrics import roc_auc_score
+    """AUC, PR-AUC (average precision), accuracy, precision and recall of P(positive) ``p`` at ``threshold``.
+
+    PR-AUC beside AUC: where positives are rare (card fraud, abnormal moves) AUC is dominated by the easy negatives;
+    average precision is what people report there, and its chance level is the positive rate, not 0.5."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=np.float64)
@@ -26,9 +29,11 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> di
     tp = int((pred & (y == 1)).sum())
     fp = int((pred & (y == 0)).sum())
     fn = int((~pred & (y == 1)).sum())
-    auc = float(roc_auc_score(y, p)) if finite and len(np.unique(y)) == 2 else float("nan")
+    both = finite and len(np.unique(y)) == 2
+    auc = float(roc_auc_score(y, p)) if both else float("nan")
     return {
         "auc": auc,
+        "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
         "accuracy": float((pred == (y == 1)).mean()),
         "precision": tp / (tp + fp) if tp + fp else 0.0,
         "recall": tp / (tp + fn) if tp + fn else 0.0,

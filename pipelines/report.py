@@ -24,14 +24,15 @@ def print_nightly_summary(summary: dict[str, Any], console=None) -> None:
     trigger = summary.get("trigger") or "schedule"
     table = Table(title=f"Nightly {summary['date']} · profile {summary['profile']} · test-split metrics (FP32)"
                         + ("" if trigger in ("schedule", "manual") else f" · triggered by {trigger}"))
-    for col in ("family", "status", "train n", "epochs", "device", "AUC", "accuracy", "precision@thr",
+    for col in ("family", "status", "train n", "epochs", "device", "AUC", "PR-AUC [base]", "accuracy", "precision@thr",
                 "recall@thr", "Sharpe", "hit rate", "ONNX max|Δ|", "train s"):
         table.add_column(col, justify="left" if col in ("family", "status", "device") else "right")
     for row in summary["families"]:
         t, e, m = row["train"], row["export"] or {}, row["train"]["metrics"]
         table.add_row(
             row["family"], str(row["status"]), str(t["n_train"]), str(t["epochs"]), t["device"],
-            _fmt(m.get("auc")), _fmt(m.get("accuracy")), _fmt(m.get("precision")), _fmt(m.get("recall")),
+            _fmt(m.get("auc")), f"{_fmt(m.get('pr_auc'))} [{_fmt(m.get('positive_rate'))}]",
+            _fmt(m.get("accuracy")), _fmt(m.get("precision")), _fmt(m.get("recall")),
             _fmt(m.get("sharpe"), 1), _fmt(m.get("hit_rate")), f"{e['max_abs_err']:.1e}" if e else "—",
             _fmt(t["seconds"], 1),
         )

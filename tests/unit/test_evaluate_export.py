@@ -23,6 +23,7 @@ def test_classification_metrics_known_values():
     assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["auc"] == pytest.approx(7 / 9)
+    assert m["pr_auc"] == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)  # precision at each positive, by rank
     bad = classification_metrics(y, np.array([np.nan, 0, 1, 1, 1, 0.0]), 0.5)
     assert bad["finite"] == 0.0 and np.isnan(bad["auc"])
 
