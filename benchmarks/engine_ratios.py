@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from factory_core.config import Family, load_config  # noqa: E402
+from factory_core.precisions import PRECISIONS  # noqa: E402
 from pipelines.benchmark import OnnxRuntimeRunner, TorchRunner, benchmark_runner  # noqa: E402
 
 N_FEATURES = {Family.MARKET_ALERT: 16, Family.PRICE_DIRECTION: 16, Family.FRAUD_RISK: 11}
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             base = benchmark_runner(TorchRunner(model, "cpu", threads=1), x, opt, **b)
             others = []
-            for prec in ("fp32", "fp16", "int8"):
+            for prec in PRECISIONS:
                 d = run_dir / fam / "engines" / "cpu" / prec
                 if (d / "model.ort.onnx").is_file():
                     others.append((f"onnxruntime {prec}", benchmark_runner(OnnxRuntimeRunner(d / "model.ort.onnx"),
@@ -103,7 +104,7 @@ def _trt_rows(run_dir, fam, x, opt, b):
     from model_registry.trt import TensorRTRunner
 
     out = []
-    for prec in ("fp32", "fp16", "int8"):
+    for prec in PRECISIONS:
         plan = run_dir / fam / "engines" / gpu.target_name / prec / "model.plan"
         if plan.is_file():
             out.append((f"tensorrt {prec} (cuda graph)", benchmark_runner(TensorRTRunner(plan, cuda_graph=True), x,

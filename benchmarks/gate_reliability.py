@@ -4,8 +4,10 @@
 
 ``--derive K`` first runs K healthy nights up to the accuracy gate on seeds (500…) and dates (2026-10-01…)
 of their own and prints the agreement of every healthy variant with FP32 PyTorch (|Δp| mean / p99 / max,
-calibration shift, flip rate, the same on the tail) and the bounds derived from it (largest healthy value
-× 3, rounded up): the numbers behind ``gates.agreement`` (docs/gates.md).
+calibration shift, flip rate, the same on the tail) per family and precision, and the bounds derived from it
+(the family's largest healthy value over the seeds × 3, rounded up), then each family's ``agreement=`` to paste
+into its spec in ``factory_core/families.py``: the defaults of ``gates.families.<family>.agreement``
+(docs/gates.md).
 
 Then N healthy smoke nights on consecutive dates in one home (so each night meets the previous night's
 champion), each with its own data seed: the stages run in this process as the DAG runs them, on the
@@ -34,9 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from factory_core.config import Family, load_config  # noqa: E402
 from factory_core.contracts import Status  # noqa: E402
+from factory_core.families import spec  # noqa: E402
+from factory_core.precisions import PRECISIONS, REFERENCE  # noqa: E402
 from pipelines import faults, stages  # noqa: E402
 
 FACTOR = 3.0
+FLIP_FLOOR = 0.002
+"""The reference precision's flip-rate bound: its |Δp| bounds are floored at the export's parity tolerance."""
+STATS = [("mean_abs", "agree_mean_abs"), ("p99_abs", "agree_p99_abs"), ("max_abs", "agree_max_abs"),
+         ("bias", "agree_bias"), ("flip_rate", "agree_flip_rate"), ("tail_mean_abs", "tail_agree_mean_abs"),
+         ("tail_bias", "tail_agree_bias")]
 
 
 def _cfg(home: Path, seed: int):
@@ -77,7 +86,7 @@ def night(cfg, date: str) -> dict:
 
 
 def derive(base: Path, k: int) -> None:
-    rows = collections.defaultdict(list)
+    rows = collections.defaultdict(list)  # (family, precision) -> the healthy variants' metrics, one per seed
     for i in range(k):
         home = base / f"derive-{i}"
         cfg = _cfg(home, 500 + i)  # seeds and dates of their own: the validation nights never see them
@@ -86,23 +95,40 @@ def derive(base: Path, k: int) -> None:
         for vs in vss:
             acc = stages.gate_accuracy(cfg, p, vs)
             for v in acc.verdicts:
-                rows[v.precision].append((vs.family, v.metrics))
+                rows[(vs.family, v.precision)].append(v.metrics)
         shutil.rmtree(home, ignore_errors=True)
-    keys = [("mean_abs", "agree_mean_abs"), ("p99_abs", "agree_p99_abs"), ("max_abs", "agree_max_abs"),
-            ("bias", "agree_bias"), ("flip_rate", "agree_flip_rate"), ("tail_mean_abs", "tail_agree_mean_abs"),
-            ("tail_bias", "tail_agree_bias")]
-    print(f"\n## Agreement of healthy variants with FP32 PyTorch ({k} seeds × 3 families, smoke test splits)\n")
-    print("| precision | statistic | " + " | ".join(f.value for f in Family) + " | largest | × | derived bound |")
-    print("|---|---|" + "---|" * (len(Family) + 3))
-    for prec, items in sorted(rows.items()):
-        for name, key in keys:
-            factor = FACTOR
-            per_fam = {f.value: max((abs(m.get(key, 0.0)) for fam, m in items if fam == f.value), default=0.0)
-                       for f in Family}
-            largest = max(per_fam.values())
-            bound = _round_up(max(largest * factor, 1e-6 if "flip" not in name else 0.0))
-            print(f"| {prec} | {name} | " + " | ".join(f"{per_fam[f.value]:.2e}" for f in Family)
-                  + f" | {largest:.2e} | {factor:g} | {bound:.2g} |")
+    floor = {name: FLIP_FLOOR if name == "flip_rate" else cfg.export.parity_atol for name, _ in STATS}
+    derived: dict[str, dict[str, dict[str, float]]] = {}
+    print(f"\n## Agreement of healthy variants with FP32 PyTorch ({k} seeds, smoke test splits)\n")
+    print(f"Each cell: the largest healthy value over the seeds → the bound (× {FACTOR:g}, rounded up; "
+          f"{REFERENCE} floored at the export parity tolerance).\n")
+    print("| family | precision | " + " | ".join(name for name, _ in STATS) + " |")
+    print("|---|---|" + "---|" * len(STATS))
+    for fam in cfg.enabled_families:
+        derived[fam] = {}
+        for prec in PRECISIONS:
+            items = rows.get((fam, prec))
+            if not items:  # not offered (no layer quantized): the spec's bounds stay
+                derived[fam][prec] = dict(spec(fam).agreement[prec])
+                print(f"| {fam} | {prec} | " + " | ".join("—" for _ in STATS) + " |")
+                continue
+            cells, bounds = [], {}
+            for name, key in STATS:
+                largest = max(abs(m.get(key, 0.0)) for m in items)
+                bound = _round_up(max(largest * FACTOR, 1e-6 if name != "flip_rate" else 0.0))
+                bounds[name] = max(bound, floor[name]) if prec == REFERENCE else bound
+                cells.append(f"{largest:.2e} → {bounds[name]:.2g}")
+            derived[fam][prec] = bounds
+            print(f"| {fam} | {prec} | " + " | ".join(cells) + " |")
+    print("\n## To paste: each family's `agreement=` in its FamilySpec (factory_core/families.py)\n")
+    for fam, per_prec in derived.items():
+        print(f"# {fam}" + ("" if all(rows.get((fam, p)) for p in PRECISIONS) else
+                            "  (— above: not measured, the spec's current bounds kept)"))
+        print("agreement={")
+        for prec, bounds in per_prec.items():
+            args = [f"{n}={bounds[n]:.2g}" for n, _ in STATS]
+            print(f'    "{prec}": dict(' + ", ".join(args[:4]) + ",\n" + " " * 17 + ", ".join(args[4:]) + "),")
+        print("},")
 
 
 def _round_up(x: float) -> float:
@@ -124,7 +150,8 @@ def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, d
     gate_s, last = [], None
     print(f"\n## {n} healthy nights (smoke profile, one home, data seeds {seed_base}–{seed_base + n - 1}, from "
           f"{start})\n")
-    print("| night | family | variants fp32/fp16/int8 | engines fp32/fp16/int8 (all but the champion check) | "
+    precs = "/".join(PRECISIONS)
+    print(f"| night | family | variants {precs} | engines {precs} (all but the champion check) | "
           "challenger vs champion (AUC, champion − challenger) | selected | promoted |")
     print("|---|---|---|---|---|---|---|")
     for i in range(n):
@@ -159,8 +186,8 @@ def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, d
                     worse.append((date, g.family, champ["detail"]))
             was = promoted.get((g.target, g.family), False)
             promotions[g.family] += int(was)
-            vtext = "/".join(verdicts[p]["status"] if p in verdicts else "—" for p in ("fp32", "fp16", "int8"))
-            etext = "/".join(engines.get(p, "—") for p in ("fp32", "fp16", "int8"))
+            vtext = "/".join(verdicts[p]["status"] if p in verdicts else "—" for p in PRECISIONS)
+            etext = "/".join(engines.get(p, "—") for p in PRECISIONS)
             ctext = "— (no champion yet)"
             if champ is not None:
                 word = {"pass": "non-inferior", "fail": "worse", "undecided": "undecided"}[champ["decision"]]
@@ -173,7 +200,7 @@ def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, d
     print("\n### False rejects per precision (healthy data, healthy builds)\n")
     print("| precision | variants rejected (accuracy) | engines rejected (gate_cpu, champion check aside) |")
     print("|---|---|---|")
-    for prec in ("fp32", "fp16", "int8"):
+    for prec in PRECISIONS:
         rv = sum(1 for r in false_rejects if r[2] == prec and r[3] == "accuracy")
         re_ = sum(1 for r in false_rejects if r[2] == prec and r[3] != "accuracy")
         print(f"| {prec} | {rv} of {counts[('variant', prec)]} | {re_} of {counts[('engine', prec)]} |")

@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SHAPES = {"market_alert": (40, 16), "price_direction": (64, 16), "fraud_risk": (11,)}
+SHAPES = {"market_alert": (40, 16), "price_direction": (64, 16), "fraud_risk": (18,)}
 
 
 def build_engines(family: str, root: Path, versions: int = 1) -> list[Path]:

@@ -32,8 +32,9 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 from .errors import BadInput
-from .families import SPECS, Family
+from .families import SPECS, Family, FamilySpec
 from .layout import RunLayout
+from .precisions import PRECISIONS, QUANTIZED, REFERENCE, PrecisionName, QuantizedName
 
 ENV_PREFIX = "FACTORY__"
 _USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@']+@")
@@ -84,9 +85,13 @@ class DataConfig(_Strict):
     """Local path or ``s3://bucket/prefix``; defaults to ``<home>/lake``."""
     symbols: list[str] = Field(default_factory=lambda: ["ESZ6", "NQZ6", "AAPL", "MSFT"], min_length=1)
     ticks_per_day: int = Field(20_000, ge=500)
-    transactions_per_day: int = Field(40_000, ge=500)
+    transactions_per_day: int = Field(10_000, ge=500)
+    """Payments a simulated day holds (the Fraud-Detection Handbook's generator: about 10k a day)."""
     history_days: int = Field(2, ge=1, le=60)
-    """Lake days used for training, ending the day before the logical date."""
+    """Market lake days used for training, ending the day before the logical date (the market families)."""
+    transactions_history_days: int = Field(21, ge=10, le=120)
+    """Payment days that are model rows, after the fraud features' 30-day warm-up and ending the day before the
+    logical date; the newest ``label_delay_days`` of them are not yet labelled (drift only, never trained on)."""
     seed: int = 7
 
 
@@ -127,10 +132,13 @@ class FamilyConfig(_Strict):
         return self
 
 
+def _spec_sizes(s: FamilySpec) -> dict[str, Any]:
+    return {"window": s.window, "stride": s.stride, "hidden": s.hidden, "layers": s.layers, "threshold": s.threshold}
+
+
 def _default_families() -> dict[Family, FamilyConfig]:
-    sizes = {Family.MARKET_ALERT: (2, 1), Family.PRICE_DIRECTION: (4, 2), Family.FRAUD_RISK: (1, 2)}  # stride, layers
-    return {f: FamilyConfig(window=s.window, stride=sizes[f][0], hidden=64, layers=sizes[f][1], threshold=s.threshold)
-            for f, s in SPECS.items()}
+    """Every registered family's sizes and threshold, from its spec."""
+    return {s.family: FamilyConfig(**_spec_sizes(s)) for s in SPECS.values()}
 
 
 class TrainConfig(_Strict):
@@ -161,18 +169,17 @@ class TrainConfig(_Strict):
 class ExportConfig(_Strict):
     opset: int = Field(18, ge=17)
     """18 is the torch dynamo exporter's native opset; 17 is converted down."""
-    parity_atol: float = Field(1e-4, gt=0)
-    parity_rtol: float = Field(1e-3, gt=0)
+    parity_atol: float = Field(PRECISIONS[REFERENCE].parity[0], gt=0)
+    parity_rtol: float = Field(PRECISIONS[REFERENCE].parity[1], gt=0)
     parity_samples: int = Field(256, ge=8)
 
 
 class QuantizeConfig(_Strict):
-    precisions: list[Literal["fp16", "int8"]] = Field(default_factory=lambda: ["fp16", "int8"])
+    precisions: list[QuantizedName] = Field(default_factory=lambda: list(QUANTIZED))
     calibration_method: Literal["entropy", "max"] = "entropy"
     calibration_size: int = Field(1000, ge=16)
 
 
-Precision = Literal["fp32", "fp16", "int8"]
 AUTO = "auto"
 """A target name that the building worker resolves to its own ``sm_XY`` (``engines.targets: auto``)."""
 _TARGET_NAME = re.compile(r"^(cpu(?:_[a-z0-9]+)?|sm_(\d)(\d+))$")
@@ -197,7 +204,7 @@ class TargetConfig(_Strict):
     """A required target that cannot build fails the night; others record ``skipped``."""
     hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
     """TensorRT hardware-compatibility level: ``ampere_plus`` engines build and run on any sm_80+ GPU."""
-    precisions: list[Precision] = Field(default_factory=lambda: ["fp32", "fp16", "int8"], min_length=1)
+    precisions: list[PrecisionName] = Field(default_factory=lambda: list(PRECISIONS), min_length=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -280,6 +287,24 @@ class EngineConfig(_Strict):
         return v
 
 
+class AgreementBounds(_Strict):
+    """How far a candidate's P(positive) may be from the FP32 PyTorch model's on the same test windows.
+
+    Derived per family and precision from healthy variants measured across seeds (benchmarks/gate_reliability.py
+    --derive; docs/gates.md): the family's largest healthy value over seeds, times a safety factor.
+    """
+
+    mean_abs: float = Field(gt=0)
+    p99_abs: float = Field(gt=0)
+    max_abs: float = Field(gt=0)
+    bias: float = Field(gt=0)
+    """|mean(candidate − reference)|: a calibration shift (a constant offset moves nothing else)."""
+    flip_rate: float = Field(ge=0)
+    """Share of decisions at the family threshold that differ from the reference's."""
+    tail_mean_abs: float = Field(gt=0)
+    tail_bias: float = Field(gt=0)
+
+
 class FamilyGates(_Strict):
     """Margins for one family's candidates against the FP32 PyTorch reference on the test split.
 
@@ -303,51 +328,24 @@ class FamilyGates(_Strict):
     on today's test window: non-inferior when the whole interval lies below it, worse when all of it lies above."""
     p99_budget_ms: dict[Literal["cpu", "gpu"], float] = Field(default_factory=lambda: {"cpu": 20.0, "gpu": 20.0})
     """Batch-1 p99 latency budget per target class."""
+    agreement: dict[PrecisionName, AgreementBounds]
+    """Variant and engine outputs against FP32 PyTorch, per precision (gating)."""
+
+    @field_validator("agreement")
+    @classmethod
+    def _every_precision(cls, v: dict[str, AgreementBounds]) -> dict[str, AgreementBounds]:
+        if missing := [p for p in PRECISIONS if p not in v]:
+            raise ValueError(f"no agreement bounds for {', '.join(missing)}")
+        return v
+
+
+def _spec_gates(s: FamilySpec) -> dict[str, Any]:
+    return {**s.gate_margins, "agreement": s.agreement}
 
 
 def _default_family_gates() -> dict[Family, FamilyGates]:
-    return {
-        # a few-ms share of a 10 ms tick-to-alert budget; the seeds' GRU runs 3.2 ms FP16 / 2.1 ms INT8
-        Family.MARKET_ALERT: FamilyGates(precision_drop_max=0.05, recall_drop_max=0.05,
-                                         p99_budget_ms={"cpu": 5.0, "gpu": 3.0}),
-        # ticks arrive every 5-10 ms and the opportunity lasts 100 ms
-        Family.PRICE_DIRECTION: FamilyGates(sharpe_rel_tol=0.05, p99_budget_ms={"cpu": 10.0, "gpu": 2.0}),
-        # the seeds alert on P99 > 20 ms (SLA 50 ms)
-        Family.FRAUD_RISK: FamilyGates(p99_budget_ms={"cpu": 20.0, "gpu": 20.0}),
-    }
-
-
-class AgreementBounds(_Strict):
-    """How far a candidate's P(positive) may be from the FP32 PyTorch model's on the same test windows.
-
-    Derived from healthy variants measured across seeds (benchmarks/gate_reliability.py --derive;
-    docs/gates.md): the largest healthy value over families and seeds, times a safety factor.
-    """
-
-    mean_abs: float = Field(gt=0)
-    p99_abs: float = Field(gt=0)
-    max_abs: float = Field(gt=0)
-    bias: float = Field(gt=0)
-    """|mean(candidate − reference)|: a calibration shift (a constant offset moves nothing else)."""
-    flip_rate: float = Field(ge=0)
-    """Share of decisions at the family threshold that differ from the reference's."""
-    tail_mean_abs: float = Field(gt=0)
-    tail_bias: float = Field(gt=0)
-
-
-def _default_agreement() -> dict[str, AgreementBounds]:
-    # Measured: `benchmarks/gate_reliability.py --derive 10` (10 data seeds x 3 families, smoke test splits;
-    # table in docs/gates.md): the largest healthy value x 3, rounded up to two digits. FP32 is floored at the
-    # export's own FP32 parity tolerance (export.parity_atol, 1e-4): an FP32 engine on another backend
-    # accumulates in another order and is held to the tolerance the export itself is held to.
-    return {
-        "fp32": AgreementBounds(mean_abs=1e-4, p99_abs=1e-4, max_abs=1e-4, bias=1e-4, flip_rate=0.002,
-                                tail_mean_abs=1e-4, tail_bias=1e-4),
-        "fp16": AgreementBounds(mean_abs=4.5e-3, p99_abs=3.0e-2, max_abs=5.6e-2, bias=4.5e-3, flip_rate=1.1e-2,
-                                tail_mean_abs=6.1e-3, tail_bias=6.0e-3),
-        "int8": AgreementBounds(mean_abs=1.1e-2, p99_abs=3.9e-2, max_abs=2.7e-1, bias=5.4e-3, flip_rate=2.8e-2,
-                                tail_mean_abs=1.4e-2, tail_bias=5.4e-3),
-    }
+    """Every registered family's margins and agreement bounds, from its spec."""
+    return {s.family: FamilyGates(**_spec_gates(s)) for s in SPECS.values()}
 
 
 class ChampionPolicy(_Strict):
@@ -358,16 +356,14 @@ class ChampionPolicy(_Strict):
 
 class GateConfig(_Strict):
     families: dict[Family, FamilyGates] = Field(default_factory=_default_family_gates)
-    agreement: dict[Precision, AgreementBounds] = Field(default_factory=_default_agreement)
-    """Variant and engine outputs against FP32 PyTorch, per precision (gating)."""
     confidence: float = Field(0.95, gt=0.5, lt=1)
     """Two-sided level of every interval a gate decides on (paired bootstrap; t over latency rounds)."""
     bootstrap_resamples: int = Field(1000, ge=100)
     min_events: int = Field(20, ge=1)
     """A metric built on events (positives, alerts, trades, tail windows) with fewer than this many in
     either model's sample cannot decide: the check says ``undecided`` and names the counts."""
-    parity: dict[Precision, tuple[float, float]] = Field(default_factory=lambda: {
-        "fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "int8": (5e-2, 5e-2)})
+    parity: dict[PrecisionName, tuple[float, float]] = Field(
+        default_factory=lambda: {n: p.parity for n, p in PRECISIONS.items()})
     """Engine vs its own ONNX variant: (atol, rtol) per precision. A diagnostic: engines are gated on their
     agreement with FP32 PyTorch; only NaN/inf here rejects."""
     parity_samples: int = Field(512, ge=8)
@@ -381,6 +377,25 @@ class GateConfig(_Strict):
     champion: ChampionPolicy = ChampionPolicy()
     auto_promote: bool = True
     """A selection that passed every gate becomes the target's champion without a person."""
+    agreement: None = Field(None, exclude=True)
+    """Retired: agreement bounds are per family, ``gates.families.<family>.agreement.<precision>``."""
+
+    @field_validator("agreement", mode="before")
+    @classmethod
+    def _agreement_moved(cls, v: Any) -> None:
+        raise ValueError("agreement bounds are per family now: set gates.families.<family>.agreement.<precision> "
+                         "(e.g. gates.families.market_alert.agreement.int8.mean_abs) instead of "
+                         "gates.agreement.<precision>")
+
+
+class BacktestConfig(_Strict):
+    """Costs of the price_direction backtest reported net beside the gross one (``pipelines.evaluate.net_backtest``)."""
+
+    fee_bps: float = Field(0.1, ge=0)
+    """Per-trade fee each way, in basis points of notional (exchange and clearing fees: about 0.05-0.3 bp for
+    liquid futures and large-cap equities)."""
+    half_spread_bps: float | None = Field(None, ge=0)
+    """A fixed half-spread paid each way; None pays half the spread quoted at each window's last tick."""
 
 
 class BenchmarkConfig(_Strict):
@@ -414,6 +429,10 @@ class RegistryConfig(_Strict):
     """The night's first task reaches every service within this many seconds, or fails naming it."""
 
 
+def _spec_drift_shares() -> dict[Family, float]:
+    return {s.family: s.drift_share for s in SPECS.values() if s.drift_share is not None}
+
+
 class DriftConfig(_Strict):
     schedule: str = "@hourly"
     """Cron or preset of the ``drift_monitor`` DAG."""
@@ -425,10 +444,8 @@ class DriftConfig(_Strict):
     """Rows of the test split kept as the reference window at registration."""
     drift_share: float = Field(0.5, gt=0, le=1)
     """Dataset drift: at least this share of feature columns drifted (Evidently's ``DriftedColumnsCount``)."""
-    family_drift_share: dict[Family, float] = Field(default_factory=lambda: {Family.FRAUD_RISK: 0.2})
-    """Per-family ``drift_share``. fraud_risk: 2 of its 9 monitored columns. A change in amounts and
-    countries is the one that matters there, and once it lasts a day the account-relative amount
-    (``amount_z``) adapts, leaving ``amount_log`` and ``country_mismatch`` (benchmarks/drift_methods.py)."""
+    family_drift_share: dict[Family, float] = Field(default_factory=_spec_drift_shares)
+    """Per-family ``drift_share``; defaults: the family specs' ``drift_share`` (fraud_risk 0.2, and why, there)."""
     clean_checks_to_close: int = Field(3, ge=1)
     """Hysteresis: an open drift episode closes only after this many clean checks in a row..."""
     close_share_ratio: float = Field(0.5, gt=0, le=1)
@@ -445,7 +462,7 @@ class DriftConfig(_Strict):
     ordinary days (docs/monitoring.md)."""
     targets: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
     """Serving targets whose prediction logs are checked."""
-    ignore_columns: list[str] = Field(default_factory=lambda: ["hour_sin", "hour_cos"])
+    ignore_columns: list[str] = Field(default_factory=lambda: ["weekend", "night"])
     """Not compared: calendar features, whose hourly window always differs from a day-long reference."""
 
     def share_for(self, family: str) -> float:
@@ -458,7 +475,7 @@ class DriftConfig(_Strict):
 
 
 class MonitoringConfig(_Strict):
-    drift: DriftConfig = DriftConfig()
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     prediction_log_uri: Uri | None = None
     """Where serving hosts log predictions: a path or ``s3://bucket/prefix``; default: the engine store."""
     textfile_dir: str | None = None
@@ -488,10 +505,11 @@ class FactoryConfig(_Strict):
     export: ExportConfig = ExportConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     engines: EngineConfig = EngineConfig()
-    gates: GateConfig = GateConfig()
+    gates: GateConfig = Field(default_factory=GateConfig)
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    backtest: BacktestConfig = BacktestConfig()
     registry: RegistryConfig = RegistryConfig()
-    monitoring: MonitoringConfig = MonitoringConfig()
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     runs: RunsConfig = RunsConfig()
 
     @field_validator("home")
@@ -500,7 +518,10 @@ class FactoryConfig(_Strict):
         return v.expanduser().resolve()
 
     @model_validator(mode="after")
-    def _check_windows(self) -> "FactoryConfig":
+    def _check_families(self) -> "FactoryConfig":
+        for key, configured in (("families", self.families), ("gates.families", self.gates.families)):
+            if missing := [f for f in SPECS if f not in configured]:
+                raise ValueError(f"{key}: no entry for {', '.join(missing)} (a family with a spec needs one)")
         for fam, fc in self.families.items():
             lo, hi = SPECS[fam].window_range
             if not lo <= fc.window <= hi:
@@ -583,23 +604,28 @@ class FactoryConfig(_Strict):
         return declared.model_copy(update={"name": probe.value}), ""
 
 # Profile overlays. ``default`` is the model defaults above; ``smoke`` shrinks a night
-# to a test-sized one while keeping every stage real.
+# to a test-sized one while keeping every stage real (each family's sizes: its spec's ``smoke``, see profile_overlay).
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
     "smoke": {
-        "data": {"symbols": ["ESZ6", "NQZ6"], "ticks_per_day": 6000, "transactions_per_day": 12000,
+        "data": {"symbols": ["ESZ6", "NQZ6"], "ticks_per_day": 6000, "transactions_per_day": 3000,
                  "history_days": 1},
         "train": {"max_epochs": 8, "patience": 3, "max_train_samples": 6000, "batch_size": 64, "lr": 3e-3},
-        "families": {
-            "market_alert": {"window": 40, "stride": 2, "hidden": 32},
-            "price_direction": {"stride": 2, "hidden": 32, "layers": 1},
-            "fraud_risk": {"hidden": 32},
-        },
         "export": {"parity_samples": 64},
         "quantize": {"calibration_size": 256},
         "benchmark": {"warmup": 20, "iters": 1400, "max_seconds": 2.0},
     },
 }
+
+
+def profile_overlay(name: str) -> dict[str, Any]:
+    """What profile ``name`` layers over the file: :data:`PROFILES`, and under ``smoke`` each family's spec sizes."""
+    if name not in PROFILES:
+        raise ConfigError(f"profile: unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    if name != "smoke":
+        return PROFILES[name]
+    return _deep_merge(PROFILES[name], {"families": {s.family.value: dict(s.smoke) for s in SPECS.values()
+                                                     if s.smoke}})
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -760,8 +786,12 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     return over
 
 
-def _family_defaults_as_dict() -> dict[str, Any]:
-    return {f.value: c.model_dump() for f, c in _default_families().items()}
+def _spec_defaults() -> dict[str, Any]:
+    """Every registered family's defaults from its spec, as data under the keys a file sets: a file that sets one
+    key of one family keeps that family's other defaults, and a bad spec value is named like a bad file value."""
+    return {"families": {s.family.value: _spec_sizes(s) for s in SPECS.values()},
+            "gates": {"families": {s.family.value: _spec_gates(s) for s in SPECS.values()}},
+            "monitoring": {"drift": {"family_drift_share": {f.value: v for f, v in _spec_drift_shares().items()}}}}
 
 
 def _format_error(exc: ValidationError, source: str, max_errors: int = 20) -> str:
@@ -805,10 +835,9 @@ def load_config(
     """
     env = os.environ if env is None else env
     cfg_file = find_config_file(path, env)
-    # Per-family defaults differ by family, so they are layered as data: a file that sets one
-    # key of one family keeps that family's other defaults.
-    layered: dict[str, Any] = {"families": _family_defaults_as_dict(), "gates": {"families": {
-        f.value: g.model_dump() for f, g in _default_family_gates().items()}}}
+    # Per-family defaults differ by family, so they are layered as data (from the family specs): a file that sets
+    # one key of one family keeps that family's other defaults.
+    layered: dict[str, Any] = _spec_defaults()
     source = "defaults"
     if cfg_file is not None:
         loaded = _load_yaml(_read_config_file(cfg_file), f"config file {cfg_file}", str(cfg_file)) or {}
@@ -821,9 +850,7 @@ def load_config(
         except ValidationError as exc:
             raise ConfigError(_format_error(exc, source)) from None
     chosen = profile or env.get("FACTORY_PROFILE") or layered.get("profile") or "default"
-    if chosen not in PROFILES:
-        raise ConfigError(f"profile: unknown profile {chosen!r}; choose one of {sorted(PROFILES)}")
-    layered = _deep_merge(layered, PROFILES[chosen])
+    layered = _deep_merge(layered, profile_overlay(chosen))
     layered["profile"] = chosen
     layered = _deep_merge(layered, _env_overrides(env))
     if overrides:

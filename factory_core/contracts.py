@@ -278,8 +278,6 @@ CANARY_ROWS = 1024
 (n >= ln 0.01 / ln 0.995 = 919 for 1 %)."""
 CANARY_TAIL_ROWS = 256
 """Tail windows (the gates' :func:`pipelines.gates.tail_mask`) added on top, so rare inputs are represented."""
-CANARY_TOLERANCE = {"fp32": (1e-4, 1e-3), "fp16": (5e-3, 1e-2), "int8": (2e-2, 5e-2)}
-"""(atol, rtol) per precision: another host of the same target may pick other kernels (CPU ISA, GPU SKU)."""
 
 
 class Manifest(Record):

@@ -1,20 +1,59 @@
 """One spec per model family: what it reads, what it predicts, which windows are its tail, its input axes.
 
-Adding a fourth family means a member of :class:`Family` and an entry in :data:`SPECS` (plus its torch
-module in :mod:`pipelines.models`, named by ``architecture``). Nothing else branches on the family.
+A family's defaults live in its spec too: sizes, gate margins, agreement bounds per precision, drift share.
+Adding a fourth family means a :class:`FamilySpec` in :data:`SPECS` (or passed to :func:`register`) and its
+torch module in :data:`pipelines.models.ARCHITECTURES`, named by ``architecture``. Nothing else branches on the
+family: the config builds its per-family defaults from the specs, the CLI and the DAGs list them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Literal
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, ClassVar, Literal, Mapping
 
 
-class Family(StrEnum):
-    MARKET_ALERT = "market_alert"
-    PRICE_DIRECTION = "price_direction"
-    FRAUD_RISK = "fraud_risk"
+class _Registered(type):
+    """``for f in Family``, ``len(Family)``, ``name in Family``: the registered families, read when asked."""
+
+    def __iter__(cls):
+        return iter([s.family for s in SPECS.values()])
+
+    def __len__(cls) -> int:
+        return len(SPECS)
+
+    def __contains__(cls, name: object) -> bool:
+        return name in SPECS
+
+
+class Family(str, metaclass=_Registered):
+    """A registered family's name (a ``str``). ``Family(name)`` refuses a name no spec registers; the constants
+    name the built-in families."""
+
+    __slots__ = ()
+    MARKET_ALERT: ClassVar[Family]
+    PRICE_DIRECTION: ClassVar[Family]
+    FRAUD_RISK: ClassVar[Family]
+
+    def __new__(cls, name: str) -> Family:
+        try:
+            return SPECS[name].family
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown family {name!r}; families with a spec: {', '.join(SPECS)}") from None
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_after_validator_function(cls, core_schema.str_schema())
+
+
+Family.MARKET_ALERT = str.__new__(Family, "market_alert")
+Family.PRICE_DIRECTION = str.__new__(Family, "price_direction")
+Family.FRAUD_RISK = str.__new__(Family, "fraud_risk")
 
 
 MARKET_FEATURES = [
@@ -26,13 +65,14 @@ MARKET_FEATURES = [
 """16 market features, in the order the models see them (price_direction: 64x16)."""
 
 FRAUD_FEATURES = [
-    "amount_log", "amount_z", "history_24h_log", "since_prev_log",
-    "velocity_10m", "velocity_1h", "new_device", "country_mismatch",
-    "high_risk_mcc", "hour_sin", "hour_cos",
+    "amount_log", "weekend", "night",
+    "cust_count_1d", "cust_count_7d", "cust_count_30d", "cust_amount_1d", "cust_amount_7d", "cust_amount_30d",
+    "term_count_1d", "term_count_7d", "term_count_30d", "term_risk_1d", "term_risk_7d", "term_risk_30d",
+    "country_mismatch", "high_risk_mcc", "new_device",
 ]
-"""11 per-transaction features."""
+"""18 per-transaction features: the Fraud-Detection Handbook's 15 and three weak ones (``pipelines.features``)."""
 
-TailRule = Literal["positives", "anomaly_or_positive", "anomaly_or_top_move"]
+TailRule = Literal["positives", "flash_or_positive", "flash_or_top_move"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +83,8 @@ class FamilySpec:
     features: tuple[str, ...]
     label: str
     """The label column of that table."""
-    architecture: Literal["gru", "cnn_transformer", "mlp"]
+    architecture: str
+    """Name of its torch module in :data:`pipelines.models.ARCHITECTURES`."""
     input_axes: tuple[str, ...]
     """Names of the model input's axes. ``seq`` is dynamic (the engine profile spans ``seq_range``)."""
     classes: int
@@ -59,6 +100,28 @@ class FamilySpec:
     """Windows a config may set; the engine profile of a ``seq`` axis spans it."""
     backtest: bool = False
     """Also scored by the P&L backtest (Sharpe)."""
+    _: KW_ONLY
+    agreement: Mapping[str, Mapping[str, float]] = field(hash=False)
+    """Default bounds of a candidate's agreement with FP32 PyTorch, per precision (``AgreementBounds`` fields;
+    ``gates.families.<name>.agreement.<precision>`` overrides them): ``benchmarks/gate_reliability.py --derive``."""
+    stride: int = 4
+    """Default step between training windows."""
+    hidden: int = 64
+    layers: int = 1
+    """Default width and depth of the model (``families.<name>.*`` override them)."""
+    smoke: Mapping[str, int] = field(default_factory=dict, hash=False)
+    """What the ``smoke`` profile sets in ``families.<name>`` (window, stride, hidden, layers): a test-sized night."""
+    gate_margins: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """Defaults of ``gates.families.<name>`` where they differ from ``FamilyGates``' own (margins, p99 budgets)."""
+    drift_share: float | None = None
+    """Share of drifted columns that makes dataset drift (``monitoring.drift.family_drift_share.<name>``); None:
+    ``monitoring.drift.drift_share``."""
+    label_delay_days: int = 0
+    """Days until a label is final (a fraud is known when its chargeback arrives): only older rows train."""
+
+    def __post_init__(self) -> None:
+        if type(self.family) is not Family:  # a plain name: the spec holds its one Family instance
+            object.__setattr__(self, "family", str.__new__(Family, self.family))
 
     @property
     def positive_index(self) -> int:
@@ -69,19 +132,52 @@ class FamilySpec:
         return "seq" in self.input_axes
 
 
-SPECS: dict[Family, FamilySpec] = {
+AGREEMENT_2026_11_23: Mapping[str, Mapping[str, float]] = {
+    # `benchmarks/gate_reliability.py --derive 10` on 2026-11-23, then one set for every family (docs/gates.md): the
+    # largest healthy value over families and seeds x 3. FP32 is floored at its export parity tolerance (1e-4).
+    "fp32": dict(mean_abs=1e-4, p99_abs=1e-4, max_abs=1e-4, bias=1e-4, flip_rate=0.002, tail_mean_abs=1e-4,
+                 tail_bias=1e-4),
+    "fp16": dict(mean_abs=4.5e-3, p99_abs=3.0e-2, max_abs=5.6e-2, bias=4.5e-3, flip_rate=1.1e-2, tail_mean_abs=6.1e-3,
+                 tail_bias=6.0e-3),
+    "int8": dict(mean_abs=1.1e-2, p99_abs=3.9e-2, max_abs=2.7e-1, bias=5.4e-3, flip_rate=2.8e-2, tail_mean_abs=1.4e-2,
+                 tail_bias=5.4e-3),
+}
+"""Every built-in family's default agreement bounds until they are derived per family."""
+
+SPECS: dict[str, FamilySpec] = {
     Family.MARKET_ALERT: FamilySpec(
         Family.MARKET_ALERT, "market", tuple(MARKET_FEATURES), "alert_label", "gru", ("batch", "seq", "feature"), 1,
-        "anomaly_or_positive", threshold=0.9, window=60, window_range=(30, 120)),
+        "flash_or_positive", threshold=0.9, window=60, window_range=(30, 120),
+        stride=2, layers=1, smoke={"window": 40, "stride": 2, "hidden": 32}, agreement=AGREEMENT_2026_11_23,
+        # a few-ms share of a 10 ms tick-to-alert budget; the seeds' GRU runs 3.2 ms FP16 / 2.1 ms INT8
+        gate_margins={"precision_drop_max": 0.05, "recall_drop_max": 0.05, "p99_budget_ms": {"cpu": 5.0, "gpu": 3.0}}),
     Family.PRICE_DIRECTION: FamilySpec(
         Family.PRICE_DIRECTION, "market", tuple(MARKET_FEATURES), "direction_label", "cnn_transformer",
-        ("batch", "time", "feature"), 2, "anomaly_or_top_move", threshold=0.5, window=64, window_range=(64, 64),
-        backtest=True),
+        ("batch", "time", "feature"), 2, "flash_or_top_move", threshold=0.5, window=64, window_range=(64, 64),
+        backtest=True, stride=4, layers=2, smoke={"stride": 2, "hidden": 32, "layers": 1},
+        agreement=AGREEMENT_2026_11_23,
+        # ticks arrive every 5-10 ms and the opportunity lasts 100 ms
+        gate_margins={"sharpe_rel_tol": 0.05, "p99_budget_ms": {"cpu": 10.0, "gpu": 2.0}}),
     Family.FRAUD_RISK: FamilySpec(
         Family.FRAUD_RISK, "transactions", tuple(FRAUD_FEATURES), "label", "mlp", ("batch", "feature"), 1, "positives",
-        threshold=0.5, window=1, window_range=(1, 1)),
+        threshold=0.5, window=1, window_range=(1, 1), stride=1, layers=2, smoke={"hidden": 32},
+        agreement=AGREEMENT_2026_11_23,
+        gate_margins={"p99_budget_ms": {"cpu": 20.0, "gpu": 20.0}},  # the seeds alert on P99 > 20 ms (SLA 50 ms)
+        # 0.2 of its 16 monitored columns (weekend and night are calendar columns, not compared): the replay shift
+        # (larger amounts, new cards paying abroad) moves 9 of them (amounts, customer windows, country_mismatch,
+        # new_device).
+        drift_share=0.2, label_delay_days=7),
 }
 
 
 def spec(family: str | Family) -> FamilySpec:
+    """The spec of a registered family; :class:`ValueError` naming the registered ones otherwise."""
     return SPECS[Family(family)]
+
+
+def register(s: FamilySpec) -> FamilySpec:
+    """Add a family (a plugin, a test); the built-in ones are in :data:`SPECS` above. Its name must be new."""
+    if s.family in SPECS:
+        raise ValueError(f"family {s.family!r} is already registered")
+    SPECS[s.family] = s
+    return s

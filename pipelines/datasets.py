@@ -7,7 +7,7 @@ peeks into the next split.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,12 @@ class Split:
     y: np.ndarray
     ts: np.ndarray
     """End tick (or transaction) time, int64 ns."""
-    regime: np.ndarray
-    anomaly: np.ndarray
+    state: np.ndarray
+    """Market state the INT8 calibration set is stratified by, from the data: the trailing-volatility tercile of
+    the window's end tick (0 low, 1 mid, 2 high; cut at the family's 1/3 and 2/3 quantiles of ``vol``). 0 for fraud."""
+    flash: np.ndarray
+    """The window ends on or within a few ticks of a flash move (``flash`` of :func:`.features.market_features`,
+    computed from prices and sizes): the tail the gates score apart. False for fraud."""
     fwd_ret_bps: np.ndarray
     """Forward mid return over the direction horizon (NaN for fraud)."""
 
@@ -59,11 +63,22 @@ class FamilyData:
         np.savez(path, **arrays)
 
 
+_FORMER = {"state": "regime", "flash": "anomaly"}
+"""Split fields under their names in files saved before the ground truth became optional."""
+
+
 def load_splits(path: str | Path) -> dict[str, Split]:
-    """Read back what :meth:`FamilyData.save` wrote: ``{"val", "test", "calib"}``."""
+    """Read back what :meth:`FamilyData.save` wrote: ``{"val", "test", "calib"}``.
+
+    A file saved under the former field names (``regime``, ``anomaly``: the simulator's ground truth) reads with
+    those arrays as ``state`` and ``flash``.
+    """
     with np.load(path, allow_pickle=False) as z:
-        return {name: Split(**{f.name: z[f"{name}.{f.name}"] for f in fields(Split)})
-                for name in ("val", "test", "calib")}
+        def get(name: str, field: str) -> np.ndarray:
+            key = f"{name}.{field}"
+            return z[key] if key in z.files or field not in _FORMER else z[f"{name}.{_FORMER[field]}"]
+
+        return {name: Split(**{f.name: get(name, f.name) for f in fields(Split)}) for name in ("val", "test", "calib")}
 
 
 def _evenly(n: int, k: int) -> np.ndarray:
@@ -83,8 +98,8 @@ def _market_windows(features: pd.DataFrame, family: Family, cfg: FactoryConfig) 
             x=make_windows(values, ends, fam.window),
             y=session[label].to_numpy(np.float32)[ends],
             ts=session["ts"].astype("int64").to_numpy()[ends],
-            regime=session["regime"].to_numpy().astype(str)[ends],
-            anomaly=session["anomaly"].to_numpy(bool)[ends],
+            state=session["vol"].to_numpy(np.float64)[ends],  # trailing vol; terciles below
+            flash=session["flash"].to_numpy(bool)[ends],
             fwd_ret_bps=session["fwd_ret_bps"].to_numpy(np.float32)[ends],
         ))
         label_end.append(session["label_end_ts"].to_numpy(np.int64)[ends])
@@ -92,7 +107,13 @@ def _market_windows(features: pd.DataFrame, family: Family, cfg: FactoryConfig) 
         raise InsufficientDataError(f"{family}: no session is longer than the {fam.window}-tick window "
                                     f"(families.{family}.window); more ticks per day (data.ticks_per_day) are needed")
     merged = Split(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Split)})
-    return merged, np.concatenate(label_end)
+    return replace(merged, state=vol_terciles(merged.state)), np.concatenate(label_end)
+
+
+def vol_terciles(vol: np.ndarray) -> np.ndarray:
+    """0, 1, 2: below the 1/3 quantile of ``vol``, up to the 2/3 quantile, above (int8)."""
+    cuts = np.quantile(vol, [1 / 3, 2 / 3])
+    return np.searchsorted(cuts, vol, side="right").astype(np.int8)
 
 
 def build_family_data(family: Family, cfg: FactoryConfig, market: pd.DataFrame | None,
@@ -100,10 +121,11 @@ def build_family_data(family: Family, cfg: FactoryConfig, market: pd.DataFrame |
     """Windows and time-ordered splits for one family."""
     if spec(family).source == "transactions":
         assert fraud is not None
+        fraud = fraud[fraud["label"].notna()]  # the newest days: labels not final (chargebacks still to come)
         ts = fraud["ts"].astype("int64").to_numpy()
         n = len(fraud)
         data = Split(x=fraud[FRAUD_FEATURES].to_numpy(np.float32), y=fraud["label"].to_numpy(np.float32), ts=ts,
-                     regime=np.full(n, "n/a"), anomaly=np.zeros(n, bool), fwd_ret_bps=np.full(n, np.nan, np.float32))
+                     state=np.zeros(n, np.int8), flash=np.zeros(n, bool), fwd_ret_bps=np.full(n, np.nan, np.float32))
         label_end, names = ts, FRAUD_FEATURES
     else:
         assert market is not None

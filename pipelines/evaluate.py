@@ -46,7 +46,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> di
 
 def backtest(p_up: np.ndarray, fwd_ret_bps: np.ndarray, ts_ns: np.ndarray, margin: float = BACKTEST_MARGIN,
              cost_bps: float = 0.0) -> dict[str, float]:
-    """Trade the direction signal over the test window.
+    """Trade the direction signal over the test window, gross of costs.
 
     Long when P(up) > 0.5 + margin, short when P(up) < 0.5 - margin, flat otherwise;
     each trade earns the forward mid return over the label horizon minus ``cost_bps``.
@@ -55,8 +55,12 @@ def backtest(p_up: np.ndarray, fwd_ret_bps: np.ndarray, ts_ns: np.ndarray, margi
     """
     p_up = np.asarray(p_up, dtype=np.float64)
     pos = np.where(p_up > 0.5 + margin, 1.0, np.where(p_up < 0.5 - margin, -1.0, 0.0))
+    return _pnl_stats(pos, np.asarray(fwd_ret_bps, dtype=np.float64) * pos - cost_bps * (pos != 0), ts_ns)
+
+
+def _pnl_stats(pos: np.ndarray, pnl_all: np.ndarray, ts_ns: np.ndarray) -> dict[str, float]:
     traded = pos != 0
-    pnl = pos[traded] * np.asarray(fwd_ret_bps, dtype=np.float64)[traded] - cost_bps
+    pnl = pnl_all[traded]
     if len(pnl) < 2 or pnl.std() == 0:
         return {"sharpe": 0.0, "hit_rate": 0.0, "trades": float(len(pnl)), "pnl_bps": float(pnl.sum())}
     return {
@@ -65,3 +69,28 @@ def backtest(p_up: np.ndarray, fwd_ret_bps: np.ndarray, ts_ns: np.ndarray, margi
         "trades": float(len(pnl)),
         "pnl_bps": float(pnl.sum()),
     }
+
+
+def net_backtest(p_up: np.ndarray, fwd_ret_bps: np.ndarray, ts_ns: np.ndarray, spread_bps: np.ndarray,
+                 expected_move_bps: float, fee_bps: float, half_spread_bps: float | None = None) -> dict[str, float]:
+    """The direction signal traded net of costs, only where its expected edge clears them.
+
+    A trade crosses the spread on the way in and out (half the quoted spread each way, ``spread_bps`` at entry,
+    or a fixed ``half_spread_bps``) and pays ``fee_bps`` each way: its cost is ``2 * (half spread + fee)``.
+    The expected edge of a call with probability ``p`` is ``|2p - 1| * expected_move_bps`` (the mean absolute
+    move over the horizon, measured by the caller on data before the test window); the signal trades, in its
+    direction, only when that edge exceeds the trade's cost. Returns ``net_sharpe``, ``net_hit_rate``,
+    ``net_trades``, ``net_pnl_bps`` and ``cost_bps`` (mean cost per trade taken).
+    """
+    p_up = np.asarray(p_up, dtype=np.float64)
+    if expected_move_bps < 0 or fee_bps < 0 or (half_spread_bps is not None and half_spread_bps < 0):
+        raise ValueError("net_backtest: expected move, fee and half-spread must be >= 0")
+    half = (np.asarray(spread_bps, dtype=np.float64) / 2 if half_spread_bps is None
+            else np.full(len(p_up), float(half_spread_bps)))
+    cost = 2 * (half + fee_bps)
+    edge = np.abs(2 * p_up - 1) * expected_move_bps
+    pos = np.where(edge > cost, np.sign(p_up - 0.5), 0.0)
+    stats = _pnl_stats(pos, np.asarray(fwd_ret_bps, dtype=np.float64) * pos - cost * (pos != 0), ts_ns)
+    taken = pos != 0
+    stats["cost_bps"] = float(cost[taken].mean()) if taken.any() else float(np.mean(cost)) if len(cost) else 0.0
+    return {f"net_{k}" if k != "cost_bps" else k: v for k, v in stats.items()}

@@ -55,8 +55,10 @@ def torch_to_onnx(model, family: Family, example: np.ndarray, dest: Path, opset:
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         torch.save(model.eval().cpu(), Path(tmp) / "model.pt")
         np.save(Path(tmp) / "example.npy", np.ascontiguousarray(example[:2]))
-        proc = subprocess.run([sys.executable, "-m", __name__, tmp, str(family), str(dest), str(opset)],
-                              capture_output=True, text=True)
+        # The child gets the spec's one fact it needs, not the family: a family registered in this process only
+        # (a plugin, a test) is unknown there.
+        proc = subprocess.run([sys.executable, "-m", __name__, tmp, str(family), str(dest), str(opset),
+                               str(int(spec(family).sequence))], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n  ".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])
         raise RuntimeError(f"{family}: ONNX export failed (exit {proc.returncode}):\n  {tail}")
@@ -66,19 +68,19 @@ def torch_to_onnx(model, family: Family, example: np.ndarray, dest: Path, opset:
 def _export_main(argv: list[str]) -> None:
     import torch
 
-    folder, family, dest, opset = Path(argv[0]), Family(argv[1]), Path(argv[2]), int(argv[3])
+    folder, family, dest, opset, sequence = Path(argv[0]), argv[1], Path(argv[2]), int(argv[3]), argv[4] == "1"
     model = torch.load(folder / "model.pt", weights_only=False)  # written by the parent process just now
-    _export(model, family, np.load(folder / "example.npy"), dest, opset)
+    _export(model, family, np.load(folder / "example.npy"), dest, opset, sequence)
 
 
-def _export(model, family: Family, example: np.ndarray, dest: Path, opset: int) -> Path:
+def _export(model, family: str, example: np.ndarray, dest: Path, opset: int, sequence: bool) -> Path:
     import onnx
     import torch
 
     model = model.eval().cpu()
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dims = {0: batch}
-    if spec(family).sequence:
+    if sequence:
         dims[1] = torch.export.Dim("seq", min=SEQ_RANGE[0], max=SEQ_RANGE[1])
     x = torch.from_numpy(np.ascontiguousarray(example[:2]))
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ from factory_core.families import FRAUD_FEATURES, MARKET_FEATURES
 from .data.schema import BOOK_LEVELS, HIGH_RISK_MCC
 
 _BPS = 1e4
+FLASH_TICKS = 6
+"""Look-back of the data-defined flash move (``flash`` in :func:`market_features`), in ticks."""
 
 
 def _ema(x: pd.Series, span: int) -> pd.Series:
@@ -28,7 +30,10 @@ def market_features(ticks: pd.DataFrame, cfg: FeatureConfig) -> pd.DataFrame:
     The first ``warmup`` rows (where rolling windows are not yet full) are dropped.
 
     Returns columns ``ts``, :data:`MARKET_FEATURES`, ``alert_label``, ``direction_label``,
-    ``fwd_ret_bps``, ``label_end_ts``, ``regime``, ``anomaly``.
+    ``fwd_ret_bps``, ``label_end_ts``, ``flash``. ``flash`` (the tail the gates score apart, defined from prices and
+    sizes so a real feed and the simulator mean the same; the lake's optional ``regime``/``anomaly`` ground truth is
+    not read): the mid moved more than ``alert_sigma`` trailing sigmas (scaled by sqrt of the ticks) over the last
+    :data:`FLASH_TICKS` ticks, or one of those ticks was abnormal by the ``alert_label`` rule.
     """
     if cfg.return_horizons != [1, 5, 20, 50]:
         raise ValueError("features.return_horizons: the 16-feature layout expects [1, 5, 20, 50]")
@@ -82,8 +87,10 @@ def market_features(ticks: pd.DataFrame, cfg: FeatureConfig) -> pd.DataFrame:
     # The latest tick either label looks at, for purging across split boundaries.
     alert_end = np.minimum(np.arange(len(ts_ns)) + h, len(ts_ns) - 1)
     out["label_end_ts"] = np.maximum(ts_ns[alert_end], ts_ns[j_clip])
-    out["regime"] = ticks["regime"].to_numpy()
-    out["anomaly"] = ticks["anomaly"].to_numpy()
+    m = FLASH_TICKS
+    move = (logmid - logmid.shift(m)).abs() * _BPS
+    flash = (move > cfg.alert_sigma * np.sqrt(m) * vol.shift(m)) | (abnormal.astype(float).rolling(m).max() > 0)
+    out["flash"] = flash.to_numpy(bool)
 
     warmup = max(cfg.vol_window, cfg.vwap_window, max(cfg.return_horizons)) + 1
     out = out.iloc[warmup:]
@@ -93,53 +100,95 @@ def market_features(ticks: pd.DataFrame, cfg: FeatureConfig) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def fraud_features(txns: pd.DataFrame) -> pd.DataFrame:
-    """Per-transaction features, each using only the account's earlier transactions.
+FRAUD_WINDOW_DAYS = (1, 7, 30)
+"""The customer and terminal windows. A row needs ``max(FRAUD_WINDOW_DAYS)`` days of the channel's history before it
+(the warm-up: earlier rows have short windows and are not model rows)."""
+NIGHT_HOURS = 6
+"""Payments before 06:00 UTC are "during the night" (Handbook: hour <= 6)."""
 
-    ``txns`` may span several days (account history carries across days); it is
-    processed in time order. Returns ``ts``, :data:`FRAUD_FEATURES`, ``label``.
 
-    The history features look back a bounded 24 h (count of the account's transactions,
-    time since its previous one, capped at a day), so their distribution does not depend
-    on how many days a job happens to load: a cumulative count would grow with the window
-    and show as drift between training and serving. Load a day before the rows you need.
+def fraud_features(txns: pd.DataFrame, chargebacks: pd.DataFrame | None = None, *, since: pd.Timestamp | None = None,
+                   cutoff: pd.Timestamp | None = None, maturity_days: float = 0) -> pd.DataFrame:
+    """Per-transaction features (the Fraud-Detection Handbook's, ch. 3.4, and three weak ones) and labels.
+
+    A transaction at ``t`` sees only the channel's transactions up to ``t`` and the chargebacks reported before
+    ``t``: its amount, whether it falls on a weekend or at night; the customer's count and mean amount over the
+    last 1, 7 and 30 days (this payment included); the terminal's count of payments over the last 1, 7, 30 days
+    before ``t`` and the share of them whose chargeback was reported before ``t`` (its risk); whether the merchant is
+    abroad, its MCC high-risk, the device new to the account in 30 days.
+
+    ``label``: 1 if a chargeback for the transaction was reported before ``cutoff`` (default: any of
+    ``chargebacks``), else 0; NaN (unknown, not a training row) for a transaction younger than ``maturity_days`` at
+    ``cutoff``. Rows before ``since`` are history only, left out of the result: load
+    ``max(FRAUD_WINDOW_DAYS)`` days before it. Extra columns (a ``partition`` tag) are ignored.
+    Returns ``ts``, :data:`FRAUD_FEATURES`, ``label``.
     """
     df = txns.sort_values("ts", kind="stable").reset_index(drop=True)
-    ts_s = (df["ts"].astype("int64") // 1_000_000_000).to_numpy()
-    ts_s = ts_s - ts_s.min()
-    acct = df["account_id"].to_numpy()
-    order = np.lexsort((np.arange(len(df)), ts_s, acct))  # by account, then time
-    key = acct[order].astype(np.int64) * 10**9 + ts_s[order]
-    pos = np.arange(len(df))
+    cb = chargebacks if chargebacks is not None else pd.DataFrame({"ts": pd.to_datetime([], utc=True),
+                                                                     "txn_id": np.array([], np.int64)})
+    ms = 1_000_000
+    t0 = int(df["ts"].min().value) if len(df) else 0
+    t = (df["ts"].astype("int64").to_numpy() - t0) // ms
+    day = 86_400_000
+    longest = max(FRAUD_WINDOW_DAYS) * day
+    span = int(t.max(initial=0)) + 2 * longest + 1  # every value keyed below lies in [-longest, max t + longest]
+    amount = df["amount"].to_numpy(np.float64)
     out = pd.DataFrame({"ts": df["ts"]})
-    amount_log = np.log(df["amount"].to_numpy())
-    out["amount_log"] = amount_log
-    g = df.groupby("account_id", sort=False)
-    prior = g.cumcount().to_numpy()
-    prev_sum = g["amount"].transform(lambda s: np.log(s).cumsum().shift(1)).to_numpy()
-    prev_mean = np.where(prior > 0, prev_sum / np.maximum(prior, 1), np.nan)
-    out["amount_z"] = np.nan_to_num(amount_log - prev_mean, nan=0.0)
-    since = g["ts"].diff().dt.total_seconds().to_numpy()
-    out["since_prev_log"] = np.log1p(np.minimum(np.nan_to_num(since, nan=86_400.0), 86_400.0))
+    out["amount_log"] = np.log(amount)
+    out["weekend"] = (df["ts"].dt.weekday >= 5).astype(float)
+    out["night"] = (df["ts"].dt.hour < NIGHT_HOURS).astype(float)
 
-    def recent(window_s: int) -> np.ndarray:
-        """Same-account rows within [t - window, t): sorted keys make it a searchsorted."""
-        counts = np.empty(len(df))
-        counts[order] = pos - np.searchsorted(key, key - window_s, side="left")
-        return counts
+    def keyed(column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Keys (entity code x span + time) that order rows by entity then time, sorted; the rows' sort positions."""
+        codes = pd.factorize(df[column])[0].astype(np.int64)
+        if len(codes) and int(codes.max()) >= np.iinfo(np.int64).max // span:
+            raise ValueError(f"fraud_features: too many {column} values for int64 keys")
+        key = codes * span + longest + t
+        order = np.lexsort((np.arange(len(df)), key))
+        pos = np.empty(len(df), np.int64)
+        pos[order] = np.arange(len(df))
+        return key, key[order], pos
 
-    out["velocity_10m"], out["velocity_1h"] = recent(600), recent(3600)
-    out["history_24h_log"] = np.log1p(recent(86_400))
-    seen_device = df.groupby(["account_id", "device_id"], sort=False).cumcount().to_numpy()
-    out["new_device"] = ((seen_device == 0) & (prior > 0)).astype(float)
+    key, sorted_key, pos = keyed("account_id")
+    cum = np.concatenate([[0.0], np.cumsum(amount[np.argsort(pos)])])
+    for w in FRAUD_WINDOW_DAYS:  # [t - w, t], this payment included
+        left = np.searchsorted(sorted_key, key - w * day, side="left")
+        count = pos - left + 1
+        out[f"cust_count_{w}d"] = np.log1p(count)
+        out[f"cust_amount_{w}d"] = np.log((cum[pos + 1] - cum[left]) / count)
+
+    key, sorted_key, pos = keyed("terminal_id")
+    # A chargeback reported at r for a payment at s on the same terminal counts for the rows at t in (r, s + w]:
+    # reported before t, paid within the window. Counting intervals that contain t is two searchsorted.
+    row = pd.Series(np.arange(len(df)), index=df["txn_id"].to_numpy())
+    hit = cb[cb["txn_id"].isin(row.index)]
+    j = row.loc[hit["txn_id"].to_numpy()].to_numpy()
+    reported = (hit["ts"].astype("int64").to_numpy() - t0) // ms
+    within = reported <= t.max(initial=0)  # reported after the last payment: nothing here can know it
+    j, reported = j[within], reported[within]
+    for w in FRAUD_WINDOW_DAYS:  # [t - w, t), this payment left out
+        count = pos - np.searchsorted(sorted_key, key - w * day, side="left")
+        start, end = key[j] - t[j] + reported, key[j] + w * day
+        live = start < end
+        known = (np.searchsorted(np.sort(start[live]), key, side="left")
+                 - np.searchsorted(np.sort(end[live]), key, side="left"))
+        out[f"term_count_{w}d"] = np.log1p(count)
+        out[f"term_risk_{w}d"] = known / np.maximum(count, 1)
+
     out["country_mismatch"] = (df["country"] != df["home_country"]).astype(float)
     out["high_risk_mcc"] = df["merchant_category"].isin(HIGH_RISK_MCC).astype(float)
-    hour = df["ts"].dt.hour + df["ts"].dt.minute / 60
-    out["hour_sin"] = np.sin(2 * np.pi * hour / 24)
-    out["hour_cos"] = np.cos(2 * np.pi * hour / 24)
-    out["label"] = df["is_fraud"].astype(float).to_numpy()
+    since_same = df.groupby(["account_id", "device_id"], sort=False)["ts"].diff()
+    out["new_device"] = (since_same.isna() | (since_same > pd.Timedelta(days=max(FRAUD_WINDOW_DAYS)))).astype(float)
+
+    known_by = cb if cutoff is None else cb[cb["ts"] < cutoff]
+    label = df["txn_id"].isin(known_by["txn_id"]).astype(float).to_numpy()
+    if cutoff is not None:
+        label[(df["ts"] >= cutoff - pd.Timedelta(days=maturity_days)).to_numpy()] = np.nan
+    out["label"] = label
+    if since is not None:
+        out = out[out["ts"] >= since]
     out[FRAUD_FEATURES] = out[FRAUD_FEATURES].astype(np.float32)
-    return out
+    return out.reset_index(drop=True)
 
 
 def make_windows(values: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:

@@ -29,14 +29,11 @@ from factory_core.contracts import (
     undecided,
 )
 from factory_core.families import spec
+from factory_core.precisions import PRECISIONS
 
 from .evidence import Agreement, agreement, metric_rows, paired_bootstrap
 
 log = logging.getLogger(__name__)
-
-PRECISION_RANK = {"fp32": 3, "fp16": 2, "int8": 1}
-"""Higher wins a latency tie."""
-
 
 def _verdict(family: str, precision: str, checks: list[Check], metrics: dict[str, float] | None = None,
              onnx_sha256: str = "") -> Verdict:
@@ -50,14 +47,16 @@ def tail_mask(family: Family, split: Any, quantile: float = 0.95) -> np.ndarray:
 
     The one definition, shared by INT8 calibration (the windows kept in the calibration set) and
     the gates. market_alert: windows holding a flash move or an abnormal move ahead; price_direction:
-    flash-move windows and the top 5 % of |forward return|; fraud_risk: the frauds.
+    flash-move windows and the top 5 % of |forward return|; fraud_risk: the frauds. A flash move
+    (``split.flash``) is computed from prices and sizes (:func:`pipelines.features.market_features`), never
+    from the simulator's ground truth, so a real feed's tail means what the simulator's does.
     """
     rule = spec(family).tail
     positives = np.asarray(split.y) > 0.5
     if rule == "positives":
         return positives
-    mask = np.asarray(split.anomaly).astype(bool)
-    if rule == "anomaly_or_positive":
+    mask = np.asarray(split.flash).astype(bool)
+    if rule == "flash_or_positive":
         return mask | positives
     r = np.abs(np.asarray(split.fwd_ret_bps, dtype=np.float64))
     finite = np.isfinite(r)
@@ -174,9 +173,10 @@ def accuracy_verdict(family: Family, precision: str, split: Any, prob_ref: np.nd
                      bounds: FamilyGates, threshold: float, gates: GateConfig, onnx_sha256: str = "") -> Verdict:
     """A candidate's own outputs ``prob`` against the FP32 PyTorch reference's on the same (test) windows.
 
-    Rejects on: any NaN/inf output (every window is scored); agreement beyond the bounds measured on healthy
-    variants (|Δp| mean/p99/max, calibration shift, flipped decisions, the same on the tail); a metric
-    degradation beyond its margin shown by a paired bootstrap. Undecided checks name their sample sizes.
+    Rejects on: any NaN/inf output (every window is scored); agreement beyond the family's bounds for this
+    precision (``bounds.agreement``, measured on healthy variants: |Δp| mean/p99/max, calibration shift, flipped
+    decisions, the same on the tail); a metric degradation beyond its margin shown by a paired bootstrap.
+    Undecided checks name their sample sizes.
     """
     from .models import positive_probability
     from .train import evaluate_split
@@ -194,7 +194,7 @@ def accuracy_verdict(family: Family, precision: str, split: Any, prob_ref: np.nd
     agree = agreement(p_ref, p, threshold)
     agree_tail = agreement(p_ref[tail], p[tail], threshold) if tail.any() else None
     checks = [passed("finite", 0, 0, n=len(p), detail=f"all {len(p)} test windows finite")]
-    checks += agreement_checks(agree, agree_tail, gates.agreement[precision], precision, gates.min_events)
+    checks += agreement_checks(agree, agree_tail, bounds.agreement[precision], precision, gates.min_events)
 
     npos, nneg = int(y.sum()), int((~y).sum())
     checks.append(delta_check("auc_drop", "auc", y, p_ref, p, threshold, bounds.auc_drop_max, gates,
@@ -366,7 +366,7 @@ def select(candidates: list[Candidate], tie_tolerance: float) -> tuple[Candidate
     if passing:
         fastest = min(c.p99_ms for c in passing)
         tied = [c for c in passing if c.p99_ms <= fastest * (1 + tie_tolerance)]
-        winner = max(tied, key=lambda c: (PRECISION_RANK.get(c.precision, 0), -c.p99_ms))
+        winner = max(tied, key=lambda c: (PRECISIONS[c.precision].rank, -c.p99_ms))
     out = []
     for c in candidates:
         if c is winner:

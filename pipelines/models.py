@@ -1,4 +1,4 @@
-"""The three model families.
+"""The model architectures, looked up by name (a family spec's ``architecture``) in :data:`ARCHITECTURES`.
 
 Each model takes raw features and normalises them with buffers fitted on the training
 split, so the exported ONNX graph carries its own preprocessing. Every model outputs
@@ -8,16 +8,20 @@ class probabilities for ``price_direction``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from factory_core.config import Family, FamilyConfig
+from factory_core.errors import BadInput
 from factory_core.families import spec
 
 
-class _Normalise(nn.Module):
+class Normalise(nn.Module):
+    """Standardises raw features with buffers fitted on the training split (``fit``), inside the exported graph."""
+
     def __init__(self, n_features: int):
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_features))
@@ -37,7 +41,7 @@ class MarketAlertGRU(nn.Module):
 
     def __init__(self, n_features: int, hidden: int = 64, layers: int = 1):
         super().__init__()
-        self.norm = _Normalise(n_features)
+        self.norm = Normalise(n_features)
         self.gru = nn.GRU(n_features, hidden, num_layers=layers, batch_first=True)
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
@@ -54,7 +58,7 @@ class PriceDirectionNet(nn.Module):
 
     def __init__(self, n_features: int, seq_len: int = 64, hidden: int = 64, layers: int = 2, heads: int = 4):
         super().__init__()
-        self.norm = _Normalise(n_features)
+        self.norm = Normalise(n_features)
         self.conv = nn.Sequential(
             nn.Conv1d(n_features, hidden, kernel_size=3, padding=1), nn.GELU(),
             nn.Conv1d(hidden, hidden, kernel_size=3, padding=1), nn.GELU(),
@@ -81,7 +85,7 @@ class FraudMLP(nn.Module):
 
     def __init__(self, n_features: int, hidden: int = 64, layers: int = 2):
         super().__init__()
-        self.norm = _Normalise(n_features)
+        self.norm = Normalise(n_features)
         blocks: list[nn.Module] = []
         width = n_features
         for _ in range(layers):
@@ -97,13 +101,25 @@ class FraudMLP(nn.Module):
         return torch.sigmoid(self.logits(x))
 
 
+class UnknownArchitecture(BadInput, LookupError):
+    """A family spec names an architecture no module is registered under."""
+
+
+ARCHITECTURES: dict[str, Callable[[FamilyConfig, int], nn.Module]] = {
+    "gru": lambda fc, n: MarketAlertGRU(n, fc.hidden, fc.layers),
+    "cnn_transformer": lambda fc, n: PriceDirectionNet(n, fc.window, fc.hidden, fc.layers),
+    "mlp": lambda fc, n: FraudMLP(n, fc.hidden, fc.layers),
+}
+"""Architecture name → ``build(family_config, n_features)``. A module needs a ``norm`` (:class:`Normalise`),
+``logits(x)`` and ``forward(x)`` returning the ``prob`` output."""
+
+
 def build_model(family: Family, fam_cfg: FamilyConfig, n_features: int) -> nn.Module:
     arch = spec(family).architecture
-    if arch == "gru":
-        return MarketAlertGRU(n_features, fam_cfg.hidden, fam_cfg.layers)
-    if arch == "cnn_transformer":
-        return PriceDirectionNet(n_features, fam_cfg.window, fam_cfg.hidden, fam_cfg.layers)
-    return FraudMLP(n_features, fam_cfg.hidden, fam_cfg.layers)
+    if arch not in ARCHITECTURES:
+        raise UnknownArchitecture(f"{family}: architecture {arch!r} has no module in pipelines.models.ARCHITECTURES "
+                                  f"(registered: {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[arch](fam_cfg, n_features)
 
 
 def positive_probability(family: Family, prob: "torch.Tensor | object"):

@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,6 @@ from factory_core.fsutil import sha256_file
 from .export import INPUT_NAME
 
 log = logging.getLogger(__name__)
-
-
-class Precision(StrEnum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
 
 
 FP16_KEEP_FP32 = ("LayerNormalization", "Softmax", "ReduceMean", "Sigmoid", "Erf", "Sub", "Div", "GRU", "Transpose")
@@ -95,11 +88,12 @@ def _fp32_outputs(model) -> None:
         tt.elem_type = TensorProto.FLOAT
 
 
-def calibration_set(x: np.ndarray, regime: np.ndarray, tail: np.ndarray, n: int = 1000, seed: int = 0) -> np.ndarray:
-    """About ``n`` windows stratified across regimes, with every tail event kept (up to a quarter of ``n``).
+def calibration_set(x: np.ndarray, state: np.ndarray, tail: np.ndarray, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """About ``n`` windows stratified across market states, with every tail event kept (up to a quarter of ``n``).
 
-    ``tail`` marks extreme-move windows (the seeds warn INT8 misjudges extreme markets,
-    so the calibration ranges must see them).
+    ``state`` labels each window's stratum (:attr:`pipelines.datasets.Split.state`: the trailing-volatility tercile,
+    computed from the data; any labels work). ``tail`` marks extreme-move windows (the seeds warn INT8 misjudges
+    extreme markets, so the calibration ranges must see them).
     """
     if len(x) == 0:
         raise CalibrationError("calibration pool is empty")
@@ -107,7 +101,7 @@ def calibration_set(x: np.ndarray, regime: np.ndarray, tail: np.ndarray, n: int 
     tail_idx = np.flatnonzero(tail)
     tail_idx = rng.permutation(tail_idx)[: n // 4]
     rest = np.setdiff1d(np.arange(len(x)), tail_idx)
-    groups = [rest[regime[rest] == r] for r in np.unique(regime[rest])]
+    groups = [rest[state[rest] == s] for s in np.unique(state[rest])]
     per_group = max(1, (n - len(tail_idx)) // max(len(groups), 1))
     picked = [tail_idx] + [rng.permutation(g)[:per_group] for g in groups]
     return x[np.sort(np.concatenate(picked))]

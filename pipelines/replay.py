@@ -48,7 +48,8 @@ class Replay:
 
 def _day(cfg: FactoryConfig, dataset: str, symbol: str, date: str, shift: Shift | None) -> tuple[pd.DataFrame, str]:
     from .data import lake
-    from .data.schema import MARKET_DATASET
+    from .data.payments import simulate_chargebacks
+    from .data.schema import MARKET_DATASET, TRANSACTIONS_DATASET
     from .data.simulator import simulate_market, simulate_transactions
 
     part = lake.Partition(dataset, date, symbol)
@@ -58,8 +59,10 @@ def _day(cfg: FactoryConfig, dataset: str, symbol: str, date: str, shift: Shift 
         raise FileNotFoundError(f"replay: the lake {cfg.lake_uri} has no partition {part.key}")
     if dataset == MARKET_DATASET:
         df = simulate_market(date, symbol, cfg.data.ticks_per_day, cfg.data.seed, shift=shift)
-    else:
+    elif dataset == TRANSACTIONS_DATASET:
         df = simulate_transactions(date, symbol, cfg.data.transactions_per_day, cfg.data.seed, shift=shift)
+    else:  # chargebacks: the shift changes no transaction's identity, so none of them
+        df = simulate_chargebacks(date, symbol, cfg.data.transactions_per_day, cfg.data.seed)
     lake.write_partition(cfg.lake_uri, part, df)
     how = f"simulated with a regime shift from {shift.start:.0%} of the day" if shift else "simulated without shift"
     return df, how
@@ -68,23 +71,33 @@ def _day(cfg: FactoryConfig, dataset: str, symbol: str, date: str, shift: Shift 
 def requests_for_day(cfg: FactoryConfig, family: str, date: str, shift: Shift | None,
                      max_requests: int) -> tuple[np.ndarray, np.ndarray, str]:
     """Model inputs and their times (ns) for ``date``, at most ``max_requests`` evenly spaced."""
-    from .data.schema import MARKET_DATASET, TRANSACTIONS_DATASET, TRANSACTIONS_SYMBOL
+    from .data import lake
+    from .data.schema import CHARGEBACKS_DATASET, MARKET_DATASET, TRANSACTIONS_DATASET, TRANSACTIONS_SYMBOL
+    from .data.validation import validate_payments
     from .features import FRAUD_FEATURES, MARKET_FEATURES, fraud_features, make_windows, market_features
+    from .stages import payment_warmup_days
 
     fam = Family(family)
     if spec(fam).source == "transactions":
-        # The features look back 24 h: load the day before too, keep the day's rows.
-        before = (dt.date.fromisoformat(date) - dt.timedelta(days=1)).isoformat()
-        try:
-            frames = [_day(cfg, TRANSACTIONS_DATASET, TRANSACTIONS_SYMBOL, before, None)[0]]
-        except FileNotFoundError:
-            log.warning("replay: no %s transactions in the lake; the first hours' history features are short", before)
-            frames = []
-        today, source = _day(cfg, TRANSACTIONS_DATASET, TRANSACTIONS_SYMBOL, date, shift)
-        frames.append(today)
-        feats = fraud_features(pd.concat(frames, ignore_index=True))
-        start = pd.Timestamp(date, tz="UTC")
-        feats = feats[(feats["ts"] >= start) & (feats["ts"] < start + pd.Timedelta(days=1))]
+        # The features look back 30 days (payments, and the chargebacks reported before each payment): load the
+        # warm-up days before too, keep the day's rows.
+        day = dt.date.fromisoformat(date)
+        txns, chargebacks, source = [], [], ""
+        for k in range(payment_warmup_days(cfg), -1, -1):
+            d = (day - dt.timedelta(days=k)).isoformat()
+            for dataset, frames in ((TRANSACTIONS_DATASET, txns), (CHARGEBACKS_DATASET, chargebacks)):
+                try:
+                    df, how = _day(cfg, dataset, TRANSACTIONS_SYMBOL, d, shift if k == 0 else None)
+                except FileNotFoundError:
+                    log.warning("replay: no %s %s in the lake; the history features are short", dataset, d)
+                    continue
+                frames.append(df.assign(partition=lake.Partition(dataset, d, TRANSACTIONS_SYMBOL).key))
+                source = how if k == 0 and dataset == TRANSACTIONS_DATASET else source
+        if not source:
+            raise FileNotFoundError(f"replay: no {TRANSACTIONS_DATASET} {date} in the lake {cfg.lake_uri}")
+        txn_df, cb_df = pd.concat(txns, ignore_index=True), pd.concat(chargebacks, ignore_index=True)
+        validate_payments(txn_df, cb_df)
+        feats = fraud_features(txn_df, cb_df, since=pd.Timestamp(day, tz="UTC"))
         x, ts = feats[FRAUD_FEATURES].to_numpy(np.float32), feats["ts"].astype("int64").to_numpy()
     else:
         window = cfg.families[fam].window

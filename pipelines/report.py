@@ -24,21 +24,31 @@ def print_nightly_summary(summary: dict[str, Any], console=None) -> None:
     trigger = summary.get("trigger") or "schedule"
     table = Table(title=f"Nightly {summary['date']} · profile {summary['profile']} · test-split metrics (FP32)"
                         + ("" if trigger in ("schedule", "manual") else f" · triggered by {trigger}"))
-    for col in ("family", "status", "train n", "epochs", "device", "AUC", "PR-AUC [base]", "accuracy", "precision@thr",
-                "recall@thr", "Sharpe", "hit rate", "ONNX max|Δ|", "train s"):
+    for col in ("family", "status", "train n", "epochs", "device", "AUC", "PR-AUC [base]", "accuracy", "alerts@thr",
+                "precision@thr", "recall@thr", "Sharpe gross", "Sharpe net [trades]", "hit rate", "ONNX max|Δ|",
+                "train s"):
         table.add_column(col, justify="left" if col in ("family", "status", "device") else "right")
     for row in summary["families"]:
         t, e, m = row["train"], row["export"] or {}, row["train"]["metrics"]
         table.add_row(
             row["family"], str(row["status"]), str(t["n_train"]), str(t["epochs"]), t["device"],
             _fmt(m.get("auc")), f"{_fmt(m.get('pr_auc'))} [{_fmt(m.get('positive_rate'))}]",
-            _fmt(m.get("accuracy")), _fmt(m.get("precision")), _fmt(m.get("recall")),
-            _fmt(m.get("sharpe"), 1), _fmt(m.get("hit_rate")), f"{e['max_abs_err']:.1e}" if e else "—",
+            _fmt(m.get("accuracy")), _alerts(m), _fmt(m.get("precision")), _fmt(m.get("recall")),
+            _fmt(m.get("sharpe"), 1),
+            f"{_fmt(m.get('net_sharpe'), 1)} [{int(m['net_trades'])}]" if "net_sharpe" in m else "—",
+            _fmt(m.get("hit_rate")), f"{e['max_abs_err']:.1e}" if e else "—",
             _fmt(t["seconds"], 1),
         )
     console.print(table)
     print_variants(summary, console)
     print_engines(summary, console)
+
+
+def _alerts(m: dict[str, Any]) -> str:
+    """Decisions at the family threshold on the test split: how many, of how many windows."""
+    if "alert_rate" not in m or "n" not in m:
+        return "—"
+    return f"{round(m['alert_rate'] * m['n'])}/{int(m['n'])}"
 
 
 def print_variants(summary: dict[str, Any], console) -> None:
@@ -121,7 +131,9 @@ def plot_accuracy_vs_p99(report: dict[str, Any], dest) -> None:
     families = sorted({g["family"] for g in gates})
     fig, axes = plt.subplots(max(len(targets), 1), max(len(families), 1), squeeze=False,
                              figsize=(4.5 * max(len(families), 1), 3.6 * max(len(targets), 1)))
-    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
+    from factory_core.precisions import PRECISIONS
+
+    markers = {n: p.marker for n, p in PRECISIONS.items()}
     for g in gates:
         ax = axes[targets.index(g["target"])][families.index(g["family"])]
         for c in g["candidates"]:

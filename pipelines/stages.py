@@ -33,6 +33,8 @@ from factory_core.contracts import (
     VariantSet,
 )
 from factory_core.families import spec
+from factory_core.precisions import REFERENCE
+from factory_core.precisions import precision as precision_spec
 from factory_core.fsutil import fetch, get_json, put_json, stage_output, write_json
 
 log = logging.getLogger(__name__)
@@ -83,14 +85,36 @@ def plan(cfg: FactoryConfig, date: str, families: list[str] | None = None, trigg
                 run_uri=cfg.run_layout(date).uri, trigger=trigger)
 
 
+def payment_warmup_days(cfg: FactoryConfig | None = None) -> int:
+    """Days of payments read before the first model row: the features' longest window (30 days)."""
+    from .features import FRAUD_WINDOW_DAYS
+
+    return max(FRAUD_WINDOW_DAYS)
+
+
+def payment_dates(cfg: FactoryConfig, date: str) -> list[str]:
+    """The ``transactions`` and ``chargebacks`` days a night for ``date`` reads, ending the day before it: the
+    warm-up (:func:`payment_warmup_days`), then the history days."""
+    n = payment_warmup_days(cfg) + cfg.data.transactions_history_days
+    day = dt.date.fromisoformat(date)
+    return [(day - dt.timedelta(days=k)).isoformat() for k in range(n, 0, -1)]
+
+
+def _payments(p: Plan) -> bool:
+    """Whether the night trains a family fed by payments."""
+    return any(spec(f).source == "transactions" for f in p.families)
+
+
 def ingest(cfg: FactoryConfig, p: Plan) -> LakeSnapshot:
     """Make sure the lake holds every partition the night needs, then validate them.
 
     With ``data.source: simulator`` missing partitions are simulated and written;
-    with ``lake`` a missing partition is an error naming it.
+    with ``lake`` a missing partition is an error naming it. Payments (transactions and chargebacks) are read over
+    :func:`payment_dates`, and only on a night that trains a family fed by them.
     """
     from .data import lake
-    from .data.schema import MARKET_DATASET, TRANSACTIONS_DATASET, TRANSACTIONS_SYMBOL
+    from .data.payments import simulate_chargebacks
+    from .data.schema import CHARGEBACKS_DATASET, MARKET_DATASET, TRANSACTIONS_DATASET, TRANSACTIONS_SYMBOL
     from .data.simulator import simulate_market, simulate_transactions
     from .data.validation import DataValidationError
 
@@ -100,7 +124,9 @@ def ingest(cfg: FactoryConfig, p: Plan) -> LakeSnapshot:
             log.warning("ingest: lake %s date=%s holds symbol(s) %s not in data.symbols %s: ignored", cfg.lake_uri,
                         d, extra, cfg.data.symbols)
     wanted = [lake.Partition(MARKET_DATASET, d, s) for d in p.lake_dates for s in cfg.data.symbols]
-    wanted += [lake.Partition(TRANSACTIONS_DATASET, d, TRANSACTIONS_SYMBOL) for d in p.lake_dates]
+    if _payments(p):
+        wanted += [lake.Partition(ds, d, TRANSACTIONS_SYMBOL) for d in payment_dates(cfg, p.date)
+                   for ds in (TRANSACTIONS_DATASET, CHARGEBACKS_DATASET)]
     written, rows = 0, 0
     for i, part in enumerate(wanted, 1):
         if not lake.exists(cfg.lake_uri, part):
@@ -108,8 +134,10 @@ def ingest(cfg: FactoryConfig, p: Plan) -> LakeSnapshot:
                 raise DataValidationError(part.key, None, f"partition missing from lake {cfg.lake_uri}")
             if part.dataset == MARKET_DATASET:
                 df = simulate_market(part.date, part.symbol, cfg.data.ticks_per_day, cfg.data.seed)
-            else:
+            elif part.dataset == TRANSACTIONS_DATASET:
                 df = simulate_transactions(part.date, part.symbol, cfg.data.transactions_per_day, cfg.data.seed)
+            else:
+                df = simulate_chargebacks(part.date, part.symbol, cfg.data.transactions_per_day, cfg.data.seed)
             lake.write_partition(cfg.lake_uri, part, df)
             written += 1
         rows += len(lake.read_partition(cfg.lake_uri, part))  # validates what is there
@@ -123,10 +151,11 @@ def build_features(cfg: FactoryConfig, p: Plan, snap: LakeSnapshot) -> FeatureSe
     import pandas as pd
 
     from .data import lake
-    from .data.schema import MARKET_DATASET, TRANSACTIONS_DATASET
-    from .features import fraud_features, market_features
+    from .data.schema import CHARGEBACKS_DATASET, MARKET_DATASET, TRANSACTIONS_DATASET
+    from .data.validation import validate_payments
+    from .features import FRAUD_FEATURES, fraud_features, market_features
 
-    market, txns = [], []
+    market, txns, chargebacks = [], [], []
     for key in snap.partitions:
         dataset, date_kv, symbol_kv = key.split("/")
         part = lake.Partition(dataset, date_kv.split("=", 1)[1], symbol_kv.split("=", 1)[1])
@@ -136,10 +165,18 @@ def build_features(cfg: FactoryConfig, p: Plan, snap: LakeSnapshot) -> FeatureSe
             feats.insert(0, "symbol", part.symbol)
             feats.insert(0, "date", part.date)
             market.append(feats)
-        elif dataset == TRANSACTIONS_DATASET:
-            txns.append(df)
+        elif dataset in (TRANSACTIONS_DATASET, CHARGEBACKS_DATASET):
+            (txns if dataset == TRANSACTIONS_DATASET else chargebacks).append(df.assign(partition=key))
     market_df = pd.concat(market, ignore_index=True)
-    fraud_df = fraud_features(pd.concat(txns, ignore_index=True))
+    fraud_df = pd.DataFrame(columns=["ts", *FRAUD_FEATURES, "label"])
+    if txns:  # labels: the chargebacks reported by the end of the night's last day; the newest days' are not final
+        txn_df, cb_df = pd.concat(txns, ignore_index=True), pd.concat(chargebacks, ignore_index=True)
+        validate_payments(txn_df, cb_df)
+        first = dt.date.fromisoformat(payment_dates(cfg, p.date)[0]) + dt.timedelta(days=payment_warmup_days(cfg))
+        fraud_df = fraud_features(txn_df, cb_df, since=pd.Timestamp(first, tz="UTC"),
+                                  cutoff=pd.Timestamp(p.date, tz="UTC"),
+                                  maturity_days=max(spec(f).label_delay_days for f in p.families
+                                                    if spec(f).source == "transactions"))
     dest = _run(p).features()
     with stage_output(dest, cfg.scratch) as tmp:
         market_df.to_parquet(tmp / "market.parquet", index=False)
@@ -224,7 +261,7 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
     """FP16 and INT8 (ModelOpt Q/DQ) graphs from the FP32 ONNX, each scored in ONNX Runtime on validation.
 
     The INT8 calibration set is ~``quantize.calibration_size`` training windows stratified
-    across regimes with tail events (label-positive windows) kept; its sha256 is recorded
+    across trailing-volatility terciles with tail events (``gates.tail_mask``) kept; its sha256 is recorded
     and, with the FP32 graph's, keys the calibration cache under ``$FACTORY_HOME/cache``.
     """
     import shutil
@@ -237,7 +274,6 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
     from .datasets import load_splits
     from .gates import tail_mask
     from .quantize import (
-        Precision,
         array_sha256,
         calibration_set,
         check_calibration,
@@ -251,7 +287,7 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
     splits = load_splits(fetch(ex.splits_uri, cfg.scratch))
     pool, val = splits["calib"], splits["val"]
     tail = tail_mask(fam, pool)  # the gates' own definition of the extreme-move windows
-    calib = calibration_set(pool.x, pool.regime, tail, cfg.quantize.calibration_size, cfg.train.seed)
+    calib = calibration_set(pool.x, pool.state, tail, cfg.quantize.calibration_size, cfg.train.seed)
     src = fetch(ex.onnx_uri, cfg.scratch)
     dest = _run(p).variants(ex.family)
     threshold = cfg.families[fam].threshold
@@ -261,15 +297,15 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
 
     variants, not_offered = [], {}
     with stage_output(dest, cfg.scratch) as tmp:
-        fp32 = tmp / layout.variant_onnx("fp32")
+        fp32 = tmp / layout.variant_onnx(REFERENCE)
         shutil.copyfile(src, fp32)
-        variants.append(Variant(precision=Precision.FP32, onnx_uri=f"{dest}/{fp32.name}", sha256=sha256_file(fp32),
+        variants.append(Variant(precision=REFERENCE, onnx_uri=f"{dest}/{fp32.name}", sha256=sha256_file(fp32),
                                 seconds=0.0, val_metrics=score(fp32)))
         for prec in cfg.quantize.precisions:
             out = tmp / layout.variant_onnx(prec)
             start = time.perf_counter()
             kept, coverage, hit = [], {}, False
-            if prec == Precision.FP16:
+            if not precision_spec(prec).calibrated:
                 kept = onnx_fp32_to_fp16(src, out)
             else:
                 check_calibration(calib, pool.x.shape[-1])
@@ -348,7 +384,7 @@ def build_engine(cfg: FactoryConfig, p: Plan, vs: VariantSet, precision: str, ta
     inputs, outputs, profile = onnx_io(onnx_path, fam, cfg.families[fam])
     spec_ = BuildSpec(family=fam, version=engine_version(p, vs), precision=precision, target=tgt, onnx=onnx_path,
                       profile=profile, options=options,
-                      calibration_sha256=vs.calibration_sha256 if precision == "int8" else None)
+                      calibration_sha256=vs.calibration_sha256 if precision_spec(precision).calibrated else None)
     dest = _run(p).engine(fam, tgt.name, precision)
     with stage_output(dest, cfg.scratch) as tmp:
         manifest = build(builder, spec_, tmp, inputs, outputs, host_facts(), sample=_canary_sample(cfg, vs, inputs))
@@ -390,7 +426,7 @@ def _canary_sample(cfg: FactoryConfig, vs: VariantSet, inputs: list):
 
 def engine_version(p: Plan, vs: VariantSet) -> str:
     """The night's model version: logical date plus the FP32 graph's hash (same date, same model → same version)."""
-    fp32 = next(v for v in vs.variants if v.precision == "fp32")
+    fp32 = next(v for v in vs.variants if v.precision == REFERENCE)
     return f"{p.date.replace('-', '')}.{fp32.sha256[:8]}"
 
 
@@ -526,7 +562,8 @@ def publish(cfg: FactoryConfig, p: Plan, tr: TrainResult, ex: ExportResult, repo
     files = NightFiles(checkpoint=fetch(tr.checkpoint_uri, cfg.scratch), onnx=fetch(ex.onnx_uri, cfg.scratch),
                        gate_report=fetch(f"{_run(p).gates()}/{layout.GATE_REPORT}", cfg.scratch),
                        reference=fetch(reference_window(cfg, p, ex), cfg.scratch), telemetry=telemetry)
-    window = f"{p.lake_dates[0]}..{p.lake_dates[-1]}" if p.lake_dates else p.date
+    dates = payment_dates(cfg, p.date) if spec(family).source == "transactions" else p.lake_dates
+    window = f"{dates[0]}..{dates[-1]}" if dates else p.date
     night = Night(family=family, date=p.date, data_window=window, git_commit=_git_commit(),
                   test_metrics=tr.metrics, extra_metrics=extra)
     return publish_family(cfg, night, files, selected)

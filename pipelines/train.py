@@ -17,7 +17,7 @@ from factory_core.errors import BadInput
 from factory_core.families import spec
 
 from .datasets import FamilyData, Split
-from .evaluate import backtest, classification_metrics
+from .evaluate import backtest, classification_metrics, net_backtest
 from .models import build_model, positive_probability
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,20 @@ def evaluate_split(family: Family, prob: np.ndarray, split: Split, threshold: fl
     if spec(family).backtest:
         metrics.update(backtest(p, split.fwd_ret_bps, split.ts))
     return metrics
+
+
+def net_backtest_of(family: Family, prob: np.ndarray, data: FamilyData, cfg: FactoryConfig) -> dict[str, float]:
+    """The test window's direction backtest net of ``cfg.backtest`` costs.
+
+    The quoted spread at each window's last tick (feature ``spread_bps``) is the spread a trade crosses unless
+    ``backtest.half_spread_bps`` fixes it; the expected move is the mean |forward return| of the validation split,
+    which ends before the test window begins.
+    """
+    bt = cfg.backtest
+    spread = data.test.x[:, -1, data.feature_names.index("spread_bps")]
+    move = float(np.nanmean(np.abs(data.val.fwd_ret_bps)))
+    return net_backtest(positive_probability(family, prob), data.test.fwd_ret_bps, data.test.ts, spread, move,
+                        fee_bps=bt.fee_bps, half_spread_bps=bt.half_spread_bps)
 
 
 def _loss(family: Family, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -137,6 +151,9 @@ def train_family(family: Family, data: FamilyData, cfg: FactoryConfig) -> TrainO
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
-    metrics = evaluate_split(family, predict(model, data.test.x), data.test, fam.threshold)
+    p_test = predict(model, data.test.x)
+    metrics = evaluate_split(family, p_test, data.test, fam.threshold)
     metrics["val_auc"] = best_auc
+    if spec(family).backtest:
+        metrics.update(net_backtest_of(family, p_test, data, cfg))
     return TrainOutcome(model.cpu(), metrics, history, best_epoch, device.type, time.perf_counter() - start)

@@ -6,8 +6,11 @@ import argparse
 import datetime as dt
 
 from factory_core.config import FactoryConfig, load_config
+from factory_core.families import Family
 
-FAMILIES = ["market_alert", "price_direction", "fraud_risk"]
+FAMILIES = Family
+"""The ``choices`` of a family argument: the registered families, read when a parser is built (``Family``
+iterates them)."""
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .schema import SCHEMAS
+from .schema import present_schema
 from .validation import (REFERENCE_KEY, DataValidationError, Reference, reference_of, validate_history,
                          validate_table)
 
@@ -63,8 +63,8 @@ def write_partition(lake_uri: str, part: Partition, df: pd.DataFrame, *, check_h
     instrument's previous published day. ``check_history=False`` publishes a legitimate change of scale (a stock
     split of 10:1 or more, a redenomination): that day becomes the baseline the next one is checked against.
     """
-    schema = SCHEMAS[part.dataset]
     table = pa.Table.from_pandas(df, preserve_index=False)
+    schema = present_schema(part.dataset, table.column_names)
     validate_table(table, part.dataset, part.key, part.date)
     reference = validate_history(table, part.dataset, part.key,
                                  previous_reference(lake_uri, part) if check_history else None)
@@ -102,7 +102,7 @@ def read_partition(lake_uri: str, part: Partition) -> pd.DataFrame:
     validate_table(table, part.dataset, part.key, part.date)
     if REFERENCE_KEY not in (table.schema.metadata or {}):
         validate_history(table, part.dataset, part.key, previous_reference(lake_uri, part))
-    return table.cast(SCHEMAS[part.dataset]).to_pandas()
+    return table.cast(present_schema(part.dataset, table.column_names)).to_pandas()
 
 
 def previous_reference(lake_uri: str, part: Partition) -> Reference | None:

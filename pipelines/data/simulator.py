@@ -5,14 +5,16 @@ Output is a pure function of (date, symbol, seed). The market has:
 * a price level of the instrument's own (a function of symbol and seed) that each day
   starts near, so consecutive days join up as a real instrument's do;
 * regimes (bull, bear, sideways) as a sticky Markov chain with their own drift and vol;
-* volatility clustering through a GARCH(1,1) variance;
+* volatility clustering through a GARCH(1,1) variance (tick to tick) times two slow log-volatility components
+  (half-lives of 30 s and 5 min, their shocks tied to falls: the leverage effect), so |returns| stay correlated
+  for minutes as a real market's do (docs/data.md measures the stylized facts);
 * an order-book imbalance (AR(1)) that shifts the next ticks' returns: the learnable
   short-horizon signal for ``price_direction``;
 * anomalies (flash moves and volume bursts) preceded by a short build-up of wider
   spreads, thinner books and rising volume: the learnable signal for ``market_alert``.
 
-The transaction stream is imbalanced (about 2 % fraud) with three fraud patterns:
-velocity bursts, amount spikes against the account's habit, and new devices abroad.
+The card-payment world (customers, terminals, three fraud scenarios, chargebacks reported days later) is
+:mod:`.payments`, after the Fraud-Detection Handbook's generator; :func:`simulate_transactions` delegates to it.
 
 A :class:`Shift` plants a regime shift part-way through a day (a stressed market:
 higher volatility, thinner books, wider spreads; a changed customer base: larger
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .schema import BOOK_LEVELS, HIGH_RISK_MCC, MARKET_SCHEMA, REGIMES, TRANSACTIONS_SCHEMA
+from .schema import BOOK_LEVELS, MARKET_SCHEMA, REGIMES
 
 TICK = 0.01
 SESSION_OPEN_UTC = dt.time(13, 30)
@@ -78,8 +80,33 @@ def _regime_path(rng: np.random.Generator, n: int) -> np.ndarray:
     return out
 
 
+SLOW_VOL = ((0.35, 600), (0.45, 6000))
+"""Slow log-volatility components multiplying the GARCH variance: (stationary sd, half-life in ticks): about 30 s
+and 5 min at ~50 ms a tick. GARCH alone (alpha + beta = 0.97 a tick) forgets within a second or two; these keep the
+ACF of |1-second returns| above 0.02 past 50 lags (``pipelines/data/facts.py``)."""
+LEVERAGE = -0.35
+"""Correlation of the slow components' shocks with the return shocks: a fall raises the volatility to come."""
+
+
+def _slow_volatility(seed: int, eps: np.ndarray) -> np.ndarray:
+    """exp of a sum of AR(1) log-volatilities, each started in its stationary law, of mean 1 in variance."""
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(seed)
+    log_vol = np.zeros(len(eps))
+    for sd, half_life in SLOW_VOL:
+        phi = 0.5 ** (1 / half_life)
+        z = LEVERAGE * eps + np.sqrt(1 - LEVERAGE**2) * rng.standard_normal(len(eps))
+        shocks = sd * np.sqrt(1 - phi**2) * z
+        shocks[0] = sd * rng.standard_normal()
+        log_vol += lfilter([1.0], [1.0, -phi], shocks) - sd**2
+    return np.exp(log_vol)
+
+
 def simulate_market(date: str, symbol: str, n_ticks: int, seed: int, shift: Shift | None = None) -> pd.DataFrame:
     """One trading session of L2 ticks for one symbol, in the lake's market schema."""
+    from scipy.signal import lfilter
+
     rng = np.random.default_rng(stable_seed("market", seed, date, symbol))
     n = n_ticks
     regime_idx = _regime_path(rng, n)
@@ -117,28 +144,20 @@ def simulate_market(date: str, symbol: str, n_ticks: int, seed: int, shift: Shif
     # Order-book imbalance: AR(1) in (-1, 1).
     phi = 0.92
     shocks = rng.standard_normal(n) * 0.38 * np.sqrt(1 - phi**2)
-    imb = np.empty(n)
-    imb[0] = shocks[0]
-    for t in range(1, n):
-        imb[t] = phi * imb[t - 1] + shocks[t]
-    imb = np.clip(imb, -0.95, 0.95)
+    imb = np.clip(lfilter([1.0], [1.0, -phi], shocks), -0.95, 0.95)
 
     # GARCH(1,1) returns with drift, imbalance signal and jumps.
     sigma0 = rng.uniform(0.8e-4, 1.4e-4)
     alpha, beta = 0.07, 0.9
     omega = (1 - alpha - beta)
     eps = rng.standard_normal(n)
-    var = np.empty(n)
-    ret = np.empty(n)
-    var[0] = 1.0
+    var = lfilter([1.0], [1.0, -beta], np.concatenate([[1.0], omega + alpha * eps[:-1] ** 2]))  # var[0] = 1
     kappa = 0.55  # imbalance -> next-tick return, in sigmas
     prev_imb = np.concatenate([[0.0], imb[:-1]])
-    for t in range(n):
-        if t:
-            var[t] = omega + alpha * eps[t - 1] ** 2 + beta * var[t - 1]
-        ret[t] = np.sqrt(var[t]) * (eps[t] * (1 + 0.6 * build[t]) + kappa * prev_imb[t])
-    sigma = sigma0 * vol_mult * np.sqrt(var)
-    log_ret = sigma0 * vol_mult * (ret + drift) + sigma0 * flash
+    ret = np.sqrt(var) * (eps * (1 + 0.6 * build) + kappa * prev_imb)
+    slow = _slow_volatility(stable_seed("market-vol", seed, date, symbol), eps)  # own stream: the draws above stay
+    sigma = sigma0 * vol_mult * np.sqrt(var) * slow
+    log_ret = sigma0 * vol_mult * (slow * ret + drift) + sigma0 * flash
     # The instrument keeps its own price level from day to day (as a real one does: the lake's validation checks
     # each day against the previous close); each day opens with a small gap from it.
     level = np.random.default_rng(stable_seed("level", seed, symbol)).uniform(-1.5, 2.5)
@@ -175,72 +194,12 @@ def simulate_market(date: str, symbol: str, n_ticks: int, seed: int, shift: Shif
     return df[MARKET_SCHEMA.names]
 
 
-def simulate_transactions(date: str, channel: str, n_txn: int, seed: int, n_accounts: int = 3000,
-                          shift: Shift | None = None) -> pd.DataFrame:
-    """One day of card transactions, in the lake's transaction schema.
+def simulate_transactions(date: str, channel: str, n_txn: int, seed: int, shift: Shift | None = None) -> pd.DataFrame:
+    """One day of card authorisations in the lake's transaction schema (no label): see :mod:`.payments`.
 
-    Accounts are a function of ``seed`` alone, so habits carry across days.
+    The world is a function of ``(date, channel, seed)`` and ``n_txn`` (its size); its frauds are known through
+    :func:`.payments.simulate_chargebacks`, and :func:`.payments.simulate_day` keeps the truth.
     """
-    acc_rng = np.random.default_rng(stable_seed("accounts", seed, channel))
-    countries = np.array(["US", "GB", "DE", "FR", "JP", "SG", "BR", "NG"])
-    home = countries[acc_rng.choice(len(countries), n_accounts, p=[0.45, 0.15, 0.1, 0.1, 0.08, 0.05, 0.04, 0.03])]
-    habit_mu = acc_rng.normal(3.5, 0.8, n_accounts)  # log-amount habit
-    home_device = np.arange(n_accounts, dtype=np.int64) * 10
-    usual_mcc = acc_rng.choice([5411, 5812, 5541, 5999, 4121, 5732], size=(n_accounts, 3))
+    from .payments import simulate_transactions as payments_day
 
-    rng = np.random.default_rng(stable_seed("transactions", seed, date, channel))
-    n_fraud_sessions = max(2, int(n_txn * 0.004))
-    n_normal = n_txn  # normal transactions first; fraud bursts are appended, then the day is trimmed
-    acct = rng.integers(0, n_accounts, n_normal)
-    day_start = pd.Timestamp(dt.date.fromisoformat(date), tz="UTC").value
-    secs = np.sort(rng.uniform(0, 86_400, n_normal))
-    amount = np.exp(rng.normal(habit_mu[acct], 0.45))
-    mcc = usual_mcc[acct, rng.integers(0, 3, n_normal)]
-    risky = rng.random(n_normal) < 0.03  # legitimate gambling, transfers, ...
-    mcc[risky] = rng.choice(np.array(HIGH_RISK_MCC), risky.sum())
-    country = home[acct].copy()
-    travel = rng.random(n_normal) < 0.02
-    country[travel] = countries[rng.integers(0, len(countries), travel.sum())]
-    device = home_device[acct].copy()
-    new_dev = rng.random(n_normal) < 0.01  # legitimate new phones
-    device[new_dev] += rng.integers(1, 9, new_dev.sum())
-    fraud = np.zeros(n_normal, dtype=bool)
-    if shift is not None:
-        late = secs >= shift.start * 86_400
-        amount[late] *= shift.amount
-        away = late & (rng.random(n_normal) < shift.abroad)
-        country[away] = countries[rng.integers(0, len(countries), away.sum())]
-
-    rows = [pd.DataFrame({"secs": secs, "account_id": acct, "amount": amount, "merchant_category": mcc,
-                          "country": country, "device_id": device, "is_fraud": fraud})]
-    for _ in range(n_fraud_sessions):
-        a = int(rng.integers(0, n_accounts))
-        k = int(rng.integers(3, 9))
-        t0 = rng.uniform(0, 86_400 - 3600)
-        burst_secs = t0 + np.sort(rng.uniform(0, rng.uniform(60, 900), k))  # velocity
-        spike = np.exp(habit_mu[a] + rng.normal(1.8, 0.6, k))  # amount spike
-        pattern = rng.random()
-        dev = np.full(k, home_device[a] + 7777 + int(rng.integers(0, 1000)))  # new device
-        ctry = np.full(k, countries[rng.integers(0, len(countries))])
-        if pattern < 0.3:  # card-testing: small amounts at high velocity, home device spoofed
-            spike = np.exp(rng.normal(0.5, 0.5, k))
-            dev[:] = home_device[a]
-            ctry[:] = home[a]
-        mccs = rng.choice(np.array(HIGH_RISK_MCC + (5999, 5732)), k)
-        rows.append(pd.DataFrame({"secs": burst_secs, "account_id": a, "amount": spike, "merchant_category": mccs,
-                                  "country": ctry, "device_id": dev, "is_fraud": True}))
-    df = pd.concat(rows, ignore_index=True).sort_values("secs", kind="stable").head(n_txn).reset_index(drop=True)
-    ts_ns = day_start + (df["secs"].to_numpy() * 1e9).astype(np.int64)
-    ts_ns = np.maximum.accumulate(ts_ns + np.arange(len(df)))  # strictly increasing
-    out = pd.DataFrame({
-        "ts": pd.to_datetime(ts_ns, utc=True).astype("datetime64[ns, UTC]"),
-        "txn_id": stable_seed("txn", seed, date) % 10**9 * 10**6 + np.arange(len(df), dtype=np.int64),
-        "account_id": df["account_id"].astype(np.int64),
-        "amount": np.round(df["amount"].to_numpy(), 2) + 0.01,
-        "merchant_category": df["merchant_category"].astype(np.int32),
-        "country": df["country"].astype(str),
-        "home_country": home[df["account_id"].to_numpy()].astype(str),
-        "device_id": df["device_id"].astype(np.int64),
-        "is_fraud": df["is_fraud"].astype(bool),
-    })
-    return out[TRANSACTIONS_SCHEMA.names]
+    return payments_day(date, channel, n_txn, seed, shift)

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from factory_core.errors import BadInput
 
-from .schema import BOOK_LEVELS, MARKET_DATASET, REGIMES, SCHEMAS
+from .schema import BOOK_LEVELS, CHARGEBACKS_DATASET, MARKET_DATASET, REGIMES, TRANSACTIONS_DATASET, present_schema
 
 
 class DataValidationError(BadInput, ValueError):
@@ -34,8 +34,8 @@ MAX_PRICE_DEVIATION = 0.5
 MAX_TICK_LOG_RETURN = 0.05
 """Bound on |log(mid_t / mid_t-1)| between consecutive rows (about 5 %): a larger one-tick move of the whole book is
 a feed error, not a market. Measured with ``python benchmarks/lake_bounds.py`` (800 simulated days, 20 consecutive
-days x 4 symbols x 10 seeds, regime-shifted days among them): the largest is 0.0032, so the bound is about 16 times
-that; a 40 % jump is log(1.4) = 0.34."""
+days x 4 symbols x 10 seeds, regime-shifted days among them): the largest is 0.0066 (the slow volatility components
+peaking on a shifted day), so the bound is about 7.6 times that; a 40 % jump is log(1.4) = 0.34."""
 
 MAX_DAY_RATIO = 10.0
 """Factor either way between a day's median level-1 mid and the previous day's close, and between a day's median
@@ -57,14 +57,14 @@ def validate_table(table: pa.Table, dataset: str, partition: str, day: str | Non
 
     ``day`` (``YYYY-MM-DD``, the partition's ``date=``): every timestamp must fall inside that UTC day.
     """
-    schema = SCHEMAS[dataset]
+    schema = present_schema(dataset, table.column_names)  # optional columns (market regime/anomaly) may be absent
     missing = [n for n in schema.names if n not in table.column_names]
     extra = [n for n in table.column_names if n not in schema.names]
     if missing:
         raise DataValidationError(partition, missing[0], f"missing column (all missing: {missing})")
     if extra:
         raise DataValidationError(partition, extra[0], f"unexpected extra column (all extra: {extra})")
-    if table.num_rows == 0:
+    if table.num_rows == 0 and dataset != CHARGEBACKS_DATASET:  # a day without a chargeback is a good day
         raise DataValidationError(partition, None, "empty partition (0 rows)")
     for field in schema:
         col = table.column(field.name)
@@ -94,10 +94,14 @@ def validate_table(table: pa.Table, dataset: str, partition: str, day: str | Non
                                                        f"{np.datetime64(int(ts[r]), 'ns')}")
     if dataset == MARKET_DATASET:
         _validate_book(table, partition)
-    else:
+    elif dataset == TRANSACTIONS_DATASET:
         amount = table.column("amount").to_numpy()
         if (amount <= 0).any():
             raise DataValidationError(partition, "amount", f"non-positive amount at row {int(np.argmax(amount <= 0))}")
+        _unique_ids(table, partition, "txn_id")
+    elif dataset == CHARGEBACKS_DATASET:
+        txn_ts = table.column("txn_ts").cast(pa.int64()).to_numpy()
+        _first(partition, "txn_ts", txn_ts > ts, "chargeback reported before its transaction (txn_ts > ts)")
         _unique_ids(table, partition, "txn_id")
 
 
@@ -161,10 +165,11 @@ def _validate_book(table: pa.Table, partition: str) -> None:
             sz = table.column(name).to_numpy()
             if (sz < 0).any():
                 raise DataValidationError(partition, name, f"negative size at row {int(np.argmax(sz < 0))}")
-    regimes = set(pd.unique(table.column("regime").to_numpy(zero_copy_only=False)))
-    unknown = regimes - set(REGIMES) - {"unknown"}
-    if unknown:
-        raise DataValidationError(partition, "regime", f"unknown regime label(s) {sorted(unknown)}")
+    if "regime" in table.column_names:  # optional (simulator ground truth); validated when present
+        regimes = set(pd.unique(table.column("regime").to_numpy(zero_copy_only=False)))
+        unknown = regimes - set(REGIMES) - {"unknown"}
+        if unknown:
+            raise DataValidationError(partition, "regime", f"unknown regime label(s) {sorted(unknown)}")
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,8 @@ def reference_of(table: pa.Table, dataset: str, partition: str) -> Reference:
         bid, ask = _np(table, "bid_px_1"), _np(table, "ask_px_1")
         return Reference(partition, close_mid=float(bid[-1] + ask[-1]) / 2,
                          median={c: float(np.median(_np(table, c))) for c in _size_columns()})
+    if dataset != TRANSACTIONS_DATASET:  # chargebacks: no scale to compare
+        return Reference(partition)
     amount = _np(table, "amount")
     return Reference(partition, median={"amount": float(np.median(amount))},
                      q99={"amount": float(np.quantile(amount, 0.99))})
@@ -235,7 +242,7 @@ def validate_history(table: pa.Table, dataset: str, partition: str, previous: Re
         limits = [(f"{s}_px_{lvl}", "price") for s in ("bid", "ask") for lvl in range(1, BOOK_LEVELS + 1)]
         limits += [("last_px", "price")] + [(c, "size") for c in _size_columns()]
     else:
-        limits = [("amount", "amount")]
+        limits = [("amount", "amount")] if dataset == TRANSACTIONS_DATASET else []
     for column, kind in limits:
         values = _np(table, column)
         _first(partition, column, values > ABSOLUTE_MAX[kind],
@@ -251,7 +258,7 @@ def _off(value: float, ref: float) -> bool:
 
 
 def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
-    if actual.equals(expected):
+    if actual.equals(expected) or pa.types.is_null(actual):  # null: an empty column (a non-empty one failed above)
         return True
     if pa.types.is_timestamp(expected):
         return pa.types.is_timestamp(actual) and actual.tz is not None
@@ -262,3 +269,38 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
     if pa.types.is_integer(expected):
         return pa.types.is_integer(actual)
     return False
+
+
+def validate_payments(txns: pd.DataFrame, chargebacks: pd.DataFrame) -> None:
+    """Checks across a channel's loaded days; each frame's ``partition`` column names the partition of its row.
+
+    A ``txn_id`` may appear in one transactions partition only and be charged back once; a chargeback whose
+    ``txn_ts`` falls on a loaded transactions day must name a transaction of that day, at that time.
+    """
+    for frame, what in ((txns, "transaction"), (chargebacks, "chargeback")):
+        dup = frame["txn_id"].duplicated(keep=False).to_numpy()
+        if dup.any():
+            first = frame["txn_id"].to_numpy()[np.argmax(dup)]
+            where = frame.loc[frame["txn_id"] == first, "partition"].tolist()
+            raise DataValidationError(where[-1], "txn_id", f"{what} id {first} also in {where[0]} (a {what} id is "
+                                                           f"unique across days; {int(dup.sum())} row(s) share an id)")
+    if not len(chargebacks):
+        return
+    days = {p.split("date=", 1)[1].split("/", 1)[0] for p in txns["partition"].unique()}
+    paid = pd.Series(txns["ts"].to_numpy(), index=txns["txn_id"].to_numpy())
+    on_loaded_day = chargebacks["txn_ts"].dt.strftime("%Y-%m-%d").isin(days).to_numpy()
+    known = chargebacks["txn_id"].isin(paid.index).to_numpy()
+    bad = on_loaded_day & ~known
+    if bad.any():
+        row = chargebacks.iloc[int(np.argmax(bad))]
+        raise DataValidationError(row["partition"], "txn_id", f"chargeback for an unknown transaction: txn_id "
+                                                              f"{row['txn_id']} (txn_ts {row['txn_ts']}) is in no "
+                                                              f"transactions partition of that day ({int(bad.sum())} "
+                                                              f"such row(s))")
+    matched = chargebacks[known]
+    off = (paid.loc[matched["txn_id"].to_numpy()].to_numpy() != matched["txn_ts"].to_numpy())
+    if off.any():
+        row = matched.iloc[int(np.argmax(off))]
+        raise DataValidationError(row["partition"], "txn_ts", f"txn_ts {row['txn_ts']} of txn_id {row['txn_id']} is "
+                                                              f"not its transaction's ts {paid.loc[row['txn_id']]} "
+                                                              f"({int(off.sum())} such row(s))")

@@ -9,8 +9,8 @@ is the thin part that needs TensorRT: parse ONNX → builder config → engine b
 Precision lives in the ONNX graph (FP16 graph; INT8 as ModelOpt Q/DQ):
 - TensorRT 11 has only strongly typed networks: every build is ``--strongly-typed``
   and the graph's types are the engine's.
-- TensorRT 10 builds weakly typed with builder flags: ``--fp16`` for the FP16 graph,
-  ``--int8 --fp16`` for the Q/DQ graph (explicit quantization; the non-quantized
+- TensorRT 10 builds weakly typed with builder flags (``trt10_flags`` in :mod:`factory_core.precisions`):
+  ``--fp16`` for the FP16 graph, ``--int8 --fp16`` for the Q/DQ graph (explicit quantization; the non-quantized
   layers may run in FP16), none for FP32 (TF32 stays off so FP32 means FP32).
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from factory_core.availability import first_gpu, gpus, tensorrt_version
 from factory_core.config import TargetConfig
+from factory_core.precisions import precision as precision_spec
 
 from .base import RESULT, SOURCE_ONNX, BuildSpec, EngineBuildError, parse_shape_arg, shape_arg
 
@@ -45,7 +46,7 @@ def precision_switches(trt_version: str, precision: str) -> list[str]:
         raise EngineBuildError(f"TensorRT {trt_version} is not supported; use 10.x or 11.x")
     if major >= 11:
         return ["--strongly-typed"]
-    return {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}[precision]
+    return list(precision_spec(precision).trt10_flags)
 
 
 def timing_cache_path(store: Path, build_cc: tuple[int, int], trt_version: str) -> Path:

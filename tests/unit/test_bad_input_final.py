@@ -14,7 +14,7 @@ from pipelines.train import NonFiniteLossError, train_family
 
 def _split(x, y):
     n = len(y)
-    return Split(x=x, y=y, ts=np.arange(n, dtype=np.int64), regime=np.full(n, "n/a"), anomaly=np.zeros(n, bool),
+    return Split(x=x, y=y, ts=np.arange(n, dtype=np.int64), state=np.zeros(n, np.int8), flash=np.zeros(n, bool),
                  fwd_ret_bps=np.full(n, np.nan, np.float32))
 
 

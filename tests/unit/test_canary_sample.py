@@ -31,7 +31,7 @@ def _splits(path: Path, n_test: int = N_TEST, n_val: int = N_VAL, seed: int = 0)
     for name, n in (("test", n_test), ("val", n_val), ("calib", 10)):
         parts[name] = {"x": (2 * rng.standard_normal((n, F))).astype(np.float32),
                        "y": (rng.random(n) < 0.02).astype(np.float32), "ts": np.arange(n, dtype=np.int64),
-                       "regime": np.full(n, "n/a"), "anomaly": np.zeros(n, bool),
+                       "state": np.zeros(n, np.int8), "flash": np.zeros(n, bool),
                        "fwd_ret_bps": np.full(n, np.nan, np.float32)}
     np.savez(path, **{f"{part}.{k}": v for part, cols in parts.items() for k, v in cols.items()})
     return path, parts

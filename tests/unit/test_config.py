@@ -77,9 +77,10 @@ def test_a_target_must_be_a_real_compute_capability(factory_home):
 
 def test_a_profile_sizes_a_night_and_never_changes_its_shape():
     """The DAG's tasks come from the file; a run's profile must not add, drop or move a target or a family."""
-    from factory_core.config import PROFILES
+    from factory_core.config import PROFILES, profile_overlay
 
-    for name, overlay in PROFILES.items():
+    for name in PROFILES:
+        overlay = profile_overlay(name)  # under smoke, each family's sizes come from its spec
         assert "targets" not in overlay.get("engines", {}), name
         assert not any("enabled" in f for f in overlay.get("families", {}).values()), name
     shapes = {p: [(t.name, t.queue, t.pool) for t in load_config(profile=p, env={}).declared_targets()]
@@ -210,3 +211,21 @@ def test_a_uri_without_credentials_loads(factory_home):
                            "FACTORY__RUNS__ROOT": "s3://runs/nightly", "FACTORY__DATA__LAKE_URI": "/data/lake@2026"})
     assert (cfg.registry.s3_endpoint_url, cfg.runs_root, cfg.lake_uri) == (
         "http://minio.local:9000", "s3://runs/nightly", "/data/lake@2026")
+
+
+def test_agreement_bounds_are_per_family_and_precision(factory_home, monkeypatch):
+    from factory_core.families import spec
+
+    monkeypatch.setenv("FACTORY__GATES__FAMILIES__MARKET_ALERT__AGREEMENT__INT8__MEAN_ABS", "5e-4")
+    cfg = load_config()
+    alert, pdir = cfg.gates.families[Family.MARKET_ALERT], cfg.gates.families[Family.PRICE_DIRECTION]
+    assert alert.agreement["int8"].mean_abs == 5e-4
+    assert alert.agreement["int8"].p99_abs == spec(Family.MARKET_ALERT).agreement["int8"]["p99_abs"]  # the rest stays
+    assert pdir.agreement["int8"].mean_abs == spec(Family.PRICE_DIRECTION).agreement["int8"]["mean_abs"]
+
+
+def test_the_retired_global_agreement_key_names_the_new_one(factory_home, tmp_path):
+    old = tmp_path / "factory.yaml"
+    old.write_text("gates:\n  agreement:\n    int8:\n      mean_abs: 0.02\n")
+    with pytest.raises(ConfigError, match=r"gates\.agreement: .*set gates\.families\.<family>\.agreement\.<precision>"):
+        load_config(old)

@@ -1,6 +1,7 @@
 """Drift detection (Evidently, real), episodes, the prediction-log round trip and the batch metrics."""
 
 import datetime as dt
+import functools
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from monitoring.drift import (
     served_frame,
     to_columns,
 )
+from pipelines.data.payments import simulate_chargebacks
 from pipelines.data.simulator import Shift, simulate_market, simulate_transactions
 from pipelines.features import FRAUD_FEATURES, MARKET_FEATURES, fraud_features, market_features
 
@@ -32,12 +34,24 @@ def _market_columns(cfg, shift):
     return market_features(ticks, cfg.features)[MARKET_FEATURES].reset_index(drop=True)
 
 
+FRAUD_DAY = dt.date(2026, 3, 2)
+
+
+@functools.cache
+def _fraud_history() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """30 unshifted days of payments before the day, and the chargebacks reported by the end of the day."""
+    before = [(FRAUD_DAY - dt.timedelta(days=k)).isoformat() for k in range(30, 0, -1)]
+    txns = pd.concat([simulate_transactions(d, "cards", 6000, seed=3) for d in before], ignore_index=True)
+    return txns, pd.concat([simulate_chargebacks(d, "cards", 6000, 3) for d in before + [FRAUD_DAY.isoformat()]])
+
+
 def _fraud_columns(shift):
-    """The second day's features, with account history carried from the (unshifted) first day."""
-    days = [simulate_transactions("2026-03-01", "cards", 6000, seed=3),
-            simulate_transactions("2026-03-02", "cards", 6000, seed=3, shift=shift)]
-    feats = fraud_features(pd.concat(days, ignore_index=True))
-    return feats[feats["ts"] >= pd.Timestamp("2026-03-02", tz="UTC")][FRAUD_FEATURES]
+    """The day's features (shifted or not) over its history."""
+    txns, chargebacks = _fraud_history()
+    day = simulate_transactions(FRAUD_DAY.isoformat(), "cards", 6000, seed=3, shift=shift)
+    feats = fraud_features(pd.concat([txns, day], ignore_index=True), chargebacks,
+                           since=pd.Timestamp(FRAUD_DAY, tz="UTC"))
+    return feats[FRAUD_FEATURES]
 
 
 def _with_prediction(df):
@@ -146,7 +160,7 @@ def test_prediction_log_round_trip_to_drift_columns(tmp_path):
     df = served_frame(got, MARKET_FEATURES)
     np.testing.assert_array_equal(df[MARKET_FEATURES].to_numpy(), to_columns(x[1:10], MARKET_FEATURES).to_numpy())
     np.testing.assert_allclose(df[PREDICTION], np.arange(1, 10) / 30, rtol=1e-6)
-    with pytest.raises(DriftError, match="do not match the 11 features"):
+    with pytest.raises(DriftError, match=f"do not match the {len(FRAUD_FEATURES)} features"):
         served_frame(got, FRAUD_FEATURES)
 
 

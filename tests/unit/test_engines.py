@@ -48,8 +48,8 @@ def alert_onnx(tmp_path_factory, export_small_model):
     _, fp32 = export_small_model(Family.MARKET_ALERT, x, folder / "model.fp32.onnx")
     onnx_fp32_to_fp16(fp32, folder / "model.fp16.onnx")
     n = len(x)  # the splits a variant set names (the engine stage takes its canary sample from test and val)
-    split = {"x": x, "y": np.zeros(n, np.float32), "ts": np.arange(n, dtype=np.int64), "regime": np.zeros(n, np.int64),
-             "anomaly": np.zeros(n, bool), "fwd_ret_bps": np.zeros(n, np.float32)}
+    split = {"x": x, "y": np.zeros(n, np.float32), "ts": np.arange(n, dtype=np.int64), "state": np.zeros(n, np.int64),
+             "flash": np.zeros(n, bool), "fwd_ret_bps": np.zeros(n, np.float32)}
     np.savez(folder / "splits.npz", **{f"{part}.{k}": v for part in ("val", "test", "calib") for k, v in split.items()})
     return folder, x
 

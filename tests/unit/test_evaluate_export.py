@@ -11,7 +11,7 @@ import torch
 from factory_core.config import Family, load_config
 from pipelines import stages
 from pipelines.datasets import build_family_data
-from pipelines.evaluate import backtest, classification_metrics
+from pipelines.evaluate import backtest, classification_metrics, net_backtest
 from pipelines.export import INPUT_NAME, ParityError, onnx_parity, torch_to_onnx
 from pipelines.models import build_model
 
@@ -113,3 +113,20 @@ def test_export_stage_raises_parity_error(smoke_cfg, monkeypatch):
     with pytest.raises(ParityError, match="fraud_risk: ONNX vs PyTorch max abs err 0.5"):
         stages.export(smoke_cfg, p, tr)
     assert not Path(smoke_cfg.run_layout("2026-11-22").onnx("fraud_risk")).exists()
+
+
+def test_net_backtest_pays_the_spread_and_fee_and_trades_only_a_clearing_edge():
+    fwd = np.array([3.0, -2.0, 1.0, -4.0])
+    ts = np.arange(4) * 10**9
+    spread = np.array([1.0, 1.0, 1.0, 1.0])  # 0.5 bp half-spread each way
+    p = np.array([0.95, 0.05, 0.6, 0.5])  # edges 0.9*2, 0.9*2, 0.2*2, 0 with a 2 bp expected move
+    out = net_backtest(p, fwd, ts, spread, expected_move_bps=2.0, fee_bps=0.1)
+    # cost per trade 2 * (0.5 + 0.1) = 1.2 bp: the first two clear it, the weak call (0.4 bp edge) and the flat one do not
+    assert out["net_trades"] == 2
+    assert out["net_pnl_bps"] == pytest.approx((3.0 - 1.2) + (2.0 - 1.2))
+    assert out["cost_bps"] == pytest.approx(1.2)
+    # the same calls with a fixed 1 bp half-spread: cost 2.2 bp clears neither 1.8 bp edge
+    assert backtest(p, fwd, ts)["trades"] == 3
+    assert net_backtest(p, fwd, ts, spread, 2.0, fee_bps=0.1, half_spread_bps=1.0)["net_trades"] == 0
+    with pytest.raises(ValueError, match="must be >= 0"):
+        net_backtest(p, fwd, ts, spread, 2.0, fee_bps=-1.0)

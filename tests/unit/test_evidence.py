@@ -65,10 +65,10 @@ def _split(n=900, seed=0, pos_rate=0.05):
     """A market_alert-like test split whose FP32 outputs know the labels a little."""
     rng = np.random.default_rng(seed)
     y = (rng.random(n) < pos_rate).astype(np.float32)
-    anomaly = rng.random(n) < 0.02
+    flash = rng.random(n) < 0.02
     ref = np.clip(0.05 + 0.6 * y + rng.normal(0, 0.15, n), 0.001, 0.999).astype(np.float32)[:, None]
-    split = Split(x=np.zeros((n, 1), np.float32), y=y, ts=np.arange(n, dtype=np.int64), regime=np.zeros(n, "<U1"),
-                  anomaly=anomaly, fwd_ret_bps=np.zeros(n, np.float32))
+    split = Split(x=np.zeros((n, 1), np.float32), y=y, ts=np.arange(n, dtype=np.int64), state=np.zeros(n, np.int8),
+                  flash=flash, fwd_ret_bps=np.zeros(n, np.float32))
     return split, ref
 
 

@@ -77,24 +77,30 @@ def test_windows():
 
 
 def test_fraud_features_hand_computed():
-    t0 = pd.Timestamp("2026-11-20T10:00:00Z")
+    t0 = pd.Timestamp("2026-11-20T10:00:00Z")  # a Friday
+    sunday_night = pd.Timestamp("2026-11-22T03:00:00Z")
     tx = pd.DataFrame({
         "ts": [t0, t0 + pd.Timedelta("5min"), t0 + pd.Timedelta("8min"), t0 + pd.Timedelta("2h"),
-               t0 + pd.Timedelta("1min")],
-        "txn_id": [1, 2, 3, 4, 5], "account_id": [1, 1, 1, 1, 2],
-        "amount": [10.0, 10.0, 1000.0, 10.0, 5.0], "merchant_category": [5411, 5411, 7995, 5411, 5411],
-        "country": ["US", "US", "NG", "US", "GB"], "home_country": ["US", "US", "US", "US", "GB"],
-        "device_id": [10, 10, 99, 10, 20], "is_fraud": [False, False, True, False, False],
+               t0 + pd.Timedelta("1min"), sunday_night],
+        "txn_id": [1, 2, 3, 4, 5, 6], "account_id": [1, 1, 1, 1, 2, 2], "terminal_id": [7, 7, 8, 7, 9, 9],
+        "amount": [10.0, 10.0, 1000.0, 10.0, 5.0, 15.0], "merchant_category": [5411, 5411, 7995, 5411, 5411, 5411],
+        "country": ["US", "US", "NG", "US", "GB", "GB"], "home_country": ["US", "US", "US", "US", "GB", "GB"],
+        "device_id": [10, 10, 99, 10, 20, 20],
     })
-    f = fraud_features(tx)  # sorted by time: rows are t0, t0+1m(acct2), +5m, +8m, +2h
+    cb = pd.DataFrame({"ts": [t0 + pd.Timedelta(days=3)], "txn_id": [3], "txn_ts": [tx.loc[2, "ts"]],
+                       "reason": ["card_not_present"]})
+    f = fraud_features(tx, cb)  # sorted by time: rows are t0, t0+1m(acct2), +5m, +8m, +2h, Sunday(acct2)
     acct1 = f.iloc[[0, 2, 3, 4]].reset_index(drop=True)
-    assert acct1["velocity_10m"].tolist() == [0, 1, 2, 0]
-    assert acct1["velocity_1h"].tolist() == [0, 1, 2, 0]
-    assert acct1["new_device"].tolist() == [0, 0, 1, 0]
+    assert acct1["cust_count_1d"].tolist() == pytest.approx(np.log1p([1, 2, 3, 4]).tolist())
+    assert acct1["cust_amount_1d"].tolist() == pytest.approx(np.log([10, 10, 1020 / 3, 1030 / 4]).tolist())
+    assert acct1["new_device"].tolist() == [1, 0, 1, 0]  # not used by the account in the previous 30 days
     assert acct1["country_mismatch"].tolist() == [0, 0, 1, 0]
     assert acct1["high_risk_mcc"].tolist() == [0, 0, 1, 0]
-    assert acct1.loc[2, "amount_z"] == pytest.approx(np.log(1000) - np.log(10), rel=1e-5)
-    assert acct1.loc[1, "since_prev_log"] == pytest.approx(np.log1p(300), rel=1e-5)
-    assert acct1.loc[0, "since_prev_log"] == pytest.approx(np.log1p(86_400))  # no prior: a day, the cap
-    assert acct1["history_24h_log"].tolist() == pytest.approx(np.log1p([0, 1, 2, 3]).tolist())
-    assert f["label"].tolist() == [0, 0, 0, 1, 0]
+    assert acct1["term_count_1d"].tolist() == pytest.approx(np.log1p([0, 1, 0, 2]).tolist())
+    acct2 = f.iloc[[1, 5]].reset_index(drop=True)
+    assert acct2["weekend"].tolist() == [0, 1] and acct2["night"].tolist() == [0, 1]
+    assert acct2["new_device"].tolist() == [1, 0]
+    assert acct2["cust_count_1d"].tolist() == pytest.approx(np.log1p([1, 1]).tolist())
+    assert acct2["cust_count_7d"].tolist() == pytest.approx(np.log1p([1, 2]).tolist())
+    assert acct2["cust_amount_7d"].tolist() == pytest.approx(np.log([5, 10]).tolist())
+    assert f["label"].tolist() == [0, 0, 0, 1, 0, 0]  # the chargeback names txn 3

@@ -46,7 +46,7 @@ def pdir(tmp_path_factory, export_small_model):
     p_up = ref[:, 1]
     fwd = (p_up - np.median(p_up)) * 400 + rng.normal(0, 1, len(p_up))
     split = Split(x=test_x, y=(fwd > 0).astype(np.float32), ts=np.arange(len(p_up), dtype=np.int64) * 10**9,
-                  regime=np.zeros(len(p_up), np.int64), anomaly=np.zeros(len(p_up), bool), fwd_ret_bps=fwd)
+                  state=np.zeros(len(p_up), np.int64), flash=np.zeros(len(p_up), bool), fwd_ret_bps=fwd)
     return folder, src, x[:800], split, ref
 
 
@@ -59,15 +59,15 @@ def test_healthy_int8_passes_and_degenerate_calibration_is_rejected(pdir):
     onnx_fp32_to_int8(src, folder / "good.int8.onnx", train_x[:400], "max", folder / "cache")
     # This small untrained model puts nearly every output next to 0.5, so flips at 0.5 are far more common
     # than for a trained one (the flip-rate bound is measured on trained models); everything else is as configured.
-    untrained = GATES.model_copy(update={"agreement": {**GATES.agreement, "int8": GATES.agreement["int8"].model_copy(
+    untrained = PDIR.model_copy(update={"agreement": {**PDIR.agreement, "int8": PDIR.agreement["int8"].model_copy(
         update={"flip_rate": 0.05})}})
     good = accuracy_verdict(Family.PRICE_DIRECTION, "int8", split, ref, _run(folder / "good.int8.onnx", split.x),
-                            PDIR, 0.5, untrained)
+                            untrained, 0.5, GATES)
     assert good.status is Status.OK, good.reasons
     degenerate = np.full_like(train_x[:400], 2.0)  # one constant window: activation ranges of nothing
     onnx_fp32_to_int8(src, folder / "bad.int8.onnx", degenerate, "max", folder / "cache")
     bad = accuracy_verdict(Family.PRICE_DIRECTION, "int8", split, ref, _run(folder / "bad.int8.onnx", split.x),
-                           PDIR, 0.5, untrained)
+                           untrained, 0.5, GATES)
     assert bad.status is Status.REJECTED
     rejected_by = {c.name for c in bad.checks if not c.ok}
     assert {"agree_mean_abs", "auc_drop"} <= rejected_by, bad.reasons
@@ -232,7 +232,7 @@ def test_skill_check_passes_a_weak_real_signal_and_rejects_shuffled_labels_and_t
 
     def split(labels):
         return Split(x=np.zeros((n, 1), np.float32), y=labels.astype(np.float32), ts=np.arange(n, dtype=np.int64),
-                     regime=np.zeros(n, np.int64), anomaly=np.zeros(n, bool), fwd_ret_bps=np.zeros(n))
+                     state=np.zeros(n, np.int64), flash=np.zeros(n, bool), fwd_ret_bps=np.zeros(n))
 
     prob = (1 / (1 + np.exp(-score)))[:, None]  # fraud_risk: one sigmoid output
     good = skill_check(Family.FRAUD_RISK, split(y), prob, cfg.gates)

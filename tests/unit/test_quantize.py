@@ -65,14 +65,17 @@ def test_calibration_set_is_stratified_and_keeps_tails():
     rng = np.random.default_rng(0)
     n = 5000
     x = rng.normal(size=(n, 4)).astype(np.float32)
-    regime = rng.choice(["bull", "bear", "sideways"], n, p=[0.8, 0.15, 0.05])
+    state = rng.choice([0, 1, 2], n, p=[0.8, 0.15, 0.05])  # trailing-volatility terciles (Split.state)
+    x[:, 1] = state
     tail = np.zeros(n, bool)
     tail[rng.choice(n, 40, replace=False)] = True
     x[tail] = 99.0
-    calib = calibration_set(x, regime, tail, n=600)
+    calib = calibration_set(x, state, tail, n=600)
     assert 500 <= len(calib) <= 600
     assert (calib[:, 0] == 99.0).sum() == 40  # every tail event kept
-    assert array_sha256(calib) == array_sha256(calibration_set(x, regime, tail, n=600))  # deterministic
+    kept = calib[calib[:, 0] != 99.0, 1]
+    assert np.bincount(kept.astype(int)).min() >= 150  # stratified: the 5 % state as often as the 80 % one
+    assert array_sha256(calib) == array_sha256(calibration_set(x, state, tail, n=600))  # deterministic
 
 
 def test_bad_calibration_sets_are_named():
