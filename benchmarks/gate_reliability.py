@@ -116,7 +116,7 @@ def derive(base: Path, k: int) -> None:
             for name, key in STATS:
                 largest = max(abs(m.get(key, 0.0)) for m in items)
                 bound = _round_up(max(largest * FACTOR, 1e-6 if name != "flip_rate" else 0.0))
-                bounds[name] = max(bound, floor[name]) if prec == REFERENCE else bound
+                bounds[name] = max(bound, floor[name])  # no precision is held tighter than FP32 itself
                 cells.append(f"{largest:.2e} → {bounds[name]:.2g}")
             derived[fam][prec] = bounds
             print(f"| {fam} | {prec} | " + " | ".join(cells) + " |")
@@ -147,6 +147,7 @@ def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, d
     shutil.rmtree(home, ignore_errors=True)
     false_rejects, counts = [], collections.Counter()
     promotions, decided, worse = collections.Counter(), collections.Counter(), []
+    history = collections.defaultdict(list)  # family -> (date, champion decision or None, a selection passed)
     gate_s, last = [], None
     print(f"\n## {n} healthy nights (smoke profile, one home, data seeds {seed_base}–{seed_base + n - 1}, from "
           f"{start})\n")
@@ -180,6 +181,7 @@ def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, d
                 vc = next((k for k in c["checks"] if k["name"] == "vs_champion"), None)
                 if vc and (champ is None or c["precision"] == "fp32"):
                     champ = vc
+            history[g.family].append((date, champ["decision"] if champ is not None else None, g.selected is not None))
             if champ is not None:
                 decided[(g.family, champ["decision"])] += 1
                 if champ["decision"] == "fail":
@@ -215,10 +217,41 @@ def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, d
               f"{decided[(f.value, 'undecided')]} | {decided[(f.value, 'fail')]} |")
     for w in worse:
         print(f"- {w[0]} {w[1]}: {w[2]}")
+    policies(history, n)
     gs = np.array(gate_s)
     print(f"\nGates (accuracy + gate_cpu + report) took {gs[:, 0].mean():.1f} s of a {gs[:, 1].mean():.1f} s night "
           f"on average ({gs[:, 0].min():.1f}–{gs[:, 0].max():.1f} s).")
     return home, {"cfg": last[0], "out": last[1]}
+
+
+def policies(history: dict, n: int) -> None:
+    """What each ``gates.champion`` policy would have done with the same nights' decisions.
+
+    Replayed on the decisions the run made against its actual champion (an approximation: under another policy
+    the champion, and so a later comparison, could differ). A night is eligible when a candidate passed every
+    other gate (skill included); ``worse`` never promotes; ``non-inferior`` always does; ``undecided`` is the
+    policy's call."""
+    rules = {"promote": lambda age: True, "keep_champion": lambda age: False,
+             "keep_champion, refresh_after_days=7": lambda age: age is not None and age >= 7}
+    print("\n### The `undecided` policy, replayed on these nights\n")
+    print("| family | undecided nights | " + " | ".join(f"promotions: {r}" for r in rules) +
+          " | oldest champion (days): " + " / ".join(rules) + " |")
+    print("|---|---|" + "---|" * (len(rules) + 1))
+    for fam, rows in history.items():
+        und = sum(1 for _, d, _ in rows if d == "undecided")
+        moves, oldest = [], []
+        for rule in rules.values():
+            champ_day, count, worst = None, 0, 0
+            for date, d, eligible in rows:
+                day = dt.date.fromisoformat(date)
+                age = (day - champ_day).days if champ_day else None
+                promote = eligible and (d is None or d == "pass" or (d == "undecided" and rule(age)))
+                if promote:
+                    champ_day, count = day, count + 1
+                worst = max(worst, (day - champ_day).days if champ_day else 0)
+            moves.append(f"{count} of {n}")
+            oldest.append(str(worst))
+        print(f"| {fam} | {und} of {len(rows)} | " + " | ".join(moves) + " | " + " / ".join(oldest) + " |")
 
 
 def _caught(checks: list[dict]) -> str:

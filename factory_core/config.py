@@ -351,7 +351,12 @@ def _default_family_gates() -> dict[Family, FamilyGates]:
 class ChampionPolicy(_Strict):
     undecided: Literal["promote", "keep_champion"] = "promote"
     """When today's window cannot decide champion vs challenger (too few positives, or an interval that
-    straddles the margin): ``promote`` (fresher data wins unless it is shown worse) or ``keep_champion``."""
+    straddles the margin): ``promote`` (fresher data wins unless it is shown worse) or ``keep_champion``. Either
+    way a challenger without demonstrated skill (``skill`` check) is never promoted."""
+    refresh_after_days: int | None = Field(None, ge=1)
+    """Under ``keep_champion``: a champion trained on a night this many days or more before tonight gives way to a
+    skilled challenger that today's window cannot decide against, so a champion cannot age without bound when the
+    windows are too small to show non-inferiority. None: never (only a non-inferior challenger replaces it)."""
 
 
 class GateConfig(_Strict):

@@ -234,11 +234,12 @@ def accuracy_verdict(family: Family, precision: str, split: Any, prob_ref: np.nd
 
 
 def champion_check(family: Family, split: Any, prob_champion: np.ndarray, prob: np.ndarray, bounds: FamilyGates,
-                   threshold: float, gates: GateConfig) -> Check:
+                   threshold: float, gates: GateConfig, champion_age_days: int | None = None) -> Check:
     """Challenger vs champion on today's test window, paired: AUC non-inferiority within the family's margin.
 
     ``undecided`` (too few positives, or an interval straddling the margin) is resolved by
-    ``gates.champion.undecided``: under ``promote`` it does not reject, under ``keep_champion`` it does.
+    ``gates.champion.undecided``: under ``promote`` it does not reject, under ``keep_champion`` it does, unless the
+    champion is ``champion_age_days`` old and that reaches ``gates.champion.refresh_after_days``.
     """
     from .models import positive_probability
 
@@ -253,9 +254,17 @@ def champion_check(family: Family, split: Any, prob_champion: np.ndarray, prob: 
     c = delta_check("vs_champion", "auc", y, pc, p, threshold, bounds.champion_auc_margin, gates,
                     events=min(npos, nneg), events_what=f"{npos} positives, {nneg} negatives", champion=True)
     if c.decision is Decision.UNDECIDED:
-        keep = gates.champion.undecided == "keep_champion"
+        policy = gates.champion
+        keep = policy.undecided == "keep_champion"
+        why = f"; policy gates.champion.undecided={policy.undecided}"
+        stale = (keep and policy.refresh_after_days is not None and champion_age_days is not None
+                 and champion_age_days >= policy.refresh_after_days)
+        if stale:
+            keep = False
+            why += (f", but the champion is {champion_age_days} days old (refresh_after_days "
+                    f"{policy.refresh_after_days}): refreshed")
         c = c.model_copy(update={"gating": keep, "decision": Decision.FAIL if keep else Decision.UNDECIDED,
-                                 "detail": c.detail + f"; policy gates.champion.undecided={gates.champion.undecided}"})
+                                 "detail": c.detail + why})
     return c
 
 
@@ -383,9 +392,21 @@ def select(candidates: list[Candidate], tie_tolerance: float) -> tuple[Candidate
     return chosen, out
 
 
+def _age_days(then: str | None, night: str | None) -> int | None:
+    """Whole days from a champion's night to tonight's (None where either is unknown)."""
+    import datetime as dt
+
+    if not then or not night:
+        return None
+    try:
+        return (dt.date.fromisoformat(night) - dt.date.fromisoformat(then)).days
+    except ValueError:
+        return None
+
+
 def gate_engines(cfg: FactoryConfig, family: Family, target: TargetConfig, engines: list[tuple[str, Path]],
                  acc: AccuracyReport, splits: dict[str, Any], prob_ref: np.ndarray,
-                 champion: Champion) -> TargetGate:
+                 champion: Champion, night: str | None = None) -> TargetGate:
     """Every engine of one family on ``target``, on this worker, scored on its own outputs; then the selection.
 
     Args:
@@ -451,7 +472,8 @@ def gate_engines(cfg: FactoryConfig, family: Family, target: TargetConfig, engin
         checks.append(parity_check(polygraphy_runner(d, m.backend, m.engine_file), onnx_runner(d / m.onnx_file),
                                    batches, *cfg.gates.parity[m.precision]))
         if champ_prob is not None:
-            checks.append(champion_check(fam, test, champ_prob, prob, bounds, threshold, cfg.gates))
+            checks.append(champion_check(fam, test, champ_prob, prob, bounds, threshold, cfg.gates,
+                                         _age_days(champion.date, night)))
         runners[m.precision] = r
         scored.append((uri, m, checks, own.metrics.get("auc")))
     bench = benchmark_interleaved(runners, val.x[:64], opt_batch=cfg.families[fam].opt_batch,

@@ -20,7 +20,7 @@ def print_nightly_summary(summary: dict[str, Any], console=None) -> None:
 
     console = console or Console()
     if not console.is_terminal:
-        console.width = max(console.width, 150)
+        console.width = max(console.width, 200)
     trigger = summary.get("trigger") or "schedule"
     table = Table(title=f"Nightly {summary['date']} · profile {summary['profile']} · test-split metrics (FP32)"
                         + ("" if trigger in ("schedule", "manual") else f" · triggered by {trigger}"))

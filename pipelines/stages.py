@@ -489,7 +489,7 @@ def gate_target(cfg: FactoryConfig, p: Plan, acc: AccuracyReport, built: list[En
     splits = load_splits(fetch(acc.splits_uri, cfg.scratch))
     prob_ref = np.load(fetch(acc.reference_uri, cfg.scratch))
     champion = read_champion(cfg, fam, tgt.name)  # a registry outage raises (retry): never "no champion"
-    return gate_engines(cfg, fam, tgt, engines, acc, splits, prob_ref, champion)
+    return gate_engines(cfg, fam, tgt, engines, acc, splits, prob_ref, champion, night=p.date)
 
 
 def gate_report(cfg: FactoryConfig, p: Plan, accuracy: list[AccuracyReport], gated: list[TargetGate],

@@ -128,6 +128,15 @@ def test_champion_non_inferior_worse_and_undecided_with_the_policy():
     keep = GATES.model_copy(update={"champion": GATES.champion.model_copy(update={"undecided": "keep_champion"})})
     kept = champion_check(fam, tiny, tref, tref, bounds, 0.5, keep)
     assert not kept.ok and "keep_champion" in kept.detail
+    # keep_champion with a refresh age: a young champion is kept, one of that age gives way; evidence still rules
+    fresh = keep.model_copy(update={"champion": keep.champion.model_copy(update={"refresh_after_days": 7})})
+    young = champion_check(fam, tiny, tref, tref, bounds, 0.5, fresh, champion_age_days=6)
+    assert not young.ok and young.decision is Decision.FAIL
+    old = champion_check(fam, tiny, tref, tref, bounds, 0.5, fresh, champion_age_days=7)
+    assert old.ok and old.decision is Decision.UNDECIDED and "7 days old" in old.detail
+    unknown = champion_check(fam, tiny, tref, tref, bounds, 0.5, fresh, champion_age_days=None)
+    assert not unknown.ok
+    assert not champion_check(fam, split, ref, worse, bounds, 0.5, fresh, champion_age_days=30).ok
 
 
 def test_smoke_sized_windows_say_when_they_cannot_decide():
