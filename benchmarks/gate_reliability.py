@@ -10,7 +10,7 @@ into its spec in ``factory_core/families.py``: the defaults of ``gates.families.
 (docs/gates.md).
 
 Then N healthy smoke nights on consecutive dates in one home (so each night meets the previous night's
-champion), each with its own data seed: the stages run in this process as the DAG runs them, on the
+champion), one lake (one data seed: its days join up) and a training seed per night: the stages run in this process as the DAG runs them, on the
 ``cpu`` target. It prints every rejection with its reason, the false-reject rate per precision, the
 champion decision and the promotions per family, and the wall time the gates add to a night.
 
@@ -48,9 +48,11 @@ STATS = [("mean_abs", "agree_mean_abs"), ("p99_abs", "agree_p99_abs"), ("max_abs
          ("tail_bias", "tail_agree_bias")]
 
 
-def _cfg(home: Path, seed: int):
-    return load_config(profile="smoke", env={"FACTORY_HOME": str(home)}, overrides={
-        "data": {"seed": seed}, "engines": {"targets": [{"name": "cpu", "required": True}]}})
+def _cfg(home: Path, seed: int, train_seed: int | None = None):
+    over = {"data": {"seed": seed}, "engines": {"targets": [{"name": "cpu", "required": True}]}}
+    if train_seed is not None:
+        over["train"] = {"seed": train_seed}
+    return load_config(profile="smoke", env={"FACTORY_HOME": str(home)}, overrides=over)
 
 
 def _through_variants(cfg, date: str):
@@ -149,7 +151,8 @@ def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, d
     promotions, decided, worse = collections.Counter(), collections.Counter(), []
     history = collections.defaultdict(list)  # family -> (date, champion decision or None, a selection passed)
     gate_s, last = [], None
-    print(f"\n## {n} healthy nights (smoke profile, one home, data seeds {seed_base}–{seed_base + n - 1}, from "
+    print(f"\n## {n} healthy nights (smoke profile, one home and one lake of data seed {seed_base}, training seeds "
+          f"{seed_base}–{seed_base + n - 1}, from "
           f"{start})\n")
     precs = "/".join(PRECISIONS)
     print(f"| night | family | variants {precs} | engines {precs} (all but the champion check) | "
@@ -157,7 +160,7 @@ def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, d
     print("|---|---|---|---|---|---|---|")
     for i in range(n):
         date = (start + dt.timedelta(days=i)).isoformat()
-        cfg = _cfg(home, seed_base + i)
+        cfg = _cfg(home, seed_base, train_seed=seed_base + i)  # one world (a lake's days join up), fresh training
         t0 = time.perf_counter()
         out = night(cfg, date)
         gate_s.append((out["gate_s"], time.perf_counter() - t0))
