@@ -83,7 +83,7 @@ def requests_for_day(cfg: FactoryConfig, family: str, date: str, shift: Shift | 
         # warm-up days before too, keep the day's rows.
         day = dt.date.fromisoformat(date)
         txns, chargebacks, source = [], [], ""
-        for k in range(payment_warmup_days(cfg), -1, -1):
+        for k in range(payment_warmup_days(), -1, -1):
             d = (day - dt.timedelta(days=k)).isoformat()
             for dataset, frames in ((TRANSACTIONS_DATASET, txns), (CHARGEBACKS_DATASET, chargebacks)):
                 try:

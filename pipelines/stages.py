@@ -85,7 +85,7 @@ def plan(cfg: FactoryConfig, date: str, families: list[str] | None = None, trigg
                 run_uri=cfg.run_layout(date).uri, trigger=trigger)
 
 
-def payment_warmup_days(cfg: FactoryConfig | None = None) -> int:
+def payment_warmup_days() -> int:
     """Days of payments read before the first model row: the features' longest window (30 days)."""
     from .features import FRAUD_WINDOW_DAYS
 
@@ -95,7 +95,7 @@ def payment_warmup_days(cfg: FactoryConfig | None = None) -> int:
 def payment_dates(cfg: FactoryConfig, date: str) -> list[str]:
     """The ``transactions`` and ``chargebacks`` days a night for ``date`` reads, ending the day before it: the
     warm-up (:func:`payment_warmup_days`), then the history days."""
-    n = payment_warmup_days(cfg) + cfg.data.transactions_history_days
+    n = payment_warmup_days() + cfg.data.transactions_history_days
     day = dt.date.fromisoformat(date)
     return [(day - dt.timedelta(days=k)).isoformat() for k in range(n, 0, -1)]
 
@@ -172,7 +172,7 @@ def build_features(cfg: FactoryConfig, p: Plan, snap: LakeSnapshot) -> FeatureSe
     if txns:  # labels: the chargebacks reported by the end of the night's last day; the newest days' are not final
         txn_df, cb_df = pd.concat(txns, ignore_index=True), pd.concat(chargebacks, ignore_index=True)
         validate_payments(txn_df, cb_df)
-        first = dt.date.fromisoformat(payment_dates(cfg, p.date)[0]) + dt.timedelta(days=payment_warmup_days(cfg))
+        first = dt.date.fromisoformat(payment_dates(cfg, p.date)[0]) + dt.timedelta(days=payment_warmup_days())
         fraud_df = fraud_features(txn_df, cb_df, since=pd.Timestamp(first, tz="UTC"),
                                   cutoff=pd.Timestamp(p.date, tz="UTC"),
                                   maturity_days=max(spec(f).label_delay_days for f in p.families
