@@ -349,11 +349,13 @@ def _default_family_gates() -> dict[Family, FamilyGates]:
 
 
 class ChampionPolicy(_Strict):
-    undecided: Literal["promote", "keep_champion"] = "promote"
+    undecided: Literal["promote", "keep_champion"] = "keep_champion"
     """When today's window cannot decide champion vs challenger (too few positives, or an interval that
-    straddles the margin): ``promote`` (fresher data wins unless it is shown worse) or ``keep_champion``. Either
-    way a challenger without demonstrated skill (``skill`` check) is never promoted."""
-    refresh_after_days: int | None = Field(None, ge=1)
+    straddles the margin): ``keep_champion`` (default: the challenger is registered with alias ``challenger`` and
+    the champion stays, so every alias move rests on evidence) or ``promote`` (fresher data wins unless it is
+    shown worse). Either way a challenger without demonstrated skill (``skill`` check) is never promoted, and one
+    shown worse is rejected. Chosen on docs/gates.md's replay of the undecided nights."""
+    refresh_after_days: int | None = Field(7, ge=1)
     """Under ``keep_champion``: a champion trained on a night this many days or more before tonight gives way to a
     skilled challenger that today's window cannot decide against, so a champion cannot age without bound when the
     windows are too small to show non-inferiority. None: never (only a non-inferior challenger replaces it)."""

@@ -150,6 +150,9 @@ class Check(Record):
     n: int | None = None
     gating: bool = True
     detail: str = ""
+    holds_champion: bool = False
+    """The engine may be registered (alias ``challenger``) but not promoted: set on an undecided champion
+    comparison under ``gates.champion.undecided: keep_champion``."""
 
     @model_validator(mode="before")
     @classmethod

@@ -176,7 +176,11 @@ def publish_family(cfg: FactoryConfig, night: Night, files: NightFiles,
                                         {"source_run": run.info.run_id, "data_window": night.data_window,
                                          "git_commit": night.git_commit, "date": night.date}, description)
             promoted, note = False, ""
-            if cfg.gates.auto_promote:
+            held = [c for c in win.checks if c.holds_champion]
+            if held and cfg.gates.auto_promote:
+                note = f"champion kept, v{version} is challenger: {held[0].detail}"
+                log.info("%s/%s: %s", family, gate.target, note)
+            elif cfg.gates.auto_promote:
                 promoted, note = auto_promote(registry, family, gate.target, version, night.date,
                                               f"nightly {night.date}: passed every gate; lowest p99 "
                                               f"{win.p99_ms:.3f} ms", gate.champion)

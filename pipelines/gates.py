@@ -237,9 +237,10 @@ def champion_check(family: Family, split: Any, prob_champion: np.ndarray, prob: 
                    threshold: float, gates: GateConfig, champion_age_days: int | None = None) -> Check:
     """Challenger vs champion on today's test window, paired: AUC non-inferiority within the family's margin.
 
-    ``undecided`` (too few positives, or an interval straddling the margin) is resolved by
-    ``gates.champion.undecided``: under ``promote`` it does not reject, under ``keep_champion`` it does, unless the
-    champion is ``champion_age_days`` old and that reaches ``gates.champion.refresh_after_days``.
+    ``undecided`` (too few positives, or an interval straddling the margin) never rejects the engine; whether it
+    may replace the champion is ``gates.champion.undecided``: under ``promote`` it may, under ``keep_champion`` it
+    is registered as challenger only (``holds_champion``), unless the champion is ``champion_age_days`` old and
+    that reaches ``gates.champion.refresh_after_days``. ``worse`` on evidence rejects under either policy.
     """
     from .models import positive_probability
 
@@ -255,16 +256,16 @@ def champion_check(family: Family, split: Any, prob_champion: np.ndarray, prob: 
                     events=min(npos, nneg), events_what=f"{npos} positives, {nneg} negatives", champion=True)
     if c.decision is Decision.UNDECIDED:
         policy = gates.champion
-        keep = policy.undecided == "keep_champion"
+        hold = policy.undecided == "keep_champion"
         why = f"; policy gates.champion.undecided={policy.undecided}"
-        stale = (keep and policy.refresh_after_days is not None and champion_age_days is not None
-                 and champion_age_days >= policy.refresh_after_days)
-        if stale:
-            keep = False
+        if hold and policy.refresh_after_days is not None and champion_age_days is not None \
+                and champion_age_days >= policy.refresh_after_days:
+            hold = False
             why += (f", but the champion is {champion_age_days} days old (refresh_after_days "
                     f"{policy.refresh_after_days}): refreshed")
-        c = c.model_copy(update={"gating": keep, "decision": Decision.FAIL if keep else Decision.UNDECIDED,
-                                 "detail": c.detail + why})
+        elif hold:
+            why += ": the champion stays, this engine is registered as challenger only"
+        c = c.model_copy(update={"holds_champion": hold, "detail": c.detail + why})
     return c
 
 

@@ -523,15 +523,25 @@ def _git_commit() -> str:
 
 
 def reference_window(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> str:
-    """The drift monitor's reference: a sample of the test split with the FP32 ONNX model's predictions."""
+    """The drift monitor's reference: rows spread over the whole history (the calibration pool, an even sample of
+    the train days, then val and test) with the FP32 ONNX model's predictions.
+
+    Not the test split alone: on a market with slow volatility the last minutes of one day are one volatility
+    state, and any other window would drift from it (docs/monitoring.md, "Replay on the new world")."""
+    import numpy as np
+
     from monitoring.drift import feature_names, reference_frame
 
     from .benchmark import OnnxRuntimeRunner, infer_batched
     from .datasets import load_splits
 
-    test = load_splits(fetch(ex.splits_uri, cfg.scratch))["test"]
-    prob = infer_batched(OnnxRuntimeRunner(fetch(ex.onnx_uri, cfg.scratch), threads=0), test.x, 4096)
-    df = reference_frame(test.x, prob, feature_names(ex.family), cfg.monitoring.drift.reference_rows)
+    splits = load_splits(fetch(ex.splits_uri, cfg.scratch))
+    x = np.concatenate([splits[k].x for k in ("calib", "val", "test") if k in splits])
+    rows = cfg.monitoring.drift.reference_rows
+    if len(x) > rows:
+        x = x[np.linspace(0, len(x) - 1, rows).round().astype(int)]
+    prob = infer_batched(OnnxRuntimeRunner(fetch(ex.onnx_uri, cfg.scratch), threads=0), np.ascontiguousarray(x), 4096)
+    df = reference_frame(x, prob, feature_names(ex.family), rows)
     dest = _run(p).reference(ex.family)
     with stage_output(dest, cfg.scratch) as tmp:
         df.to_parquet(tmp / layout.REFERENCE_WINDOW, index=False)

@@ -276,9 +276,16 @@ def test_next_night_meets_the_champion_on_evidence_and_promotes_a_non_inferior_c
             for stat in ("p50", "p99"):
                 assert next(k for k in c["checks"] if k["name"] == f"{stat}_vs_champion")["n"] == 7
         win = next((c for c in g["candidates"] if c["outcome"] == "selected"), None)
-        if win is not None:  # a selected challenger was not shown worse, so it is the champion now
+        if win is not None:  # a selected challenger was not shown worse: registered, promoted on evidence only
             v = promoted[(g["family"], "cpu")]
-            assert v["promoted"] and reg.resolve(g["family"], "cpu", CHAMPION).version == v["registry_version"]
+            vs = next(k for k in win["checks"] if k["name"] == "vs_champion")
+            champ = reg.resolve(g["family"], "cpu", CHAMPION).version
+            assert reg.resolve(g["family"], "cpu", "challenger").version == v["registry_version"]
+            if vs["decision"] == "pass":  # non-inferior on evidence: the champion now
+                assert v["promoted"] and champ == v["registry_version"], v
+            else:  # undecided under the default keep_champion (the champion is a day old): kept, and said so
+                assert vs["holds_champion"] and not v["promoted"] and champ != v["registry_version"], v
+                assert "champion kept" in v["note"] and "keep_champion" in v["note"], v
 
 
 def test_a_champion_the_store_lost_is_kept_not_promoted_over_without_comparison(night, services):

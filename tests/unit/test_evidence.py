@@ -123,20 +123,24 @@ def test_champion_non_inferior_worse_and_undecided_with_the_policy():
     bad = champion_check(fam, split, ref, worse, bounds, 0.5, GATES)
     assert bad.decision is Decision.FAIL and not bad.ok and "worse than the champion" in bad.detail
     tiny, tref = _split(n=200, seed=6, pos_rate=0.05)  # about 10 positives
-    und = champion_check(fam, tiny, tref, tref, bounds, 0.5, GATES)
-    assert und.decision is Decision.UNDECIDED and und.ok and "positives" in und.detail
-    keep = GATES.model_copy(update={"champion": GATES.champion.model_copy(update={"undecided": "keep_champion"})})
-    kept = champion_check(fam, tiny, tref, tref, bounds, 0.5, keep)
-    assert not kept.ok and "keep_champion" in kept.detail
-    # keep_champion with a refresh age: a young champion is kept, one of that age gives way; evidence still rules
-    fresh = keep.model_copy(update={"champion": keep.champion.model_copy(update={"refresh_after_days": 7})})
-    young = champion_check(fam, tiny, tref, tref, bounds, 0.5, fresh, champion_age_days=6)
-    assert not young.ok and young.decision is Decision.FAIL
-    old = champion_check(fam, tiny, tref, tref, bounds, 0.5, fresh, champion_age_days=7)
-    assert old.ok and old.decision is Decision.UNDECIDED and "7 days old" in old.detail
-    unknown = champion_check(fam, tiny, tref, tref, bounds, 0.5, fresh, champion_age_days=None)
-    assert not unknown.ok
-    assert not champion_check(fam, split, ref, worse, bounds, 0.5, fresh, champion_age_days=30).ok
+    promote = GATES.model_copy(update={"champion": GATES.champion.model_copy(update={"undecided": "promote"})})
+    und = champion_check(fam, tiny, tref, tref, bounds, 0.5, promote)
+    assert und.decision is Decision.UNDECIDED and und.ok and not und.holds_champion and "positives" in und.detail
+    # the default: keep_champion, refresh after 7 days; undecided never rejects the engine, it holds the champion
+    assert GATES.champion.undecided == "keep_champion" and GATES.champion.refresh_after_days == 7
+    kept = champion_check(fam, tiny, tref, tref, bounds, 0.5, GATES)
+    assert kept.ok and kept.holds_champion and "keep_champion" in kept.detail and "challenger only" in kept.detail
+    young = champion_check(fam, tiny, tref, tref, bounds, 0.5, GATES, champion_age_days=6)
+    assert young.ok and young.holds_champion and young.decision is Decision.UNDECIDED
+    old = champion_check(fam, tiny, tref, tref, bounds, 0.5, GATES, champion_age_days=7)
+    assert old.ok and not old.holds_champion and "7 days old" in old.detail
+    unknown = champion_check(fam, tiny, tref, tref, bounds, 0.5, GATES, champion_age_days=None)
+    assert unknown.holds_champion
+    never = GATES.model_copy(update={"champion": GATES.champion.model_copy(update={"refresh_after_days": None})})
+    assert champion_check(fam, tiny, tref, tref, bounds, 0.5, never, champion_age_days=400).holds_champion
+    # evidence still rules: worse is rejected whatever the champion's age; non-inferior never holds
+    assert not champion_check(fam, split, ref, worse, bounds, 0.5, GATES, champion_age_days=30).ok
+    assert not same.holds_champion
 
 
 def test_smoke_sized_windows_say_when_they_cannot_decide():
