@@ -2,12 +2,16 @@
 
     factory nightly --profile smoke --date 2026-11-22       # a champion with a reference window
     python benchmarks/drift_methods.py market_alert [--profile smoke] [--days 8]
+    python benchmarks/drift_methods.py market_alert --profile smoke --reference runs/D/market_alert/reference/reference.parquet --ticks-per-day 20000
 
 Current windows: ``--days`` unshifted simulated days after the reference, and 3 days with a
 regime shift from the start of the session (features only; the prediction column is held
 constant so only feature drift counts). Prints the share of drifted feature columns per
 (day, method) and how many days each method would alarm on at the family's ``drift_share``.
-Days are simulated into a scratch lake, not the factory's.
+Days are simulated into a scratch lake, not the factory's. ``--reference`` reads a reference window from a run
+folder instead of the registry's champion; ``--ticks-per-day`` sets the simulated day's length, and so the span of
+each current window (the market's slowest volatility component has a half-life of 6,000 ticks, 5 minutes: a window
+much shorter than that is one volatility state).
 """
 
 from __future__ import annotations
@@ -34,15 +38,23 @@ def main() -> None:
     ap.add_argument("--target", default="cpu")
     ap.add_argument("--days", type=int, default=8)
     ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--reference", default=None, help="a reference.parquet (default: the champion's)")
+    ap.add_argument("--ticks-per-day", type=int, default=None)
+    ap.add_argument("--start", default="2030-01-01", help="first unshifted day (the shifted ones follow 100 days on)")
+    ap.add_argument("--columns", action="store_true", help="print each unshifted day's drifted columns (PSI 0.2)")
     args = ap.parse_args()
     cfg = load_config(profile=args.profile)
-    champion = Registry(cfg.tracking_uri).resolve(args.family, args.target, "champion")
-    reference = load_reference(cfg, champion.run_id)
+    if args.reference:
+        reference, source = pd.read_parquet(args.reference), args.reference
+    else:
+        champion = Registry(cfg.tracking_uri).resolve(args.family, args.target, "champion")
+        reference, source = load_reference(cfg, champion.run_id), f"champion v{champion.version}"
     dcfg = cfg.monitoring.drift
     names, share = monitored_columns(args.family, dcfg), dcfg.share_for(args.family)
+    data = {"source": "simulator"} | ({"ticks_per_day": args.ticks_per_day} if args.ticks_per_day else {})
     scratch = load_config(profile=args.profile, overrides={"home": tempfile.mkdtemp(prefix="drift-methods-"),
-                                                           "data": {"source": "simulator"}})
-    start = dt.date(2030, 1, 1)
+                                                           "data": data})
+    start = dt.date.fromisoformat(args.start)
     days = [((start + dt.timedelta(days=k)).isoformat(), None) for k in range(args.days)]
     days += [((start + dt.timedelta(days=100 + k)).isoformat(), Shift(start=0.0)) for k in range(3)]
     ref = reference.copy()
@@ -53,13 +65,16 @@ def main() -> None:
         cur = to_columns(x, feature_names(args.family))
         cur[PREDICTION] = 0.5
         for method, threshold in METHODS:
-            figures, _ = compare(ref, cur, names, share, method, threshold)
+            figures, cols = compare(ref, cur, names, share, method, threshold)
+            if args.columns and (method, threshold) == ("psi", 0.2):
+                print(day, "shifted" if shift else "unshifted", figures["drift_share"],
+                      {c.column: round(c.score, 2) for c in figures["columns"] if c.drifted})
             rows.append({"shifted": shift is not None, "day": day, "method": f"{method or 'evidently default'} "
                          f"({threshold or 'default'})", "share": figures["drift_share"],
                          "alarm": figures["dataset_drift"]})
     df = pd.DataFrame(rows)
     pd.set_option("display.width", 200)
-    print(f"{args.family}: reference {len(reference)} rows (champion v{champion.version}); current {args.rows} "
+    print(f"{args.family}: reference {len(reference)} rows ({source}); current {args.rows} "
           f"rows per day; drift_share {share}\n")
     print(df.pivot(index=["shifted", "day"], columns="method", values="share").round(2).to_string())
     alarms = df.groupby(["method", "shifted"])["alarm"].agg(["sum", "count"]).unstack("shifted")
