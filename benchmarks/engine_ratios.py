@@ -25,9 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from factory_core.config import Family, load_config  # noqa: E402
-from factory_core.precisions import PRECISIONS  # noqa: E402
-from pipelines.benchmark import OnnxRuntimeRunner, TorchRunner, benchmark_runner  # noqa: E402
+from factory_core.config import Family, load_config
+from factory_core.precisions import PRECISIONS
+from model_registry.runners import open_runner
+from pipelines.benchmark import TorchRunner, benchmark_runner
 
 N_FEATURES = {Family.MARKET_ALERT: 16, Family.PRICE_DIRECTION: 16, Family.FRAUD_RISK: 11}
 
@@ -86,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             for prec in PRECISIONS:
                 d = run_dir / fam / "engines" / "cpu" / prec
                 if (d / "model.ort.onnx").is_file():
-                    others.append((f"onnxruntime {prec}", benchmark_runner(OnnxRuntimeRunner(d / "model.ort.onnx"),
-                                                                           x, opt, **b)))
+                    ort = open_runner(d / "model.ort.onnx", "onnxruntime")
+                    others.append((f"onnxruntime {prec}", benchmark_runner(ort, x, opt, **b)))
             rows += _rows(fam, "torch eager (cpu, 1 thread)", base, others)
     _print(rows, gpu=args.gpu)
     if args.json:
@@ -101,14 +102,12 @@ def _trt_rows(run_dir, fam, x, opt, b):
     gpu = first_gpu()
     if run_dir is None or not tensorrt_version() or gpu is None:
         return []
-    from model_registry.trt import TensorRTRunner
-
     out = []
     for prec in PRECISIONS:
         plan = run_dir / fam / "engines" / gpu.target_name / prec / "model.plan"
         if plan.is_file():
-            out.append((f"tensorrt {prec} (cuda graph)", benchmark_runner(TensorRTRunner(plan, cuda_graph=True), x,
-                                                                          opt, gpu=True, **b)))
+            trt = open_runner(plan, "tensorrt", cuda_graph=True)
+            out.append((f"tensorrt {prec} (cuda graph)", benchmark_runner(trt, x, opt, gpu=True, **b)))
     return out
 
 

@@ -34,11 +34,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from factory_core.config import Family, load_config  # noqa: E402
-from factory_core.contracts import Status  # noqa: E402
-from factory_core.families import spec  # noqa: E402
-from factory_core.precisions import PRECISIONS, REFERENCE  # noqa: E402
-from pipelines import faults, stages  # noqa: E402
+from factory_core.config import Family, load_config
+from factory_core.contracts import Status
+from factory_core.families import spec
+from factory_core.precisions import PRECISIONS, REFERENCE
+from pipelines import faults, stages
 
 FACTOR = 3.0
 FLIP_FLOOR = 0.002
@@ -264,7 +264,7 @@ def _caught(checks: list[dict]) -> str:
 
 def plants(base: Path, last: dict) -> None:
     """Each fault on a copy of the last healthy night's run, through the gate functions, beside its control."""
-    from pipelines.benchmark import OnnxRuntimeRunner, infer_batched
+    from model_registry.runners import infer_batched, open_runner
     from pipelines.datasets import load_splits
     from pipelines.engines.base import build_engine as build
     from pipelines.engines.base import onnx_io
@@ -350,7 +350,7 @@ def plants(base: Path, last: dict) -> None:
         for factor in (16.0, 1 / 16):
             with tempfile.TemporaryDirectory(dir=base) as d:
                 bad = faults.scale_one(base_int8, Path(d) / "bad.onnx", name, factor)
-                prob = infer_batched(OnnxRuntimeRunner(bad, threads=0), t.x, 4096)
+                prob = infer_batched(open_runner(bad, "onnxruntime", threads=0), t.x, 4096)
             v = accuracy_verdict(fam, "int8", t, ref, prob, bounds, thr_f, cfg.gates)
             dp = np.abs(np.asarray(positive_probability(fam, prob)) - np.asarray(positive_probability(fam, ref)))
             caught += v.status is Status.REJECTED
@@ -363,8 +363,8 @@ def plants(base: Path, last: dict) -> None:
     v = accuracy_verdict(fam, "int8", t, ref, collapsed, bounds, thr_f, cfg.gates)
     rows.append((f"price_direction, outputs 0.5 on the {int(tail.sum())} extreme-move windows",
                  f"{v.status}: {_caught([c.model_dump() for c in v.checks])}", "—"))
-    ok = accuracy_verdict(fam, "int8", t, ref, infer_batched(OnnxRuntimeRunner(base_int8, threads=0), t.x, 4096),
-                          bounds, thr_f, cfg.gates)
+    base_prob = infer_batched(open_runner(base_int8, "onnxruntime", threads=0), t.x, 4096)
+    ok = accuracy_verdict(fam, "int8", t, ref, base_prob, bounds, thr_f, cfg.gates)
     rows.append(("control: the healthy price_direction int8 graph", f"{ok.status}", "—"))
     print("\n## Planted faults\n")
     print("| plant | planted candidate | healthy controls beside it |")

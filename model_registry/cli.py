@@ -50,7 +50,8 @@ def run_replay(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .canary import read_manifest
-    from .runtime import FailureStore, load_engine
+    from .runners import open_engine
+    from .runtime import FailureStore
 
     store = FailureStore(Path(args.failures))
     if args.list or not args.id:
@@ -66,9 +67,9 @@ def run_replay(args: argparse.Namespace) -> int:
     manifest = read_manifest(Path(args.engine))
     out: dict = {"id": args.id, "failed_on": rec["version"], "error": rec["error"], "replayed_on": manifest.version}
     try:
-        y = load_engine(Path(args.engine), manifest).infer(np.ascontiguousarray(x, dtype=np.float32))
+        y = open_engine(Path(args.engine), manifest).infer(np.ascontiguousarray(x, dtype=np.float32))
         out.update(outputs=y.tolist(), finite=bool(np.isfinite(y).all()))
-    except Exception as exc:  # noqa: BLE001 - the replay's own failure is its result
+    except Exception as exc:
         out.update(outputs=None, finite=False, replay_error=f"{type(exc).__name__}: {exc}")
     print(json.dumps(out))
     return 0

@@ -2,8 +2,8 @@
 engine behind a circuit breaker, and keep every failed request for replay.
 
 - **Swap**: the new version passes the preflight canary first (:mod:`model_registry.canary`: sha256 of every
-  file, the same input/output contract as the served one, then a child process loads, warms and checks it on
-  the recorded sample). Only then is it loaded beside the live engine and switched by one reference
+  file, the same input/output contract as the served one, then the pre-started canary process loads, warms and
+  checks it on the recorded sample). Only then is it loaded beside the live engine and switched by one reference
   assignment; requests in flight finish on the engine they started on. A refusal leaves the live engine
   serving and raises :class:`~model_registry.canary.SwapRefused`.
 - **Breaker**: ``breaker_failures`` consecutive failures or non-finite outputs of the primary engine open the
@@ -20,8 +20,9 @@ engine behind a circuit breaker, and keep every failed request for replay.
   is counted, not stored 1,000 times), and at most ``max_items`` in all (full: dropped and counted);
   ``factory-serve replay-failure`` re-runs one.
 
-Backends: ONNX Runtime (CPU) and TensorRT (:class:`model_registry.trt.TensorRTRunner`: pinned buffers,
-``execute_async_v3`` on its own stream, CUDA graphs per shape, one execution context per stream).
+Backends: the runners of :mod:`model_registry.runners`, the same the canary, the gates and the benchmarks use: ONNX
+Runtime (CPU) and TensorRT (:class:`model_registry.trt.TensorRTRunner`: pinned buffers, ``execute_async_v3`` on its
+own stream, CUDA graphs per shape, one execution context per stream).
 """
 
 from __future__ import annotations
@@ -41,7 +42,15 @@ import numpy as np
 from factory_core.contracts import MANIFEST, Manifest, TensorInfo
 from factory_core.errors import BadInput
 
-from .canary import SwapRefused, contract_mismatch, preflight, read_manifest
+from .canary import (
+    SwapRefused,
+    WarmCanary,
+    contract_mismatch,
+    preflight,
+    read_manifest,
+    shared_canary,
+)
+from .runners import open_engine
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +80,7 @@ class RequestContract:
     axes: tuple[tuple[str, int, int | None], ...]
 
     @classmethod
-    def of(cls, tensor: TensorInfo, also: TensorInfo | None = None) -> "RequestContract":
+    def of(cls, tensor: TensorInfo, also: TensorInfo | None = None) -> RequestContract:
         """The contract of ``tensor``; with ``also`` (the fallback engine's input, same name, dtype and rank), the
         intersection of both profiles, so a request accepted is one either engine can serve."""
         axes = []
@@ -132,42 +141,12 @@ def _bounds(tensor: TensorInfo, i: int) -> tuple[int, int | None]:
     return lo, hi
 
 
-class _OrtEngine:
-    def __init__(self, folder: Path, manifest: Manifest):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        opts = manifest.build.get("options", {})
-        so.intra_op_num_threads = int(opts.get("intra_op_threads", 1))
-        so.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(folder / manifest.engine_file), so,
-                                            providers=["CPUExecutionProvider"])
-        self.input, self.output = manifest.inputs[0].name, manifest.outputs[0].name
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output], {self.input: x})[0]
-
-    def close(self) -> None:
-        pass
-
-
-def load_engine(folder: Path, manifest: Manifest) -> Any:
-    """The engine object (``infer``/``close``) for an installed version, by its backend."""
-    if manifest.backend == "onnxruntime":
-        return _OrtEngine(Path(folder), manifest)
-    if manifest.backend == "tensorrt":
-        from .trt import TensorRTRunner
-
-        return TensorRTRunner(Path(folder) / manifest.engine_file, output=manifest.outputs[0].name)
-    raise SwapRefused("backend", f"unknown backend {manifest.backend!r}")
-
-
 class _Loaded:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         self.version = self.manifest.version
-        self.engine = load_engine(self.folder, self.manifest)
+        self.engine = open_engine(self.folder, self.manifest)
         self.accept = RequestContract.of(self.manifest.inputs[0])
         """What a request must be to run here; :class:`EngineRunner` narrows it to the fallback's profile too."""
 
@@ -269,12 +248,14 @@ class EngineRunner:
 
     Optional ``metrics`` (:class:`monitoring.serving.ServingMetrics`) and ``prediction_log``
     (:class:`monitoring.serving.PredictionLog`) observe every request off the critical path. ``fallback``: an
-    installed CPU engine kept loaded for the breaker. ``failures``: a :class:`FailureStore`.
+    installed CPU engine kept loaded for the breaker. ``failures``: a :class:`FailureStore`. ``warm_canary``: True
+    (default) checks candidates in the process's pre-started canary (:func:`~model_registry.canary.shared_canary`),
+    a :class:`~model_registry.canary.WarmCanary` in that one, False in a fresh child per swap (the cold canary).
     """
 
     def __init__(self, folder: Path, metrics: Any = None, prediction_log: Any = None, fallback: Path | None = None,
                  failures: FailureStore | None = None, breaker_failures: int = 5, breaker_cooldown_s: float = 30.0,
-                 canary: bool = True, canary_timeout_s: float = 60.0):
+                 canary: bool = True, canary_timeout_s: float = 60.0, warm_canary: bool | WarmCanary = True):
         self._lock = threading.Lock()
         self._current = _Loaded(folder)
         self._current.warm_up()
@@ -290,6 +271,9 @@ class EngineRunner:
         self.metrics, self.prediction_log, self.failures = metrics, prediction_log, failures
         self.breaker = _Breaker(breaker_failures, breaker_cooldown_s)
         self.canary, self.canary_timeout_s = canary, canary_timeout_s
+        self.warm_canary: WarmCanary | None = None
+        if canary and warm_canary:  # started now, so it has finished its imports by the first swap
+            self.warm_canary = warm_canary if isinstance(warm_canary, WarmCanary) else shared_canary()
         if metrics is not None:
             metrics.set_version(self._current.version)
             metrics.set_breaker(0)
@@ -399,7 +383,8 @@ class EngineRunner:
         """
         start = time.perf_counter()
         try:
-            result = preflight(Path(folder), self._current.manifest, self.canary_timeout_s, child=self.canary)
+            result = preflight(Path(folder), self._current.manifest, self.canary_timeout_s, child=self.canary,
+                               warm=self.warm_canary)
             canary_s = result.seconds if self.canary else None
             new = _Loaded(folder)
             new.warm_up()
@@ -424,4 +409,4 @@ class EngineRunner:
 
 
 __all__ = ["BadRequest", "EngineRunner", "FailureStore", "NonFiniteOutput", "RequestContract", "SwapRefused",
-           "load_engine", "MANIFEST"]
+           "MANIFEST"]

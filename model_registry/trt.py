@@ -1,4 +1,5 @@
-"""The one TensorRT runner, for serving and for the gates' benchmarks (:mod:`pipelines.benchmark` reuses it).
+"""The TensorRT member of the runner family (:mod:`model_registry.runners`): serving, the canary, the gates and the
+benchmarks all run a TensorRT engine through it.
 
 Per concurrent caller (thread): its own execution context and CUDA stream. Per input shape: pinned host
 buffers and device buffers bound once (``set_input_shape``, ``set_tensor_address``), and, when enabled, a CUDA
@@ -11,10 +12,13 @@ worker image; a GPU serving host installs both beside ``model-factory[serve]``).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+
+from .runners import Runner, Tensor
 
 
 def cuda_latencies(torch: Any, step: Callable[[Any], None], warmup: int, iters: int, max_seconds: float,
@@ -56,27 +60,59 @@ class _Slot:
         self.current: tuple[int, ...] | None = None
 
 
-class TensorRTRunner:
-    """A deserialized TensorRT engine served from any number of threads."""
+class TensorRTRunner(Runner):
+    """A deserialized TensorRT engine served from any number of threads.
 
+    ``activate()`` deserializes the plan; the input is the engine's (first) input tensor and ``output`` defaults to
+    its first output tensor, both read from the engine. ``infer_named`` returns that one output (the families'
+    engines have one).
+    """
+
+    backend = "tensorrt"
     device = "cuda"
 
-    def __init__(self, plan: Path, cuda_graph: bool = False, output: str = "prob"):
+    def __init__(self, plan: Path, cuda_graph: bool = False, output: str | None = None):
+        self.plan, self.cuda_graph, self._output = Path(plan), cuda_graph, output
+        self.name = f"tensorrt:{self.plan.name}"
+        self._local = threading.local()
+
+    def _activate(self) -> None:
         import tensorrt as trt
         import torch
 
         self.torch, self.trt = torch, trt
         logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(plan).read_bytes())
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(self.plan.read_bytes())
         if self.engine is None:  # TensorRT's guidance: require a non-null engine before taking traffic
-            raise RuntimeError(f"TensorRT could not deserialize {plan} (built for another GPU or TensorRT version?)")
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+            raise RuntimeError(f"TensorRT could not deserialize {self.plan} (built for another GPU or TensorRT "
+                               f"version?)")
+        names = self._names()
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.output, self.cuda_graph = output, cuda_graph
-        self.name = f"tensorrt:{Path(plan).name}"
-        self.info = {"backend": "tensorrt", "tensorrt": trt.__version__, "cuda_graph": cuda_graph,
+        self.output = self._output or next(n for n in names
+                                           if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.info = {"backend": "tensorrt", "tensorrt": trt.__version__, "cuda_graph": self.cuda_graph,
                      "device": torch.cuda.get_device_name()}
         self._local = threading.local()
+
+    def _deactivate(self) -> None:
+        self._local = threading.local()
+        del self.engine
+
+    def _names(self) -> list[str]:
+        return [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+
+    def _tensors(self, mode: Any) -> list[Tensor]:
+        return [Tensor(n, self.dtype(n), tuple(self.engine.get_tensor_shape(n))) for n in self._names()
+                if self.engine.get_tensor_mode(n) == mode]
+
+    def inputs(self) -> list[Tensor]:
+        return self._tensors(self.trt.TensorIOMode.INPUT)
+
+    def outputs(self) -> list[Tensor]:
+        return self._tensors(self.trt.TensorIOMode.OUTPUT)
+
+    def infer_named(self, feed: Any) -> dict[str, np.ndarray]:
+        return {self.output: self.infer(np.ascontiguousarray(feed[self.input]))}
 
     # -- declared tensors --------------------------------------------------------------------------------
     def dtype(self, name: str) -> np.dtype:
@@ -166,6 +202,3 @@ class TensorRTRunner:
         b.host_in.numpy()[...] = x
         return cuda_latencies(self.torch, lambda stream: self._enqueue(slot, b), warmup, iters, max_seconds,
                               stream=slot.stream)
-
-    def close(self) -> None:
-        self._local = threading.local()

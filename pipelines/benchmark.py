@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
 from factory_core.contracts import Latency
-from model_registry.trt import TensorRTRunner, cuda_latencies  # the one TensorRT runner, shared with serving
+from model_registry.runners import infer_batched, time_calls  # noqa: F401 - the engine runners' own helpers
+from model_registry.trt import cuda_latencies
 
 from .evidence import round_stats
 
@@ -35,26 +36,9 @@ def latency_stats(batch: int, samples_ns: list[int] | np.ndarray, rounds: list[n
                    rounds_p50_ms=rs.p50.tolist() if rs else [], rounds_p99_ms=rs.p99.tolist() if rs else [])
 
 
-def time_calls(fn: Callable[[], object], warmup: int, iters: int, max_seconds: float,
-               clock: Callable[[], int] = time.perf_counter_ns) -> list[int]:
-    """Call ``fn`` ``warmup`` times, then time up to ``iters`` calls (fewer once ``max_seconds`` is spent)."""
-    for _ in range(warmup):
-        fn()
-    samples: list[int] = []
-    budget = int(max_seconds * 1e9)
-    spent = 0
-    for _ in range(iters):
-        t0 = clock()
-        fn()
-        dt = clock() - t0
-        samples.append(dt)
-        spent += dt
-        if spent >= budget and len(samples) >= 20:
-            break
-    return samples
-
-
 class Runner(Protocol):
+    """What the harness times: the engine runners of :mod:`model_registry.runners` and :class:`TorchRunner`."""
+
     name: str
     info: dict[str, Any]
     """What the numbers depend on: threads, provider, device, CUDA graphs…"""
@@ -62,28 +46,6 @@ class Runner(Protocol):
     def infer(self, x: np.ndarray) -> np.ndarray: ...
 
     def latencies(self, x: np.ndarray, warmup: int, iters: int, max_seconds: float) -> list[int]: ...
-
-
-class OnnxRuntimeRunner:
-    """An ONNX Runtime CPU session with a fixed thread count (the ``cpu`` target's engine, or any ONNX)."""
-
-    def __init__(self, path: Path, threads: int = 1, output: str = "prob"):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-        self.output = output
-        self.name = f"onnxruntime:{Path(path).name}"
-        self.info = {"backend": "onnxruntime", "threads": threads, "provider": "CPUExecutionProvider"}
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output], {self.input: x})[0]
-
-    def latencies(self, x: np.ndarray, warmup: int, iters: int, max_seconds: float) -> list[int]:
-        return time_calls(lambda: self.infer(x), warmup, iters, max_seconds)
 
 
 class TorchRunner:
@@ -208,17 +170,3 @@ def benchmark_runner(runner: Runner, x_pool: np.ndarray, opt_batch: int, warmup:
     """One runner alone: p50/p90/p99/max at batch 1 and at ``opt_batch`` (+ NVML telemetry on GPU)."""
     return benchmark_interleaved({"runner": runner}, x_pool, opt_batch, warmup, iters, max_seconds, rounds,
                                  gpu)["runner"]
-
-
-def engine_runner(engine_dir: Path, backend: str, engine_file: str, threads: int = 1,
-                  cuda_graph: bool = False) -> Runner:
-    """The timing runner for a built engine on its own target's hardware."""
-    if backend == "onnxruntime":
-        return OnnxRuntimeRunner(Path(engine_dir) / engine_file, threads=threads)
-    if backend == "tensorrt":
-        return TensorRTRunner(Path(engine_dir) / engine_file, cuda_graph=cuda_graph)
-    raise ValueError(f"unknown backend {backend!r}")
-
-
-def infer_batched(runner: Runner, x: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([runner.infer(np.ascontiguousarray(x[i:i + batch])) for i in range(0, len(x), batch)])

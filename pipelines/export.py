@@ -106,12 +106,12 @@ def _export(model, family: str, example: np.ndarray, dest: Path, opset: int, seq
 
 def onnx_parity(model, onnx_path: Path, x: np.ndarray, atol: float, rtol: float) -> Parity:
     """Max absolute and relative error of ONNX Runtime (CPU) against PyTorch on ``x``."""
-    import onnxruntime as ort
+    from model_registry.runners import OnnxRuntimeRunner
 
     from .train import predict
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+    with OnnxRuntimeRunner(onnx_path, threads=0, output=OUTPUT_NAME) as runner:
+        got = runner.infer_named({INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[OUTPUT_NAME]
     ref = predict(model, x)
     abs_err = np.abs(got.astype(np.float64) - ref)
     rel_err = abs_err / np.maximum(np.abs(ref), 1e-6)

@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from factory_core.config import AgreementBounds, FactoryConfig, Family, FamilyGates, GateConfig, TargetConfig
+from factory_core.config import (
+    AgreementBounds,
+    FactoryConfig,
+    Family,
+    FamilyGates,
+    GateConfig,
+    TargetConfig,
+)
 from factory_core.contracts import (
     AccuracyReport,
     Candidate,
@@ -269,15 +276,21 @@ def champion_check(family: Family, split: Any, prob_champion: np.ndarray, prob: 
     return c
 
 
-def parity_check(candidate: Any, reference: Any, batches: list[np.ndarray], atol: float, rtol: float,
-                 input_name: str = "features") -> Check:
-    """Engine vs its ONNX variant through Polygraphy's comparator (both as Polygraphy runners)."""
+def parity_check(candidate: Any, reference: Any, batches: list[np.ndarray], atol: float, rtol: float) -> Check:
+    """Engine vs its ONNX variant through Polygraphy's comparator.
+
+    Both are our runners (:mod:`model_registry.runners`), seen as Polygraphy runners through
+    :func:`~model_registry.runners.as_polygraphy`: the comparator runs the sessions and engines the gates time and
+    serving runs. The feed is named after the reference's own first input."""
     from polygraphy.comparator import Comparator, CompareFunc
     from polygraphy.logger import G_LOGGER
 
+    from model_registry.runners import as_polygraphy
+
     G_LOGGER.module_severity = G_LOGGER.WARNING  # per-iteration INFO lines would flood the task log
+    input_name = reference.activate().inputs()[0].name
     feeds = [{input_name: b} for b in batches]
-    results = Comparator.run([reference, candidate], data_loader=feeds)
+    results = Comparator.run([as_polygraphy(reference), as_polygraphy(candidate)], data_loader=feeds)
     ok = bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol)))
     (_, ref_iters), (_, got_iters) = results[0], results[1]
     worst, nonfinite = 0.0, 0
@@ -294,24 +307,6 @@ def parity_check(candidate: Any, reference: Any, batches: list[np.ndarray], atol
     return Check(name="parity", decision=Decision.PASS if ok and worst <= atol + rtol else Decision.FAIL, value=worst,
                  bound=atol, gating=False, n=sum(len(b) for b in batches),
                  detail=f"diagnostic: engine vs its ONNX max |Δ| {worst:.2e} (atol {atol}, rtol {rtol})")
-
-
-def polygraphy_runner(engine_dir: Path, backend: str, engine_file: str) -> Any:
-    """A Polygraphy runner for a built engine: ONNX Runtime CPU session or TensorRT engine."""
-    if backend == "onnxruntime":
-        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-
-        return OnnxrtRunner(SessionFromOnnx(str(Path(engine_dir) / engine_file), providers=["cpu"]))
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-    return TrtRunner(EngineFromBytes(BytesFromPath(str(Path(engine_dir) / engine_file))))
-
-
-def onnx_runner(path: Path) -> Any:
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-
-    return OnnxrtRunner(SessionFromOnnx(str(path), providers=["cpu"]))
 
 
 P99_MIN_CALLS = 100
@@ -421,7 +416,9 @@ def gate_engines(cfg: FactoryConfig, family: Family, target: TargetConfig, engin
     parity with its ONNX (diagnostic; NaN rejects), latency interleaved with the champion's in rounds, and the
     paired champion comparison. Selection: lowest batch-1 p99 among candidates that pass every gate.
     """
-    from .benchmark import benchmark_interleaved, engine_runner, infer_batched
+    from model_registry.runners import OnnxRuntimeRunner, infer_batched, open_engine
+
+    from .benchmark import benchmark_interleaved
     from .engines.base import verify_manifest
 
     fam, name = Family(family), target.name
@@ -431,8 +428,7 @@ def gate_engines(cfg: FactoryConfig, family: Family, target: TargetConfig, engin
     threshold = cfg.families[fam].threshold
 
     def runner(d: Path, m: Manifest) -> Any:
-        threads = m.build.get("options", {}).get("intra_op_threads", 1)
-        return engine_runner(d, m.backend, m.engine_file, threads=threads, cuda_graph=cfg.benchmark.cuda_graphs)
+        return open_engine(d, m, cuda_graph=cfg.benchmark.cuda_graphs)
 
     runners, champ_prob = {}, None
     if champion.engine_dir:
@@ -470,8 +466,8 @@ def gate_engines(cfg: FactoryConfig, family: Family, target: TargetConfig, engin
         checks += [c.model_copy(update={"name": f"engine_{c.name}", "detail": f"engine: {c.detail}"})
                    for c in own.checks]
         checks.append(skill_check(fam, test, prob, cfg.gates))
-        checks.append(parity_check(polygraphy_runner(d, m.backend, m.engine_file), onnx_runner(d / m.onnx_file),
-                                   batches, *cfg.gates.parity[m.precision]))
+        checks.append(parity_check(r, OnnxRuntimeRunner(d / m.onnx_file, threads=0), batches,
+                                   *cfg.gates.parity[m.precision]))
         if champ_prob is not None:
             checks.append(champion_check(fam, test, champ_prob, prob, bounds, threshold, cfg.gates,
                                          _age_days(champion.date, night)))

@@ -33,9 +33,9 @@ from factory_core.contracts import (
     VariantSet,
 )
 from factory_core.families import spec
+from factory_core.fsutil import fetch, get_json, put_json, stage_output, write_json
 from factory_core.precisions import REFERENCE
 from factory_core.precisions import precision as precision_spec
-from factory_core.fsutil import fetch, get_json, put_json, stage_output, write_json
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,12 @@ def ingest(cfg: FactoryConfig, p: Plan) -> LakeSnapshot:
     """
     from .data import lake
     from .data.payments import simulate_chargebacks
-    from .data.schema import CHARGEBACKS_DATASET, MARKET_DATASET, TRANSACTIONS_DATASET, TRANSACTIONS_SYMBOL
+    from .data.schema import (
+        CHARGEBACKS_DATASET,
+        MARKET_DATASET,
+        TRANSACTIONS_DATASET,
+        TRANSACTIONS_SYMBOL,
+    )
     from .data.simulator import simulate_market, simulate_transactions
     from .data.validation import DataValidationError
 
@@ -269,8 +274,8 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
     import numpy as np
 
     from factory_core.fsutil import sha256_file
+    from model_registry.runners import infer_batched, open_runner
 
-    from .benchmark import OnnxRuntimeRunner, infer_batched
     from .datasets import load_splits
     from .gates import tail_mask
     from .quantize import (
@@ -293,7 +298,8 @@ def make_variants(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> VariantSet:
     threshold = cfg.families[fam].threshold
 
     def score(path: Path) -> dict[str, float]:
-        return evaluate_split(fam, infer_batched(OnnxRuntimeRunner(path, threads=0), val.x, 4096), val, threshold)
+        prob = infer_batched(open_runner(path, "onnxruntime", threads=0), val.x, 4096)
+        return evaluate_split(fam, prob, val, threshold)
 
     variants, not_offered = [], {}
     with stage_output(dest, cfg.scratch) as tmp:
@@ -438,7 +444,8 @@ def gate_accuracy(cfg: FactoryConfig, p: Plan, vs: VariantSet) -> AccuracyReport
     """
     import numpy as np
 
-    from .benchmark import OnnxRuntimeRunner, infer_batched
+    from model_registry.runners import infer_batched, open_runner
+
     from .datasets import load_splits
     from .gates import accuracy_verdict
     from .models import load_model
@@ -450,7 +457,7 @@ def gate_accuracy(cfg: FactoryConfig, p: Plan, vs: VariantSet) -> AccuracyReport
     threshold = cfg.families[fam].threshold
     verdicts = []
     for v in vs.variants:
-        prob = infer_batched(OnnxRuntimeRunner(fetch(v.onnx_uri, cfg.scratch), threads=0), test.x, 4096)
+        prob = infer_batched(open_runner(fetch(v.onnx_uri, cfg.scratch), "onnxruntime", threads=0), test.x, 4096)
         verdict = accuracy_verdict(fam, v.precision, test, prob_ref, prob, cfg.gates.families[fam], threshold,
                                    cfg.gates, onnx_sha256=v.sha256)
         log.info("%s/%s accuracy gate: %s %s", fam, v.precision, verdict.status, "; ".join(verdict.reasons))
@@ -530,9 +537,9 @@ def reference_window(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> str:
     state, and any other window would drift from it (docs/monitoring.md, "Replay on the new world")."""
     import numpy as np
 
+    from model_registry.runners import infer_batched, open_runner
     from monitoring.drift import feature_names, reference_frame
 
-    from .benchmark import OnnxRuntimeRunner, infer_batched
     from .datasets import load_splits
 
     splits = load_splits(fetch(ex.splits_uri, cfg.scratch))
@@ -540,7 +547,8 @@ def reference_window(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> str:
     rows = cfg.monitoring.drift.reference_rows
     if len(x) > rows:
         x = x[np.linspace(0, len(x) - 1, rows).round().astype(int)]
-    prob = infer_batched(OnnxRuntimeRunner(fetch(ex.onnx_uri, cfg.scratch), threads=0), np.ascontiguousarray(x), 4096)
+    runner = open_runner(fetch(ex.onnx_uri, cfg.scratch), "onnxruntime", threads=0)
+    prob = infer_batched(runner, np.ascontiguousarray(x), 4096)
     df = reference_frame(x, prob, feature_names(ex.family), rows)
     dest = _run(p).reference(ex.family)
     with stage_output(dest, cfg.scratch) as tmp:

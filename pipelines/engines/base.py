@@ -32,8 +32,8 @@ from factory_core.contracts import (
 )
 from factory_core.errors import BadInput, Unavailable
 from factory_core.families import spec
-from factory_core.precisions import precision as precision_spec
 from factory_core.fsutil import committed_dir, sha256_file, write_json
+from factory_core.precisions import precision as precision_spec
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,9 @@ def build_engine(builder: EngineBuilder, spec: BuildSpec, dest: Path, inputs: li
         if inputs and outputs:  # a graph without declared tensors has no signature to state
             write_signature(tmp / MLMODEL, inputs, outputs)
         prof = inputs[0].profile if inputs else None
-        canary = (_record_canary(builder, tmp, spec.precision, sample, int(prof["max"][0]) if prof else None)
-                  if sample is not None else None)
+        options = {**spec.options, **result}
+        canary = (_record_canary(builder, tmp, spec.precision, sample, int(prof["max"][0]) if prof else None,
+                                 options) if sample is not None else None)
         manifest = Manifest(
             family=spec.family, version=spec.version, target=spec.target.name,
             compute_capability=builder.compute_capability(spec.target), backend=builder.backend,
@@ -203,7 +204,7 @@ def build_engine(builder: EngineBuilder, spec: BuildSpec, dest: Path, inputs: li
             sha256={"engine": sha256_file(engine), "onnx": sha256_file(tmp / SOURCE_ONNX),
                     "calibration": spec.calibration_sha256},
             build={"seconds": round(seconds, 3), "started_at": started.isoformat(),
-                   "command": shlex.join(["python", *cmd[1:]]), "options": {**spec.options, **result},
+                   "command": shlex.join(["python", *cmd[1:]]), "options": options,
                    "hardware_compatibility": spec.target.hardware_compatibility},
             host=host, versions=_versions(builder),
             files={f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file() and f.name != MANIFEST},
@@ -213,23 +214,28 @@ def build_engine(builder: EngineBuilder, spec: BuildSpec, dest: Path, inputs: li
 
 
 def _record_canary(builder: EngineBuilder, folder: Path, precision: str, sample: Any,
-                   max_batch: int | None = None) -> CanarySample:
+                   max_batch: int | None = None, options: dict[str, Any] | None = None) -> CanarySample:
     """The engine's own outputs on ``sample``, here on its build host, saved beside it (``canary.npz``).
 
-    Run in chunks of the profile's ``max_batch`` rows (a sample of any size fits an engine's profile); the serving
-    canary reruns it the same way. Non-finite outputs here are recorded and logged, not raised: the sample is
+    Run in chunks of the profile's ``max_batch`` rows (a sample of any size fits an engine's profile) through the
+    runner the serving canary checks it with (:func:`model_registry.runners.open_runner` with the manifest's
+    ``build.options``, :func:`~model_registry.runners.infer_batched`): the same code records and checks. Non-finite outputs here are recorded and logged, not raised: the sample is
     large (:data:`~factory_core.contracts.CANARY_ROWS`) and holds the tail windows, so an engine that fails on rare
     inputs now shows it here, and the gate (every test window) is what rejects it, as a verdict; a build task that
     raised would fail the family's night instead. Such an engine's canary would refuse it anyway.
     """
     import numpy as np
 
-    from ..benchmark import engine_runner, infer_batched
+    from model_registry.runners import engine_options, infer_batched, open_runner
 
     x = np.ascontiguousarray(sample, dtype=np.float32)
     if len(x) == 0:
         raise EngineBuildError(f"{folder.name}: the canary sample is empty (no test or validation windows?)")
-    expected = infer_batched(engine_runner(folder, builder.backend, builder.engine_file), x, max_batch or len(x))
+    runner = open_runner(folder / builder.engine_file, builder.backend, **engine_options(options or {}))
+    try:
+        expected = infer_batched(runner, x, max_batch or len(x))
+    finally:
+        runner.close()
     if not np.isfinite(expected).all():
         bad = int((~np.isfinite(expected)).reshape(len(x), -1).any(axis=1).sum())
         log.warning("%s: the built engine emits non-finite outputs on %d of the %d canary windows (the gate will "

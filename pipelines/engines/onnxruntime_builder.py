@@ -19,7 +19,7 @@ from factory_core.config import TargetConfig, is_cpu_target
 from .base import RESULT, SOURCE_ONNX, BuildSpec, parse_shape_arg, shape_arg
 
 ENGINE_FILE = "model.ort.onnx"
-_LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_LEVELS = ("basic", "extended", "all")
 
 
 class OnnxRuntimeBuilder:
@@ -47,20 +47,6 @@ class OnnxRuntimeBuilder:
         return cmd
 
 
-def session_options(opt_level: str, threads: int, optimized_path: str | None = None):
-    """The session options a serving host should use with this engine (recorded in the manifest)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[opt_level])
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if optimized_path:
-        so.optimized_model_filepath = optimized_path
-    return so
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Optimize an ONNX graph for the ONNX Runtime CPU target")
     ap.add_argument("--onnx", required=True)
@@ -73,20 +59,22 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import onnxruntime as ort
 
+    from model_registry.runners import OnnxRuntimeRunner
+
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.partial")
-    ort.InferenceSession(args.onnx, session_options(args.opt_level, args.threads, str(tmp)),
-                         providers=["CPUExecutionProvider"])
-    # The saved graph is already optimized: load it as a serving host would, and run it once.
-    sess = ort.InferenceSession(str(tmp), session_options(args.opt_level, args.threads),
-                                providers=["CPUExecutionProvider"])
+    # Loading the source with these options writes the optimized graph (the session options a serving host uses).
+    OnnxRuntimeRunner(args.onnx, args.threads, args.opt_level, save_optimized=tmp).activate().close()
+    # The saved graph is already optimized: load it as a serving host would (the same runner), and run it once.
     rng = np.random.default_rng(0)
     feeds = {}
     for text in args.check_shape:
         name, shape = parse_shape_arg(text)
         feeds[name] = rng.standard_normal(shape).astype(np.float32)
     if feeds:
-        for name, value in zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)):
+        with OnnxRuntimeRunner(tmp, args.threads, args.opt_level) as runner:
+            outputs = runner.infer_named(feeds)
+        for name, value in outputs.items():
             if not np.all(np.isfinite(value)):
                 print(f"output {name} is not finite on a random input at the opt shape", file=sys.stderr)
                 return 3

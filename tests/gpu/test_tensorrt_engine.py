@@ -36,11 +36,11 @@ def variants(tmp_path_factory, export_small_model):
 
 @pytest.mark.parametrize("precision, atol", [("fp32", 1e-4), ("fp16", 1e-2), ("int8", 5e-2)])
 def test_engine_matches_onnxruntime(variants, tmp_path, precision, atol):
-    import onnxruntime as ort
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
     from factory_core.config import Family, TargetConfig
+    from model_registry.runners import open_runner
     from pipelines.engines.base import BuildSpec, build_engine, onnx_io, verify_manifest
     from pipelines.engines.tensorrt_builder import TensorRTBuilder
     from pipelines.export import INPUT_NAME, OUTPUT_NAME
@@ -58,12 +58,12 @@ def test_engine_matches_onnxruntime(variants, tmp_path, precision, atol):
     verify_manifest(tmp_path / "engine")
     assert builder.timing_cache().is_file()  # saved for the next build on this arch and version
 
-    ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ref = open_runner(onnx_path, "onnxruntime", output=OUTPUT_NAME)
     with TrtRunner(EngineFromBytes(BytesFromPath(str(tmp_path / "engine" / m.engine_file)))) as runner:
         for batch in (1, 32, 200):
             xb = x[:batch]
             got = runner.infer({INPUT_NAME: xb})[OUTPUT_NAME]
-            want = ref.run([OUTPUT_NAME], {INPUT_NAME: xb})[0]
+            want = ref.infer(xb)
             assert np.isfinite(got).all()
             np.testing.assert_allclose(got, want, atol=atol)
 
@@ -74,12 +74,10 @@ def test_serving_path_on_a_real_engine(variants, tmp_path, cuda_graph):
     the profile enforced; and EngineRunner's canary accepts the engine with its recorded sample."""
     import threading
 
-    import onnxruntime as ort
-
     from factory_core.config import Family, TargetConfig
     from model_registry.canary import preflight
+    from model_registry.runners import open_engine, open_runner
     from model_registry.runtime import EngineRunner
-    from model_registry.trt import TensorRTRunner
     from pipelines.engines.base import BuildSpec, build_engine, onnx_io
     from pipelines.engines.tensorrt_builder import TensorRTBuilder
     from pipelines.export import INPUT_NAME, OUTPUT_NAME
@@ -91,15 +89,16 @@ def test_serving_path_on_a_real_engine(variants, tmp_path, cuda_graph):
                      target=TargetConfig(name=first_gpu().target_name), onnx=onnx_path, calibration_sha256=None,
                      profile=profile, options=cfg.engines.tensorrt.model_dump())
     m = build_engine(TensorRTBuilder(tmp_path / "store"), spec, tmp_path / "engine", inputs, outputs, {}, sample=x[:8])
-    runner = TensorRTRunner(tmp_path / "engine" / m.engine_file, cuda_graph=cuda_graph, output=OUTPUT_NAME)
-    ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    runner = open_engine(tmp_path / "engine", m, cuda_graph=cuda_graph)  # the engine's names, as serving does
+    assert runner.output == OUTPUT_NAME and [t.name for t in runner.inputs()] == [INPUT_NAME]
+    ref = open_runner(onnx_path, "onnxruntime")
     results: dict[int, bool] = {}
 
     def client(i: int) -> None:
         ok = True
         for b in (1, 7, 32, 7):
             xb = x[i * 40:i * 40 + b]
-            ok &= np.allclose(runner.infer(xb), ref.run([OUTPUT_NAME], {INPUT_NAME: xb})[0], atol=1e-4)
+            ok &= np.allclose(runner.infer(xb), ref.infer(xb), atol=1e-4)
         results[i] = ok
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]

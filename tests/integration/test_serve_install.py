@@ -15,6 +15,7 @@ import pytest
 from factory_core.contracts import Manifest
 from factory_core.fsutil import sha256_file
 from model_registry.registry import Registry
+from model_registry.runners import OnnxRuntimeRunner
 from model_registry.store import S3Store
 
 from .conftest import make_bucket
@@ -72,8 +73,6 @@ print(json.dumps({"version": runner.version, "prob": runner.predict(x).ravel().t
 
 
 def test_a_lean_host_pulls_predicts_and_hot_swaps(lean, export_small_model, mlflow_server, aws_env, tmp_path):
-    import onnxruntime as ort
-
     e1, e2 = _engine(export_small_model, tmp_path, 3), _engine(export_small_model, tmp_path, 4)
     make_bucket(aws_env, "serving")
     store, reg = S3Store("s3://serving/engines", endpoint_url=aws_env), Registry(mlflow_server.uri)
@@ -91,7 +90,8 @@ def test_a_lean_host_pulls_predicts_and_hot_swaps(lean, export_small_model, mlfl
 
     def expected(e: Path) -> list[float]:
         m = json.loads((e / "manifest.json").read_text())
-        return ort.InferenceSession(str(e / m["engine_file"])).run(None, {m["inputs"][0]["name"]: x})[0].ravel()
+        with OnnxRuntimeRunner(e / m["engine_file"]) as runner:
+            return runner.infer_named({m["inputs"][0]["name"]: x})[m["outputs"][0]["name"]].ravel()
 
     env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")} | {"PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen([str(lean / "bin" / "python"), "-c", SERVE, str(cfg), str(tmp_path / "hosts"),

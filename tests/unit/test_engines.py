@@ -18,6 +18,7 @@ import pytest
 from factory_core.config import ConfigError, Family, TargetConfig, load_config
 from factory_core.contracts import Plan, Status, Variant, VariantSet
 from factory_core.fsutil import sha256_file
+from model_registry.runners import OnnxRuntimeRunner, open_engine
 from pipelines import stages
 from pipelines.engines import builder_for
 from pipelines.engines.base import (
@@ -36,7 +37,7 @@ from pipelines.engines.tensorrt_builder import (
     timing_cache_path,
     unavailable_reason,
 )
-from pipelines.export import INPUT_NAME
+from pipelines.export import INPUT_NAME, OUTPUT_NAME
 from pipelines.quantize import onnx_fp32_to_fp16
 
 
@@ -86,11 +87,10 @@ def test_cpu_engine_builds_runs_and_manifest_hashes_match(alert_onnx, smoke_cfg,
         assert m.backend == "onnxruntime" and m.backend_version == ort.__version__ and m.target == "cpu"
         assert verify_manifest(dest).version == spec.version
         # the saved engine computes what its ONNX computes, at a sequence length other than the trained one
-        ref = ort.InferenceSession(str(dest / "model.onnx"), providers=["CPUExecutionProvider"])
-        eng = ort.InferenceSession(str(dest / "model.ort.onnx"), providers=["CPUExecutionProvider"])
         xs = x[:8, :33]
-        np.testing.assert_allclose(eng.run(None, {INPUT_NAME: xs})[0], ref.run(None, {INPUT_NAME: xs})[0],
-                                   atol=1e-5)
+        with OnnxRuntimeRunner(dest / "model.onnx") as ref, open_engine(dest, m) as eng:
+            np.testing.assert_allclose(eng.infer_named({INPUT_NAME: xs})[OUTPUT_NAME],
+                                       ref.infer_named({INPUT_NAME: xs})[OUTPUT_NAME], atol=1e-5)
     # tampering is caught by the manifest
     with open(tmp_path / "fp32" / "model.ort.onnx", "ab") as f:
         f.write(b"\0")

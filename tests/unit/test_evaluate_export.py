@@ -4,15 +4,21 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 from factory_core.config import Family, load_config
+from model_registry.runners import OnnxRuntimeRunner
 from pipelines import stages
 from pipelines.datasets import build_family_data
 from pipelines.evaluate import backtest, classification_metrics, net_backtest
-from pipelines.export import INPUT_NAME, ParityError, onnx_parity, torch_to_onnx
+from pipelines.export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ParityError,
+    onnx_parity,
+    torch_to_onnx,
+)
 from pipelines.models import build_model
 
 
@@ -69,9 +75,9 @@ def test_export_checker_dynamic_axes_and_parity(tmp_path, factory_home, family, 
     assert not dims[0].dim_value  # symbolic batch
     if family is Family.MARKET_ALERT:
         assert not dims[1].dim_value  # symbolic sequence
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         longer = np.random.default_rng(1).normal(size=(3, 120, 16)).astype(np.float32)
-        assert sess.run(None, {INPUT_NAME: longer})[0].shape == (3, 1)
+        with OnnxRuntimeRunner(path) as runner:
+            assert runner.infer_named({INPUT_NAME: longer})[OUTPUT_NAME].shape == (3, 1)
     big = np.random.default_rng(2).normal(size=(64, *shape[1:])).astype(np.float32)
     parity = onnx_parity(model, path, big, atol=1e-4, rtol=1e-3)
     assert parity.ok and parity.max_abs_err < 1e-5

@@ -11,8 +11,9 @@ from onnx import TensorProto, helper
 
 from factory_core.config import Family, load_config
 from factory_core.contracts import Decision, Status
+from model_registry.runners import OnnxRuntimeRunner, open_runner
 from pipelines import faults
-from pipelines.benchmark import OnnxRuntimeRunner, benchmark_interleaved, latency_stats, time_calls
+from pipelines.benchmark import benchmark_interleaved, latency_stats, time_calls
 from pipelines.datasets import Split
 from pipelines.export import INPUT_NAME, OUTPUT_NAME
 from pipelines.gates import (
@@ -20,7 +21,6 @@ from pipelines.gates import (
     accuracy_verdict,
     failed,
     latency_checks,
-    onnx_runner,
     parity_check,
     passed,
     select,
@@ -51,7 +51,7 @@ def pdir(tmp_path_factory, export_small_model):
 
 
 def _run(path, x):
-    return OnnxRuntimeRunner(path).infer(x)
+    return open_runner(path, "onnxruntime").infer(x)
 
 
 def test_healthy_int8_passes_and_degenerate_calibration_is_rejected(pdir):
@@ -113,12 +113,12 @@ def _nan_engine(path):
 def test_engine_parity_passes_for_itself_and_rejects_a_nan_engine(pdir, tmp_path):
     folder, src, _, split, _ = pdir
     batches = [split.x[:64], split.x[64:128]]
-    same = parity_check(onnx_runner(src), onnx_runner(src), batches, 1e-4, 1e-3)
+    same = parity_check(OnnxRuntimeRunner(src), OnnxRuntimeRunner(src), batches, 1e-4, 1e-3)
     assert same.ok and same.value == 0.0
-    nan = parity_check(onnx_runner(_nan_engine(tmp_path / "nan.onnx")), onnx_runner(src), batches, 1e-4, 1e-3)
+    nan = parity_check(OnnxRuntimeRunner(_nan_engine(tmp_path / "nan.onnx")), OnnxRuntimeRunner(src), batches, 1e-4, 1e-3)
     assert not nan.ok and "NaN/inf" in nan.detail
     # a finite mismatch is a diagnostic: recorded as a fail, never gating (engines are gated vs FP32)
-    shifted = parity_check(onnx_runner(faults.shift_outputs(src, tmp_path / "s.onnx", 0.2)), onnx_runner(src),
+    shifted = parity_check(OnnxRuntimeRunner(faults.shift_outputs(src, tmp_path / "s.onnx", 0.2)), OnnxRuntimeRunner(src),
                            batches, 1e-4, 1e-3)
     assert shifted.decision is Decision.FAIL and shifted.ok and not shifted.gating
 
@@ -140,7 +140,7 @@ class _Slowed:
 
 def test_interleaved_rounds_catch_a_slowed_runner_and_pass_the_same_engine_twice(pdir):
     _, src, _, split, _ = pdir
-    champ, again = OnnxRuntimeRunner(src), OnnxRuntimeRunner(src)
+    champ, again = open_runner(src, "onnxruntime"), open_runner(src, "onnxruntime")
     runners = {"champion": champ, "same": again, "slow": _Slowed(champ, 0.002)}
     # production's counts (benchmark.iters 1000+ over 7 rounds): a round's p99 needs >= 100 calls
     bench = benchmark_interleaved(runners, split.x[:16], opt_batch=8, warmup=3, iters=1400, max_seconds=7.0, rounds=7)

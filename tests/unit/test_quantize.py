@@ -2,12 +2,12 @@
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from factory_core.config import Family
 from factory_core.fsutil import sha256_file
-from pipelines.export import INPUT_NAME
+from model_registry.runners import OnnxRuntimeRunner
+from pipelines.export import INPUT_NAME, OUTPUT_NAME
 from pipelines.quantize import (
     CalibrationError,
     array_sha256,
@@ -28,8 +28,8 @@ def pdir_onnx(tmp_path_factory, export_small_model):
 
 
 def _run(path, x):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {INPUT_NAME: x})[0]
+    with OnnxRuntimeRunner(path, threads=0) as runner:
+        return runner.infer_named({INPUT_NAME: x})[OUTPUT_NAME]
 
 
 def test_fp16_graph_runs_and_stays_close(pdir_onnx, tmp_path):
