@@ -19,6 +19,10 @@ engine behind a circuit breaker, and keep every failed request for replay.
   :class:`FailureStore`, at most ``per_kind`` examples per version and error type an hour (a stream of one failure
   is counted, not stored 1,000 times), and at most ``max_items`` in all (full: dropped and counted);
   ``factory-serve replay-failure`` re-runs one.
+- **Bounded history**: a serving process runs for months and swaps every night (or every minute in the soak,
+  ``benchmarks/serving_soak.py``), so nothing kept per swap or per request grows with them: ``swaps`` holds the
+  newest ``swap_history`` swaps (default :data:`SWAP_HISTORY`) and ``swaps_total`` counts them all; the failure
+  store forgets a (version, error type) whose hour is over.
 
 Backends: the runners of :mod:`model_registry.runners`, the same the canary, the gates and the benchmarks use: ONNX
 Runtime (CPU) and TensorRT (:class:`model_registry.trt.TensorRTRunner`: pinned buffers, ``execute_async_v3`` on its
@@ -33,6 +37,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +58,10 @@ from .canary import (
 from .runners import open_engine
 
 log = logging.getLogger(__name__)
+
+SWAP_HISTORY = 100
+"""Swaps kept in :attr:`EngineRunner.swaps`: the newest 100 (three months of nightly swaps), enough to read what
+the last swaps cost; older ones are only counted (``swaps_total``)."""
 
 
 class NonFiniteOutput(RuntimeError):
@@ -201,6 +210,8 @@ class FailureStore:
             if len(list(self.root.glob("*.json"))) >= self.max_items:
                 self.dropped += 1
                 return None, "full"
+            if key not in self._kinds:  # one key per version ever served: forget those whose window is over
+                self._kinds = {k: v for k, v in self._kinds.items() if now - v[0] < self.kind_window_s}
             self._kinds[key] = (start, n + 1)
             fid = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
             np.save(self.root / f"{fid}.npy", np.asarray(x))
@@ -251,11 +262,16 @@ class EngineRunner:
     installed CPU engine kept loaded for the breaker. ``failures``: a :class:`FailureStore`. ``warm_canary``: True
     (default) checks candidates in the process's pre-started canary (:func:`~model_registry.canary.shared_canary`),
     a :class:`~model_registry.canary.WarmCanary` in that one, False in a fresh child per swap (the cold canary).
+    ``swaps``: the newest ``swap_history`` swaps (``from``, ``to``, ``seconds``, ``canary_seconds``), oldest first;
+    ``swaps_total``: every swap since start.
     """
 
     def __init__(self, folder: Path, metrics: Any = None, prediction_log: Any = None, fallback: Path | None = None,
                  failures: FailureStore | None = None, breaker_failures: int = 5, breaker_cooldown_s: float = 30.0,
-                 canary: bool = True, canary_timeout_s: float = 60.0, warm_canary: bool | WarmCanary = True):
+                 canary: bool = True, canary_timeout_s: float = 60.0, warm_canary: bool | WarmCanary = True,
+                 swap_history: int = SWAP_HISTORY):
+        if swap_history < 1:
+            raise ValueError(f"EngineRunner needs swap_history >= 1, got {swap_history}")
         self._lock = threading.Lock()
         self._current = _Loaded(folder)
         self._current.warm_up()
@@ -267,7 +283,8 @@ class EngineRunner:
                 raise BadInput(f"fallback {fallback} cannot serve {folder}'s requests: {problem}")
             self._fallback.warm_up()
         self._current.accept = self._contract(self._current)
-        self.swaps: list[dict[str, Any]] = []
+        self.swaps: deque[dict[str, Any]] = deque(maxlen=swap_history)
+        self.swaps_total = 0
         self.metrics, self.prediction_log, self.failures = metrics, prediction_log, failures
         self.breaker = _Breaker(breaker_failures, breaker_cooldown_s)
         self.canary, self.canary_timeout_s = canary, canary_timeout_s
@@ -404,9 +421,11 @@ class EngineRunner:
         if self.metrics is not None:
             self.metrics.set_version(new.version)
         seconds = time.perf_counter() - start
-        self.swaps.append({"from": old.version, "to": new.version, "seconds": seconds, "canary_seconds": canary_s})
+        with self._lock:
+            self.swaps.append({"from": old.version, "to": new.version, "seconds": seconds, "canary_seconds": canary_s})
+            self.swaps_total += 1
         return seconds
 
 
 __all__ = ["BadRequest", "EngineRunner", "FailureStore", "NonFiniteOutput", "RequestContract", "SwapRefused",
-           "MANIFEST"]
+           "MANIFEST", "SWAP_HISTORY"]
