@@ -14,6 +14,7 @@ for the drift monitor.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import queue
 import random
@@ -66,6 +67,7 @@ class ServingMetrics:
                                         "counted by the breaker), by reason", ["family", "target", "reason"],
                                         registry=registry)
         self._version: str | None = None
+        self._previous: str | None = None
 
     def observe(self, seconds: float) -> None:
         self.latency.labels(**self.labels).observe(seconds)
@@ -92,10 +94,17 @@ class ServingMetrics:
         self.requests_refused.labels(**self.labels, reason=reason).inc()
 
     def set_version(self, version: str) -> None:
+        """``version`` is served (1); the one it replaced stays at 0 (a swap is visible in a query over an hour) and
+        the one before that is removed, so the series do not grow with every version a host ever served."""
+        if version == self._version:
+            return
+        if self._previous is not None and self._previous != version:
+            with contextlib.suppress(KeyError):
+                self.active.remove(*self.labels.values(), self._previous)
         if self._version is not None:
             self.active.labels(**self.labels, version=self._version).set(0)
         self.active.labels(**self.labels, version=version).set(1)
-        self._version = version
+        self._previous, self._version = self._version, version
 
 
 class PredictionLog:

@@ -28,6 +28,10 @@ def test_metrics_latency_failures_and_active_version():
     assert _samples(reg, "factory_inference_failures")[0].value == 1
     active = {s.labels["version"]: s.value for s in _samples(reg, "factory_model_active")}
     assert active == {"v1": 0.0, "v2": 1.0}
+    for v in ("v3", "v4", "v3"):  # a host serving for months: the served version and the one it replaced, no more
+        m.set_version(v)
+    active = {s.labels["version"]: s.value for s in _samples(reg, "factory_model_active")}
+    assert active == {"v4": 0.0, "v3": 1.0}
 
 
 def test_prediction_log_samples_writes_partitioned_parquet(tmp_path):
