@@ -266,6 +266,9 @@ class EngineRunner:
     ``swaps_total``: every swap since start.
     """
 
+    checks_requests = True
+    """``predict`` checks (and counts) each request against the contract: a batcher in front need not."""
+
     def __init__(self, folder: Path, metrics: Any = None, prediction_log: Any = None, fallback: Path | None = None,
                  failures: FailureStore | None = None, breaker_failures: int = 5, breaker_cooldown_s: float = 30.0,
                  canary: bool = True, canary_timeout_s: float = 60.0, warm_canary: bool | WarmCanary = True,
