@@ -64,7 +64,8 @@ def main() -> None:
     data = build_family_data(fam, cfg, None, night_rows)
     outcome = train_family(fam, data, cfg)
     print(f"trained {fam} for the night {args.date} ({args.profile}, {n_txn} payments a day): {len(data.train)} "
-          f"train / {len(data.val)} val / {len(data.test)} test rows, test AUC {outcome.metrics.get('auc', float('nan')):.3f}"
+          f"train / {len(data.val)} val / {len(data.test)} test rows, "
+          f"test AUC {outcome.metrics.get('auc', float('nan')):.3f}"
           f" ({time.perf_counter() - t0:.0f} s)")
 
     def score(x: np.ndarray) -> np.ndarray:

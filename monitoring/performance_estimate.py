@@ -145,8 +145,9 @@ def check_calibration(y_fit: np.ndarray, score_fit: np.ndarray, y_check: np.ndar
     common = dict(raw_ece=raw_ece, raw_bound=raw_bound, n=n, positives=pos)
     if raw_ece <= raw_bound:
         return CalibrationCheck(Calibration.CALIBRATED, ece=raw_ece, bound=raw_bound, **common,
-                                reason=f"raw scores calibrated: ECE {raw_ece:.2g} <= {raw_bound:.2g} (the {quantile:.0%}"
-                                       f" of a calibrated model's) on {n} rows, {pos} positives"), Calibrator()
+                                reason=f"raw scores calibrated: ECE {raw_ece:.2g} <= {raw_bound:.2g} (the "
+                                       f"{quantile:.0%} of a calibrated model's) on {n} rows, {pos} positives"
+                                ), Calibrator()
     y_fit = np.asarray(y_fit, np.float64)
     if len(y_fit) == 0 or y_fit.sum() == 0:
         return CalibrationCheck(Calibration.MISCALIBRATED, **common,

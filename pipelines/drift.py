@@ -94,7 +94,8 @@ def check(cfg: FactoryConfig, family: str, target: str, since: dt.datetime, unti
     return result
 
 
-def estimate_without_labels(cfg: FactoryConfig, family: str, reference: Any, current: Any) -> PerformanceEstimate | None:
+def estimate_without_labels(cfg: FactoryConfig, family: str, reference: Any,
+                            current: Any) -> PerformanceEstimate | None:
     """For a family whose labels arrive late (``label_delay_days``): AUC, precision and recall at its threshold on
     the window, estimated from the champion's probabilities (CBPE), after checking their calibration on the
     reference's labelled rows. None for a family whose labels are there when the drift check runs."""
