@@ -9,7 +9,9 @@ registered it) using Evidently 0.7: per feature column the stattest and its scor
 the share of drifted columns, and drift of the prediction itself. The HTML report and
 a JSON summary go to the store (`drift/<family>/<target>/<stamp>/`) and to an MLflow
 run in the `<experiment>-drift` experiment; the figures go to Prometheus (textfile
-collector / Pushgateway).
+collector / Pushgateway). For a family whose labels arrive late (fraud_risk), the check
+also estimates AUC and precision/recall at the threshold without labels (CBPE, after a
+calibration check; docs/monitoring.md, "Label-free performance").
 
 **request_retrain** then updates the Asset `model-factory://retrain` when some check
 *opened a drift episode*, with the families and reasons in the event's extra; the

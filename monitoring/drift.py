@@ -30,11 +30,15 @@ import numpy as np
 from factory_core.config import DriftConfig, FactoryConfig
 from factory_core.errors import FactoryError
 
+from .performance_estimate import PerformanceEstimate, add_gauges
+
 log = logging.getLogger(__name__)
 
 REFERENCE_ARTIFACT = "reference/reference.parquet"
 EPISODE_TAG = "drift.episode"
 PREDICTION = "prediction"
+LABEL = "label"
+SPLIT = "split"
 
 
 class DriftStatus(StrEnum):
@@ -71,11 +75,17 @@ def to_columns(x: np.ndarray, names: list[str]) -> Any:
     return pd.DataFrame(last, columns=names)
 
 
-def reference_frame(x: np.ndarray, prediction: np.ndarray, names: list[str], rows: int) -> Any:
-    """The reference window: ``rows`` evenly spaced samples of (inputs, prediction)."""
+def reference_frame(x: np.ndarray, prediction: np.ndarray, names: list[str], rows: int,
+                    labels: np.ndarray | None = None, splits: np.ndarray | None = None) -> Any:
+    """The reference window: ``rows`` evenly spaced samples of (inputs, prediction); with ``labels`` and
+    ``splits`` also ``label`` and ``split`` (which the label-free estimate checks calibration on)."""
     idx = np.arange(len(x)) if len(x) <= rows else np.linspace(0, len(x) - 1, rows).round().astype(int)
     df = to_columns(np.asarray(x)[idx], names)
     df[PREDICTION] = np.asarray(prediction, dtype=np.float32).reshape(len(x), -1)[idx, 0]
+    if labels is not None:
+        df[LABEL] = np.asarray(labels, dtype=np.float32).reshape(len(x), -1)[idx, 0]
+    if splits is not None:
+        df[SPLIT] = np.asarray(splits).astype(str)[idx]
     return df
 
 
@@ -126,12 +136,17 @@ class DriftResult:
     triggered: bool = False
     """This check started a drift episode and asked for retraining."""
     episode: dict[str, Any] | None = None
+    estimate: PerformanceEstimate | None = None
+    """Label-free performance on the window, for a family whose labels arrive late (:mod:`.performance_estimate`)."""
     html_uri: str | None = None
     json_uri: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (an XCom and summary.json)."""
-        return dataclasses.asdict(self) | {"status": self.status.value}
+        out = dataclasses.asdict(self) | {"status": self.status.value}
+        if self.estimate is not None:
+            out["estimate"]["calibration"]["status"] = self.estimate.calibration.status.value
+        return out
 
 
 def compare(reference: Any, current: Any, names: list[str], drift_share: float = 0.5, method: str | None = None,
@@ -243,4 +258,6 @@ def export_metrics(cfg: FactoryConfig, result: DriftResult) -> Path:
                 [*labels, "column", "method"], registry=reg)
     for c in [*result.columns, *([result.prediction] if result.prediction else [])]:
         col.labels(**labels, column=c.column, method=c.method).set(c.score)
+    if result.estimate is not None:
+        add_gauges(reg, labels, result.estimate)
     return publish(cfg, f"factory_drift_{result.family}_{result.target}", reg, labels)

@@ -11,11 +11,14 @@ import datetime as dt
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from factory_core import layout
 from factory_core.config import FactoryConfig
+from factory_core.families import spec
 from monitoring.drift import (
     EPISODE_TAG,
+    PREDICTION,
     DriftResult,
     DriftStatus,
     compare,
@@ -28,6 +31,7 @@ from monitoring.drift import (
     next_episode,
     served_frame,
 )
+from monitoring.performance_estimate import PerformanceEstimate, estimate_performance
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ def check(cfg: FactoryConfig, family: str, target: str, since: dt.datetime, unti
             setattr(result, k, v)
         result.status = DriftStatus.DRIFT if is_drift(result, dcfg.prediction_drift) else DriftStatus.OK
         result.reason = drift_reason(result)
+        result.estimate = estimate_without_labels(cfg, family, reference, current)
     drifting = result.status is DriftStatus.DRIFT
     state = registry.get_model_tag(family, target, EPISODE_TAG)
     result.episode = json.loads(state) if state else None
@@ -87,6 +92,19 @@ def check(cfg: FactoryConfig, family: str, target: str, since: dt.datetime, unti
     log.info("drift %s/%s: %s%s — %s", family, target, result.status, " (retrain triggered)" if result.triggered else "",
              result.reason)
     return result
+
+
+def estimate_without_labels(cfg: FactoryConfig, family: str, reference: Any,
+                            current: Any) -> PerformanceEstimate | None:
+    """For a family whose labels arrive late (``label_delay_days``): AUC, precision and recall at its threshold on
+    the window, estimated from the champion's probabilities (CBPE), after checking their calibration on the
+    reference's labelled rows. None for a family whose labels are there when the drift check runs."""
+    s = spec(family)
+    if s.label_delay_days <= 0 or s.classes != 1:  # the estimate reads `prediction` as P(positive): one sigmoid
+        return None
+    est = estimate_performance(reference, current[PREDICTION].to_numpy(), cfg.families[s.family].threshold)
+    log.info("estimate %s: AUC %s precision %s recall %s (%s)", family, est.auc, est.precision, est.recall, est.reason)
+    return est
 
 
 def _publish(cfg: FactoryConfig, result: DriftResult, snapshot: object, now: dt.datetime, dest: Path | None) -> None:
@@ -114,6 +132,9 @@ def _publish(cfg: FactoryConfig, result: DriftResult, snapshot: object, now: dt.
         mlflow.log_metrics({"drift_share": result.drift_share, "drifted_columns": result.drifted_columns,
                             "n_current": result.n_current, "n_reference": result.n_reference}
                            | ({"prediction_score": result.prediction.score} if result.prediction else {})
+                           | {f"estimated_{k}": v for k in ("auc", "precision", "recall")
+                              if result.estimate is not None and result.estimate.trusted
+                              and (v := getattr(result.estimate, k)) is not None}
                            | {f"score.{c.column}": c.score for c in result.columns})
         mlflow.log_artifacts(str(folder), "drift")
     (folder / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))  # with the URIs

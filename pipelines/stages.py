@@ -543,13 +543,17 @@ def reference_window(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> str:
     from .datasets import load_splits
 
     splits = load_splits(fetch(ex.splits_uri, cfg.scratch))
-    x = np.concatenate([splits[k].x for k in ("calib", "val", "test") if k in splits])
+    names = [k for k in ("calib", "val", "test") if k in splits]
+    x = np.concatenate([splits[k].x for k in names])
+    y = np.concatenate([splits[k].y.reshape(len(splits[k].y), -1)[:, 0] for k in names])  # the label-free estimate
+    split = np.concatenate([np.full(len(splits[k].x), k) for k in names])  # checks calibration on val/test rows
     rows = cfg.monitoring.drift.reference_rows
     if len(x) > rows:
-        x = x[np.linspace(0, len(x) - 1, rows).round().astype(int)]
+        keep = np.linspace(0, len(x) - 1, rows).round().astype(int)
+        x, y, split = x[keep], y[keep], split[keep]
     runner = open_runner(fetch(ex.onnx_uri, cfg.scratch), "onnxruntime", threads=0)
     prob = infer_batched(runner, np.ascontiguousarray(x), 4096)
-    df = reference_frame(x, prob, feature_names(ex.family), rows)
+    df = reference_frame(x, prob, feature_names(ex.family), rows, labels=y, splits=split)
     dest = _run(p).reference(ex.family)
     with stage_output(dest, cfg.scratch) as tmp:
         df.to_parquet(tmp / layout.REFERENCE_WINDOW, index=False)
