@@ -21,6 +21,9 @@ clean check or a new champion ends the episode. With nothing new, request_retrai
 skipped and no asset event is emitted. **summary** prints one line per check; it fails
 the run when a check failed (request_retrain still runs for the checks that succeeded).
 
+Retries follow the error's cause, the same rule as the nightly (`retry_policy`): a registry
+or store that does not answer retries; a malformed manifest or a wrong config fails at once.
+
 Params: `since` / `until` (ISO times; default: the window ending at the run's time),
 `families` (default: all enabled) and `profile`. The config file is `$FACTORY_CONFIG` on every host.
 """
@@ -33,7 +36,7 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from factory_core.config import load_config
-from pipelines.orchestration import RETRAIN_ASSET, config_from_params, xcom_items
+from pipelines.orchestration import RETRAIN_ASSET, config_from_params, retry_policy, xcom_items
 
 _CFG = load_config()
 CHECKS = [f"{f.value}:{t}" for f in _CFG.enabled_families for t in _CFG.monitoring.drift.targets]
@@ -46,7 +49,7 @@ RETRAIN = Asset(RETRAIN_ASSET)
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=1)},
+    default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=1), "retry_policy": retry_policy()},
     params={
         "profile": Param("default", enum=["default", "smoke"]),
         "since": Param(None, type=["null", "string"], description="window start, ISO 8601 (UTC if naive)"),

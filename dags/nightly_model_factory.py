@@ -43,8 +43,10 @@ night (a target left out records `skipped` with the reason). The DAG's shape (it
 `targets: auto` is resolved by the worker that builds, not where this file is parsed.
 Outputs live under `$FACTORY_HOME/runs/<date>/`. Every task is idempotent on the
 logical date: it writes to a temporary directory and renames it into place.
-Bad input (a malformed partition, a wrong config, a broken export) fails at once
-without retries and names what is wrong; other errors retry with backoff.
+Retries follow the error's cause, declared once for every task (`retry_policy`): bad input
+(a malformed partition, a wrong config, a broken export, a malformed manifest) fails at once and
+names what is wrong; an unreachable service (preflight's included) retries with backoff
+(`runs.task_retries`, from `runs.retry_delay_s`), as does any other error.
 
 This file is wiring only: each task calls one function of `pipelines.stages`.
 """
@@ -62,6 +64,7 @@ from pipelines.orchestration import (
     config_from_params,
     queue_outcomes,
     retrain_request,
+    retry_policy,
     run_date,
     run_stage,
     xcom_items,
@@ -82,7 +85,8 @@ ROUTED = [t for t in TARGETS if t.queue != "default"]
     # No start_date: unpausing waits for the next 02:00 instead of starting a run for the slot that just passed.
     catchup=False,
     max_active_runs=1,  # one night at a time: a run writes runs/<date>/ and moves the registry's aliases
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True},
+    default_args={"retries": SHAPE.runs.task_retries, "retry_delay": timedelta(seconds=SHAPE.runs.retry_delay_s),
+                  "retry_exponential_backoff": True, "retry_policy": retry_policy()},
     params={
         "profile": Param("default", enum=["default", "smoke"], description="size of the night (never its shape)"),
         "families": Param(None, type=["null", "array"], items={"type": "string"},

@@ -499,6 +499,13 @@ class RunsConfig(_Strict):
     isolate_tasks: bool = False
     """Run every task in a fresh, empty ``home`` that is deleted afterwards: proves that no task depends on a file
     another task left on local disk (tests and audits; a fleet has this by construction)."""
+    task_retries: int = Field(2, ge=0)
+    """Retries of each nightly task for a cause that may pass (an unreachable service, a held lock, a bug's flake);
+    bad input and bad config fail at once whatever this says (``factory_core.errors``). Read where the DAG is
+    parsed."""
+    retry_delay_s: float = Field(120.0, gt=0)
+    """The first wait before a nightly task's retry; it doubles at each further try (Airflow's exponential
+    backoff, with its jitter of up to as much again)."""
 
 
 class FactoryConfig(_Strict):

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, JsonValue, computed_field, model_validator
 
+from .errors import ManifestError
 from .fsutil import sha256_file
 
 MANIFEST = "manifest.json"
@@ -326,6 +327,49 @@ def engine_identity(manifest: Manifest | dict[str, Any]) -> str:
     body = {k: manifest.get(k) for k in IDENTITY_KEYS}
     body["hardware_compatibility"] = (manifest.get("build") or {}).get("hardware_compatibility")
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def parse_manifest(text: str | bytes, where: str) -> Manifest:
+    """The one reader of a manifest's bytes: a :class:`Manifest`, or :class:`~factory_core.errors.ManifestError`
+    in one line naming ``where`` and what is wrong. The engine builder's check, the store and the serving canary
+    all read through here, so a malformed manifest is the same error wherever it is met."""
+    import json
+
+    from pydantic import ValidationError
+
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{where}: malformed {MANIFEST}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: malformed {MANIFEST}: expected an object, got {type(raw).__name__}")
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        what = "missing" if err["type"] == "missing" else err["msg"].lower()
+        raise ManifestError(f"{where}: malformed {MANIFEST}: key {key!r} {what}") from None
+    for key in ("engine", "onnx"):
+        if not isinstance(manifest.sha256.get(key), str):
+            raise ManifestError(f"{where}: malformed {MANIFEST}: sha256.{key} missing")
+    return manifest
+
+
+def read_manifest(folder: Path, where: str | None = None) -> Manifest:
+    """``folder/manifest.json`` through :func:`parse_manifest`; a missing or symlinked one is a
+    :class:`~factory_core.errors.ManifestError` too (``where`` defaults to the folder)."""
+    path = Path(folder) / MANIFEST
+    where = where or str(folder)
+    if path.is_symlink():
+        raise ManifestError(f"{where}: {MANIFEST} is a symlink (refused)")
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"{where}: no {MANIFEST}") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{where}: {MANIFEST} is not a file") from None
+    return parse_manifest(text, where)
 
 
 def hash_mismatch(folder: Path, manifest: Manifest) -> str | None:

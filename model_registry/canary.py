@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from factory_core.contracts import MANIFEST, Manifest, TensorInfo, hash_mismatch
-from factory_core.errors import BadInput
+from factory_core import contracts
+from factory_core.contracts import Manifest, TensorInfo, hash_mismatch
+from factory_core.errors import BadInput, ManifestError
 
 
 class SwapRefused(BadInput):
@@ -47,11 +48,12 @@ class CanaryResult:
 
 
 def read_manifest(folder: Path) -> Manifest:
-    path = Path(folder) / MANIFEST
+    """The folder's manifest through the one reader (:func:`factory_core.contracts.read_manifest`); a malformed or
+    missing one refuses the swap with kind ``manifest``, the :class:`ManifestError` as its cause."""
     try:
-        return Manifest.model_validate_json(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SwapRefused("manifest", f"{path}: {exc}") from exc
+        return contracts.read_manifest(Path(folder))
+    except ManifestError as exc:
+        raise SwapRefused("manifest", str(exc)) from exc
 
 
 def contract(tensors: list[TensorInfo]) -> list[tuple[str, str, int, tuple]]:

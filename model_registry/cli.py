@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from factory_core.config import load_config
-from factory_core.errors import BadInput, FactoryError
+from factory_core.errors import BadInput, FactoryError, exit_code
 
 
 def add_pull_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_pull(args, load_config(args.config))
     except FactoryError as exc:
         print(f"factory-serve: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, BadInput) else 1
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factory_core.config import FactoryConfig, Family
-from factory_core.contracts import Champion, PublishResult, Registered, TargetGate
+from factory_core.contracts import Champion, PublishResult, Registered, TargetGate, read_manifest
 from factory_core.fsutil import sha256_file
 
 from .registry import CHAMPION, NoSuchAlias, Registry, use_experiment
-from .store import open_store, read_manifest
+from .store import open_store
 
 log = logging.getLogger(__name__)
 

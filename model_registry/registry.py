@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from factory_core.contracts import Manifest
-from factory_core.errors import FactoryError
+from factory_core.errors import FactoryError, ServiceUnreachable
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 
@@ -34,8 +34,9 @@ class NoSuchAlias(RegistryError):
     """
 
 
-class RegistryUnavailable(RegistryError):
-    """The registry could not answer: the message names the endpoint (never its credentials) and the cause."""
+class RegistryUnavailable(RegistryError, ServiceUnreachable):
+    """The registry could not answer: the message names the endpoint (never its credentials) and the cause. An
+    unreachable service: retried, as the same outage is at preflight."""
 
 
 def _answered_no_alias(exc: Exception) -> bool:

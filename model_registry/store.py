@@ -17,15 +17,14 @@ destination.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from factory_core.contracts import Manifest, engine_identity, hash_mismatch
-from factory_core.errors import BadInput, FactoryError
+from factory_core.contracts import Manifest, engine_identity, hash_mismatch, parse_manifest, read_manifest
+from factory_core.errors import BadInput, FactoryError, ManifestError
 from factory_core.fsutil import committed_dir, sha256_file
 from factory_core.layout import STORE_COMMITTED
 
@@ -59,7 +58,7 @@ def check_manifest_bytes(raw: bytes, want: str, where: str) -> None:
         return
     try:  # best effort: which engine the edited manifest names, to tell an engine swap from other edits
         names = f"; the store's manifest names engine {parse_manifest(raw, where).sha256['engine']}"
-    except StoreError:
+    except ManifestError:
         names = "; the store's manifest does not parse"
     raise ManifestMismatch(f"{where}: {MANIFEST} has sha256 {got}, but the registry recorded manifest_sha256 {want} "
                            f"for this version (edited after registration?){names}")
@@ -78,39 +77,6 @@ def version_files(manifest: Manifest) -> list[str]:
     fetched."""
     names = {MANIFEST, manifest.engine_file, manifest.onnx_file, *manifest.files}
     return sorted(check_name(n) for n in names)
-
-
-def parse_manifest(text: str | bytes, where: str) -> Manifest:
-    """A manifest from its JSON text, or :class:`StoreError` in one line naming ``where`` and what is wrong."""
-    from pydantic import ValidationError
-
-    try:
-        raw = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{where}: malformed {MANIFEST}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
-                         ) from None
-    if not isinstance(raw, dict):
-        raise StoreError(f"{where}: malformed {MANIFEST}: expected an object, got {type(raw).__name__}")
-    try:
-        manifest = Manifest.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        what = "missing" if err["type"] == "missing" else err["msg"].lower()
-        raise StoreError(f"{where}: malformed {MANIFEST}: key {key!r} {what}") from None
-    for key in ("engine", "onnx"):
-        if not isinstance(manifest.sha256.get(key), str):
-            raise StoreError(f"{where}: malformed {MANIFEST}: sha256.{key} missing")
-    return manifest
-
-
-def read_manifest(folder: Path, where: str) -> Manifest:
-    path = Path(folder) / MANIFEST
-    if path.is_symlink():
-        raise StoreError(f"{where}: {MANIFEST} is a symlink (refused)")
-    if not path.is_file():
-        raise StoreError(f"{where}: no {MANIFEST}")
-    return parse_manifest(path.read_bytes(), where)
 
 
 def marker_body(manifest: Manifest) -> bytes:
@@ -193,9 +159,9 @@ class LocalStore:
         if not (src / COMMITTED).is_file():
             raise StoreError(f"{self.uri}: no committed version {family}/{target}/{version}")
         if (src / MANIFEST).is_symlink():
-            raise StoreError(f"{where}: {MANIFEST} is a symlink (refused)")
+            raise ManifestError(f"{where}: {MANIFEST} is a symlink (refused)")
         if not (src / MANIFEST).is_file():
-            raise StoreError(f"{where}: no {MANIFEST}")
+            raise ManifestError(f"{where}: no {MANIFEST}")
         raw = (src / MANIFEST).read_bytes()  # the bytes checked are the bytes installed
         if manifest_sha256 is not None:
             check_manifest_bytes(raw, manifest_sha256, where)

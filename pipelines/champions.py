@@ -26,6 +26,7 @@ def read_champion(cfg: FactoryConfig, family: str, target: str) -> Champion:
             outage as "no champion" (that silently turns the comparison off); the task fails and retries.
     """
     from model_registry.registry import CHAMPION, NoSuchAlias, Registry
+    from factory_core.errors import ManifestError
     from model_registry.store import StoreError, open_store
 
     try:
@@ -43,7 +44,7 @@ def read_champion(cfg: FactoryConfig, family: str, target: str) -> Champion:
             store = open_store(cfg.store_uri, cfg.registry.s3_endpoint_url)
             with committed_dir(local) as tmp:
                 store.fetch(family, target, version, tmp)
-    except StoreError as exc:  # the registry named a champion whose copy is bad: measured without it, said so
+    except (StoreError, ManifestError) as exc:  # the registry named a champion whose copy is bad: measured without it, said so
         log.warning("%s/%s: champion's engine unusable: %s", family, target, exc)
         return facts.model_copy(update={"reason": f"champion's engine unusable: {exc}"})
     return facts.model_copy(update={"engine_dir": str(local)})

@@ -2,8 +2,9 @@
 
 Task bodies in ``dags/`` stay one line: ``return run_stage(stages.train, plan, fs, family=...)``.
 This module turns XCom dicts into records, loads the config from the DAG run's params,
-records a failure's reason for ``factory nightly`` to print, and marks bad input as
-final (no retry: the same bad partition fails the same way again).
+and records a failure's reason for ``factory nightly`` to print. Whether a failed task retries is not
+decided here but by :func:`retry_policy`, declared on every task of both DAGs and read from the error's
+cause (:mod:`factory_core.errors`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,31 @@ from typing import Any, Callable, Iterator, Mapping
 
 from factory_core.config import FactoryConfig, load_config, redact
 from factory_core.contracts import Record
-from factory_core.errors import disk_full, is_final
+from factory_core.errors import FINAL, RETRYABLE, disk_full
 from factory_core.fsutil import delete, list_json, put_json, release_space
 
 log = logging.getLogger(__name__)
 
 RETRAIN_ASSET = "model-factory://retrain"
 """The Airflow Asset ``drift_monitor`` updates to ask for retraining; the nightly is scheduled on it."""
+
+
+def retry_policy():
+    """The one retry rule of the factory's tasks (Airflow's ``ExceptionRetryPolicy``), decided by the error's cause.
+
+    Bad input, bad config, a missing capability and a full disk (``factory_core.errors.FINAL``) fail at once: the
+    same input fails the same way. An unreachable service and a lock held by another (``RETRYABLE``) retry
+    wherever they are raised, preflight included. Anything else (a bug, a store that found bad data) takes the
+    task's ordinary retries. Each DAG declares it once in ``default_args``; the task's ``retries`` still bound it.
+    """
+    from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
+
+    return ExceptionRetryPolicy(rules=[
+        RetryRule(exception=list(FINAL), action=RetryAction.FAIL,
+                  reason="final: bad input or config, a missing capability or a full disk fails the same way again"),
+        RetryRule(exception=list(RETRYABLE), action=RetryAction.RETRY,
+                  reason="retry: a service did not answer or a lock is held; either may be over at the next try"),
+    ])
 
 
 def retrain_request(context: Mapping[str, Any]) -> tuple[list[str] | None, str]:
@@ -53,9 +72,7 @@ def queue_outcomes(plan: Mapping[str, Any], targets: list[Any], wait_s: float) -
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from .fleet import celery_queue_workers, wait_for_queue
+    from .fleet import NoQueueWorker, celery_queue_workers, wait_for_queue
 
     out = {t.name: f"target {t.name} left out of this run by its params (targets: {plan['targets']})"
            for t in targets if t.name not in plan["targets"]}
@@ -67,7 +84,7 @@ def queue_outcomes(plan: Mapping[str, Any], targets: list[Any], wait_s: float) -
         if reason is None:
             continue
         if t.required:
-            raise AirflowFailException(f"target {t.name} is required: {reason}")
+            raise NoQueueWorker(f"target {t.name} is required: {reason}")  # final: retry_policy()
         log.warning("target %s skipped: %s", t.name, reason)
         out[t.name] = reason
     return out
@@ -131,10 +148,10 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``stage(cfg, *records, **kwargs)`` inside an Airflow task.
 
     Positional args are XCom dicts; each is turned back into the record type the
-    stage's signature names. Returns the stage's record as an XCom dict.
+    stage's signature names. Returns the stage's record as an XCom dict. A failure is recorded
+    (``failures/<task>.json``) and raised as it is; the task's :func:`retry_policy` decides from its cause.
     """
     from airflow.sdk import get_current_context
-    from airflow.sdk.exceptions import AirflowFailException
 
     ctx = get_current_context()
     ti = ctx["ti"]
@@ -153,9 +170,7 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             if full is not None and full is not exc:  # named, and final: a retry on the same disk fails the same
                 full.__cause__, exc = exc, full
             record_failure(cfg, run_date(ctx), task, exc)
-            if is_final(exc):  # bad input or a required capability missing: the same again fails the same way
-                raise AirflowFailException(f"{task}: {exc}") from exc
-            raise
+            raise exc  # retry or not: retry_policy(), from the error's cause
         delete(cfg.run_layout(run_date(ctx)).failure(task))  # a retry succeeded
     if isinstance(result, Record):
         return result.to_xcom()

@@ -2,7 +2,11 @@
 
 A night that cannot reach its tracking server, engine store, run root or lake fails in its first
 task, naming the endpoint and what failed (refused, timeout, DNS, credentials, missing bucket),
-never a secret. :func:`apply_client_limits` sets the MLflow client's retries and timeouts from the
+never a secret. What failed decides what happens next (:mod:`factory_core.errors`): a service that does
+not answer (refused, timeout, a name server's temporary failure, HTTP 5xx) is
+:class:`~factory_core.errors.ServiceUnreachable` and the task retries, as it would in ``publish``; wrong
+credentials, a missing bucket, a host name that does not exist or a wrong path are :class:`PreflightError`
+(configuration: final). :func:`apply_client_limits` sets the MLflow client's retries and timeouts from the
 config, so one call's worst case is bounded and stated (docs/registry.md), and Airflow's retries
 multiply a known figure instead of MLflow's own retry loop.
 """
@@ -11,18 +15,24 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from factory_core.config import ConfigError, FactoryConfig, redact
+from factory_core.errors import FactoryError, ServiceUnreachable, causes, disk_full, name_not_found
 
 
 class PreflightError(ConfigError):
-    """A service the night needs is unreachable or refuses us; the message names the endpoint and the failure.
+    """A service the night needs refuses us or is named wrong (credentials, bucket, host name, path); the message
+    names the endpoint and the failure. Final: the configuration must be fixed first. An outage is
+    :class:`~factory_core.errors.ServiceUnreachable` instead."""
 
-    Bad input (final, no retry): the endpoint, its credentials or the bucket must be fixed first.
-    """
+
+S3_OUTAGE_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "503", "500",
+                             "502", "504"})
+"""S3 error codes that say the service is struggling, not that the request is wrong."""
 
 
 def apply_client_limits(cfg: FactoryConfig) -> None:
@@ -46,15 +56,25 @@ def worst_case_call_s(cfg: FactoryConfig) -> float:
 
 
 def _why(exc: BaseException) -> str:
-    """refused | timeout | DNS | … from a socket/urllib error."""
-    reason = getattr(exc, "reason", exc)
-    if isinstance(reason, socket.gaierror):
-        return f"DNS: cannot resolve the host ({reason.strerror})"
-    if isinstance(reason, ConnectionRefusedError):
-        return "refused: nothing listens on that port"
-    if isinstance(reason, (TimeoutError, socket.timeout)) or "timed out" in str(reason):
+    """refused | timeout | DNS | … from a socket/urllib/botocore error (the socket error behind its wrappers)."""
+    chain = list(causes(exc))
+    for e in chain:
+        if isinstance(e, socket.gaierror):
+            return f"DNS: cannot resolve the host ({e.strerror})"
+    for e in chain:
+        if isinstance(e, ConnectionRefusedError):
+            return "refused: nothing listens on that port"
+    if any(isinstance(e, (TimeoutError, socket.timeout)) or "timed out" in str(e) for e in chain):
         return "timeout: no answer"
+    reason = getattr(exc, "reason", exc)
     return f"{type(reason).__name__}: {reason}"
+
+
+def _unreachable_or_misnamed(where: str, exc: BaseException) -> FactoryError:
+    """An endpoint that did not answer: a name that does not exist is configuration; anything else an outage."""
+    if name_not_found(exc):
+        return PreflightError(f"{where}: {_why(exc)}")
+    return ServiceUnreachable(f"{where} is unreachable: {_why(exc)}")
 
 
 def check_tracking(uri: str, timeout_s: float) -> None:
@@ -64,16 +84,19 @@ def check_tracking(uri: str, timeout_s: float) -> None:
     if not uri.startswith(("http://", "https://")):
         return  # databricks, file stores…: MLflow reports its own errors
     url = uri.rstrip("/") + "/health"
+    where = f"tracking server {redact(uri)} (registry.tracking_uri)"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout_s) as resp:
-            if resp.status >= 400:
-                raise PreflightError(f"tracking server {redact(uri)}: HTTP {resp.status} on /health")
-    except urllib.error.HTTPError as exc:
-        what = "credentials refused" if exc.code in (401, 403) else f"HTTP {exc.code}"
-        raise PreflightError(f"tracking server {redact(uri)} (registry.tracking_uri): {what}") from None
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError as exc:  # it answered: 5xx is the server struggling, 4xx is us asking wrong
+        if exc.code >= 500:
+            raise ServiceUnreachable(f"{where}: HTTP {exc.code} on /health") from None
+        what = "credentials refused" if exc.code in (401, 403) else f"HTTP {exc.code} on /health (wrong URL?)"
+        raise PreflightError(f"{where}: {what}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise PreflightError(f"tracking server {redact(uri)} (registry.tracking_uri) is unreachable: {_why(exc)}"
-                             ) from None
+        if any(isinstance(e, ssl.SSLError) for e in causes(exc)):  # a certificate does not heal by waiting
+            raise PreflightError(f"{where}: TLS: {getattr(exc, 'reason', exc)}") from None
+        raise _unreachable_or_misnamed(where, exc) from None
 
 
 def check_s3(uri: str, endpoint_url: str | None, timeout_s: float, what: str) -> None:
@@ -82,11 +105,13 @@ def check_s3(uri: str, endpoint_url: str | None, timeout_s: float, what: str) ->
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
+        ConnectionClosedError,
         ConnectTimeoutError,
-        EndpointConnectionError,
         NoCredentialsError,
         ReadTimeoutError,
+        SSLError,
     )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     bucket = uri[len("s3://"):].split("/", 1)[0]
     where = f"{what} {uri} at {redact(endpoint_url) if endpoint_url else 'AWS'}"
@@ -97,18 +122,22 @@ def check_s3(uri: str, endpoint_url: str | None, timeout_s: float, what: str) ->
     except NoCredentialsError:
         raise PreflightError(f"{where}: credentials: none found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a "
                              f"profile or an instance role)") from None
-    except ClientError as exc:
+    except ClientError as exc:  # it answered
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in ("404", "NoSuchBucket", "NotFound"):
             raise PreflightError(f"{where}: missing bucket {bucket!r}") from None
         if status in (401, 403) or code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             raise PreflightError(f"{where}: credentials refused ({code or status})") from None
+        if (status or 0) >= 500 or code in S3_OUTAGE_CODES:
+            raise ServiceUnreachable(f"{where}: the store answered {code or status} (an outage)") from None
         raise PreflightError(f"{where}: {code or status}") from None
     except (ConnectTimeoutError, ReadTimeoutError):
-        raise PreflightError(f"{where}: timeout: no answer within {timeout_s:g} s") from None
-    except EndpointConnectionError as exc:
-        raise PreflightError(f"{where}: refused or unreachable ({_why(exc)})") from None
+        raise ServiceUnreachable(f"{where}: timeout: no answer within {timeout_s:g} s") from None
+    except SSLError as exc:
+        raise PreflightError(f"{where}: TLS: {exc}") from None
+    except (BotoConnectionError, ConnectionClosedError) as exc:  # refused, reset, a proxy down, or DNS
+        raise _unreachable_or_misnamed(where, exc) from None
     except BotoCoreError as exc:
         raise PreflightError(f"{where}: {type(exc).__name__}") from None
 
@@ -134,6 +163,9 @@ def _check_writable(folder: Path, what: str) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
+        full = disk_full(exc, folder)
+        if full is not None:  # a full disk is not a configuration error
+            raise full from None
         raise PreflightError(f"{what} {folder}: not writable ({exc.strerror})") from None
 
 

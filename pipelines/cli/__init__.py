@@ -12,7 +12,7 @@ import logging
 import sys
 
 from factory_core.config import redact
-from factory_core.errors import BadInput, FactoryError
+from factory_core.errors import FactoryError, exit_code
 from factory_core.logsafe import install_log_redaction
 
 from . import airflow_cmds, data_cmds, monitoring_cmds, nightly, registry_cmds
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except FactoryError as exc:  # the factory's own errors print one line; bugs keep their traceback
         print(f"factory: {redact(str(exc))}", file=sys.stderr)
-        return 2 if isinstance(exc, BadInput) else 1
+        return exit_code(exc)  # 2 bad input, 75 a lock held by another night, 1 otherwise
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from factory_core.config import ConfigError, FactoryConfig
-from factory_core.errors import disk_full
+from factory_core.config import FactoryConfig
+from factory_core.errors import LockConflict, disk_full
 from factory_core.fsutil import get_json, reserve_space
 from factory_core.layout import GATE_PLOT
 
@@ -40,8 +40,9 @@ def run_nightly(cfg: FactoryConfig, date: str, config_path: str | None, families
                                                         "targets": targets})
 
 
-class NightRunning(ConfigError):
-    """Another night for the same date runs in this home; the message names it."""
+class NightRunning(LockConflict):
+    """Another night for the same date runs in this home; the message names it. A lock conflict, not bad config:
+    ``factory nightly`` exits 75 (try again later)."""
 
 
 @contextlib.contextmanager

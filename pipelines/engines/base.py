@@ -29,6 +29,7 @@ from factory_core.contracts import (
     Manifest,
     TensorInfo,
     hash_mismatch,
+    read_manifest,
 )
 from factory_core.errors import BadInput, Unavailable
 from factory_core.families import spec
@@ -279,14 +280,10 @@ def verify_manifest(engine_dir: Path) -> Manifest:
     """Read ``manifest.json`` and check the engine and ONNX bytes against its sha256s.
 
     Raises:
+        factory_core.errors.ManifestError: the manifest is missing or malformed (the one reader's error).
         EngineBuildError: a file is missing or its hash differs (names which).
     """
-    import json
-
-    path = Path(engine_dir) / MANIFEST
-    if not path.is_file():
-        raise EngineBuildError(f"{engine_dir}: no {MANIFEST}")
-    m = Manifest.model_validate(json.loads(path.read_text()))
+    m = read_manifest(Path(engine_dir))
     problem = hash_mismatch(Path(engine_dir), m)
     if problem:
         raise EngineBuildError(f"{engine_dir}: {problem}")

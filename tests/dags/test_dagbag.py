@@ -29,6 +29,8 @@ print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "
                   if drift else None,
                   "catchup": dag.catchup if dag else None, "retries": dag.default_args.get("retries") if dag else None,
                   "tasks": sorted(dag.task_ids) if dag else [], "doc": bool(dag and dag.doc_md),
+                  "policies": {d.dag_id: sorted({type(t.retry_policy).__name__ for t in d.tasks
+                                                 if getattr(t, "retries", 0)}) for d in (dag, drift) if d},
                   "engines": {t.task_id: [t.queue, t.pool] for t in dag.tasks if t.task_id.startswith("engine_")}
                   if dag else {}}))
 """
@@ -37,7 +39,9 @@ print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "
 def _probe(tmp_path, **extra_env):
     env = {"AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
-           "PATH": "/usr/bin:/bin", "FACTORY_HOME": str(tmp_path / "factory"), **extra_env}
+           "PATH": "/usr/bin:/bin", "FACTORY_HOME": str(tmp_path / "factory"),
+           "PYTHONPATH": str(DAGS.parent),  # this checkout's packages, not whichever one the venv installed
+           **extra_env}
     out = subprocess.run([sys.executable, "-c", PROBE, str(DAGS), json.dumps(HEAVY)], env=env, capture_output=True,
                          text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -94,3 +98,10 @@ def test_targets_auto_is_resolved_on_the_worker_not_at_parse(tmp_path):
     r = _probe(tmp_path, FACTORY_CONFIG=str(cfg))
     assert r["engines"] == {"engine_cpu": ["default", "engines_cpu"], "engine_auto": ["default", "engines_auto"]}
     assert "pynvml" not in r["heavy"] and r["heavy"] == []  # parsing probed nothing
+
+
+def test_both_dags_declare_the_one_retry_policy_on_every_retried_task(tmp_path):
+    """The retry rule (by the error's cause) is declared once per DAG, in default_args, so every task that retries
+    carries it: Airflow's ExceptionRetryPolicy (pipelines.orchestration.retry_policy)."""
+    assert _probe(tmp_path)["policies"] == {"nightly_model_factory": ["ExceptionRetryPolicy"],
+                                            "drift_monitor": ["ExceptionRetryPolicy"]}

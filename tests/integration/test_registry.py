@@ -13,6 +13,7 @@ import pytest
 
 from factory_core.config import Family, TargetConfig, load_config
 from factory_core.contracts import Manifest
+from factory_core.errors import ManifestError
 from factory_core.fsutil import sha256_file
 from model_registry.pull import pull
 from model_registry.registry import CHALLENGER, CHAMPION, Registry, RegistryError
@@ -355,7 +356,7 @@ def test_a_malformed_manifest_is_one_clear_line(engines, tmp_path, text, problem
     (tmp_path / "store" / "fraud_risk" / "cpu" / "v1" / "manifest.json").write_text(text)
     dest = tmp_path / "dest"
     dest.mkdir()
-    with pytest.raises(StoreError) as err:
+    with pytest.raises(ManifestError) as err:  # the one reader's error: bad input, final
         store.fetch("fraud_risk", "cpu", "v1", dest)
     assert problem in str(err.value) and "malformed manifest.json" in str(err.value)
     assert "\n" not in str(err.value)

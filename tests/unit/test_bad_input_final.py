@@ -42,7 +42,7 @@ def test_non_finite_training_loss_is_final_and_names_the_family():
     with pytest.raises(NonFiniteLossError, match="fraud_risk: training loss is nan at epoch 1") as err:
         train_family(Family.FRAUD_RISK, data, cfg)
     assert is_final(err.value)
-    assert is_final(PreflightError("tracking server http://x: refused"))
+    assert is_final(PreflightError("tracking server http://x: credentials refused"))
 
 
 def test_one_base_class_decides_retry_by_kind():

@@ -33,15 +33,18 @@ def _targets(required: bool):
 
 
 def test_an_optional_target_without_a_worker_is_skipped_and_a_required_one_fails_the_night(monkeypatch):
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.sdk import RetryAction
+
+    from pipelines.orchestration import retry_policy
 
     live = {"gpu_sm_80": ["celery@w-a100"]}
     monkeypatch.setattr(fleet, "celery_queue_workers", lambda: lambda q: live.get(q, []))
     plan = {"targets": ["cpu", "sm_80", "sm_90"]}
     out = queue_outcomes(plan, _targets(required=False), wait_s=0.1)
     assert list(out) == ["sm_90"] and out["sm_90"].startswith("no worker on queue gpu_sm_90")
-    with pytest.raises(AirflowFailException, match="target sm_90 is required: no worker on queue gpu_sm_90"):
+    with pytest.raises(fleet.NoQueueWorker, match="target sm_90 is required: no worker on queue gpu_sm_90") as err:
         queue_outcomes(plan, _targets(required=True), wait_s=0.1)
+    assert retry_policy().evaluate(err.value, 1, 3).action == RetryAction.FAIL  # final: the night fails now
     # a target the run's params leave out is not waited on, and its tasks are not queued either
     out = queue_outcomes({"targets": ["cpu", "sm_80"]}, _targets(required=True), wait_s=30)
     assert list(out) == ["sm_90"] and "left out of this run" in out["sm_90"]
