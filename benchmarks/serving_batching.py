@@ -10,8 +10,7 @@ latency; at 8 and 64 clients they alternate in ``--rounds`` rounds (ABBA) of ``-
 req/s is requests / wall time. Latencies of all rounds are pooled. Compare the ratios, not the absolute numbers.
 The table ends with the issue's targets checked against the measured ratios.
 
-Swap: under 4 client threads, ``swap()`` to a second version with the canary and without (sha256 and contract
-checks only), ``--swaps`` times each, alternating (``--swaps 0``: skipped).
+Swap times (warm, cold and no canary): ``benchmarks/serving_swap.py``; a thousand swaps: ``serving_soak.py``.
 
     .venv/bin/python benchmarks/serving_batching.py --out benchmarks/results/serving_batching.json
 
@@ -233,36 +232,6 @@ def batching_table(runners: dict, seconds: float, rounds: int = 8, tag: str = ""
     return rows
 
 
-def swap_times(v1: Path, v2: Path, swaps: int) -> dict:
-    from model_registry.runtime import EngineRunner
-
-    x = np.random.default_rng(0).normal(size=(4, *SHAPES["fraud_risk"])).astype(np.float32)
-    out = {"canary": [], "no_canary": []}
-    failed = [0]
-    for canary in [True, False] * swaps:
-        runner = EngineRunner(v1, canary=canary)
-        stop = threading.Event()
-
-        def client():
-            while not stop.is_set():
-                try:
-                    runner.predict(x)
-                except Exception:  # noqa: BLE001
-                    failed[0] += 1
-
-        threads = [threading.Thread(target=client) for _ in range(4)]
-        for t in threads:
-            t.start()
-        time.sleep(0.2)
-        seconds = runner.swap(v2)
-        stop.set()
-        for t in threads:
-            t.join()
-        out["canary" if canary else "no_canary"].append(round(seconds * 1e3, 1))
-    return {k: {"median_ms": float(np.median(v)), "max_ms": float(np.max(v)), "n": len(v)} for k, v in out.items()} | {
-        "failed_requests": failed[0]}
-
-
 def table(rows: list[dict], gpu: bool = False) -> str:
     """The markdown table, then the issue's targets (64 clients: >= 1.5x plain throughput on CPU, 3x on GPU)."""
     lines = ["| family | clients | req/s plain | req/s batched | throughput ratio | p50 ms plain | p50 ms batched | "
@@ -294,11 +263,6 @@ def report(res: dict) -> str:
         parts.append(table(res["batching"]))
     if res.get("gpu_standin"):
         parts.append(table(res["gpu_standin"], gpu=True))
-    s = res.get("swap")
-    if s:
-        parts.append(f"swap under 4 clients: with canary median {s['canary']['median_ms']} ms (max "
-                     f"{s['canary']['max_ms']}), without {s['no_canary']['median_ms']} ms (max "
-                     f"{s['no_canary']['max_ms']}), n={s['canary']['n']} each; failed requests {s['failed_requests']}")
     return "\n\n".join(parts)
 
 
@@ -308,7 +272,6 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8,
                     help="8 and 64 clients: interleaved plain/batched rounds the seconds split into")
     ap.add_argument("--families", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    ap.add_argument("--swaps", type=int, default=5)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--report", type=Path)
     ap.add_argument("--gpu-standin", action="store_true", help="only the CUDA-graph PyTorch stand-in table")
@@ -329,8 +292,6 @@ def main() -> int:
 
         runners = {f: EngineRunner(folder) for f, folder in engines.items()}
         res = {"batching": batching_table(runners, args.seconds, args.rounds)}
-        if args.swaps:
-            res["swap"] = swap_times(*build_engines("fraud_risk", Path(d) / "swap", versions=2), args.swaps)
     print(report(res))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
