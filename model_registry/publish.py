@@ -60,7 +60,7 @@ def close_interrupted_runs(experiment: str, family: str, date: str) -> None:
 
 
 def auto_promote(registry: Registry, family: str, target: str, version: str, date: str, why: str,
-                 compared: Champion | None) -> tuple[bool, str]:
+                 compared: Champion | None, held: str | None = None) -> tuple[bool, str]:
     """Move ``champion`` to ``version`` only when tonight's gate compared it with the champion there is now.
 
     Promotion never skips the comparison: a champion the gate could not measure (its copy missing from the store,
@@ -73,6 +73,8 @@ def auto_promote(registry: Registry, family: str, target: str, version: str, dat
     Args:
         compared: the champion as the gate saw it (``comparable`` when it was measured beside the candidates);
             None when the gate had no record of a champion.
+        held: the detail of a check that keeps the champion (an undecided comparison under
+            ``gates.champion.undecided: keep_champion``): the version stays challenger, and the note says why.
     """
     from factory_core.dates import is_future, latest_night_date
 
@@ -85,6 +87,10 @@ def auto_promote(registry: Registry, family: str, target: str, version: str, dat
         cur = str(current.version)
         if cur == str(version):
             return False, f"v{version} is already the champion"
+        if held:
+            note = f"champion kept, v{version} is challenger: {held}"
+            log.info("%s/%s: %s", family, target, note)
+            return False, note
         if compared is None or not compared.registry_version:
             note = (f"kept champion v{cur}: the gate saw no champion, so v{version} was never compared with it "
                     f"(it became champion while tonight's gates ran); promote by hand after comparing")
@@ -176,14 +182,11 @@ def publish_family(cfg: FactoryConfig, night: Night, files: NightFiles,
                                         {"source_run": run.info.run_id, "data_window": night.data_window,
                                          "git_commit": night.git_commit, "date": night.date}, description)
             promoted, note = False, ""
-            held = [c for c in win.checks if c.holds_champion]
-            if held and cfg.gates.auto_promote:
-                note = f"champion kept, v{version} is challenger: {held[0].detail}"
-                log.info("%s/%s: %s", family, gate.target, note)
-            elif cfg.gates.auto_promote:
+            if cfg.gates.auto_promote:
                 promoted, note = auto_promote(registry, family, gate.target, version, night.date,
                                               f"nightly {night.date}: passed every gate; lowest p99 "
-                                              f"{win.p99_ms:.3f} ms", gate.champion)
+                                              f"{win.p99_ms:.3f} ms", gate.champion,
+                                              held=next((c.detail for c in win.checks if c.holds_champion), None))
             versions.append(Registered(target=gate.target, registry_version=str(version), store_uri=uri,
                                        precision=gate.selected, promoted=promoted, note=note))
             log.info("%s/%s: registered v%s (%s) at %s%s", family, gate.target, version, gate.selected, uri,

@@ -437,6 +437,10 @@ def test_auto_promotion_never_skips_the_comparison_nor_replaces_a_champion_from_
     assert not promoted and "never compared" in note  # the gate saw no champion; one appeared since
     promoted, note = auto_promote(reg, "dates_test", "cpu", older, "2026-11-23", "why", seen("999"))
     assert not promoted and "compared v" in note and "moved since" in note
+    # compared and comparable, but the comparison could not decide under keep_champion: the champion stays
+    held = "auc undecided; policy gates.champion.undecided=keep_champion"
+    promoted, note = auto_promote(reg, "dates_test", "cpu", older, "2026-11-23", "why", seen(newer), held=held)
+    assert not promoted and f"champion kept, v{older} is challenger" in note and held in note
     assert reg.resolve("dates_test", "cpu", CHAMPION).version == newer
 
     # a champion dated beyond today (a mistyped --date before the date check) never blocks in silence
