@@ -213,7 +213,8 @@ def healthy(base: Path, n: int, seed_base: int, start: dt.date) -> tuple[Path, d
     for r in false_rejects or [("—", "—", "—", "—", "none")]:
         print(f"- {r[0]} {r[1]} {r[2]} at {r[3]}: {r[4]}")
     print("\n### Champion decisions and promotions\n")
-    print("| family | promoted nights | non-inferior | undecided (policy: promote) | worse (champion stays) |")
+    policy = last[0].gates.champion.undecided
+    print(f"| family | promoted nights | non-inferior | undecided (policy: {policy}) | worse (champion stays) |")
     print("|---|---|---|---|---|")
     for f in Family:
         print(f"| {f.value} | {promotions[f.value]} of {n} | {decided[(f.value, 'pass')]} | "
