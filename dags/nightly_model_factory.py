@@ -67,6 +67,7 @@ from pipelines.orchestration import (
     retry_policy,
     run_date,
     run_stage,
+    unreported_in,
     xcom_items,
 )
 
@@ -174,7 +175,7 @@ def nightly_model_factory():
         from airflow.sdk.exceptions import AirflowFailException
 
         ctx = get_current_context()
-        failed = stages.record_outcome(config_from_params(ctx["params"]), run_date(ctx))
+        failed = stages.record_outcome(config_from_params(ctx["params"]), run_date(ctx), unreported_in(ctx))
         if failed:  # keep the run failed: this task is its only leaf
             raise AirflowFailException(f"nightly failed: {', '.join(failed)}")
 

@@ -112,18 +112,23 @@ def _api_connection() -> tuple[str, str | None, str | None] | None:
     return base.rstrip("/"), c.login, c.password
 
 
-def _pools_over_rest(base: str, login: str | None, password: str | None, timeout: float = 10) -> set[str]:
+def _get(base: str, login: str | None, password: str | None, path: str, timeout: float = 10) -> dict:
+    """``GET {base}/api/v2{path}`` as JSON, with a token first where the auth manager wants a login."""
     headers = {"Accept": "application/json"}
-    try:
-        if login:
-            req = urllib.request.Request(f"{base}/auth/token", method="POST",
-                                         data=json.dumps({"username": login, "password": password}).encode(),
-                                         headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                headers["Authorization"] = f"Bearer {json.load(r)['access_token']}"
-        req = urllib.request.Request(f"{base}/api/v2/pools?{urllib.parse.urlencode({'limit': 1000})}", headers=headers)
+    if login:
+        req = urllib.request.Request(f"{base}/auth/token", method="POST",
+                                     data=json.dumps({"username": login, "password": password}).encode(),
+                                     headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return {p["name"] for p in json.load(r)["pools"]}
+            headers["Authorization"] = f"Bearer {json.load(r)['access_token']}"
+    with urllib.request.urlopen(urllib.request.Request(f"{base}/api/v2{path}", headers=headers), timeout=timeout) as r:
+        return json.load(r)
+
+
+def _pools_over_rest(base: str, login: str | None, password: str | None, timeout: float = 10) -> set[str]:
+    try:
+        pools = _get(base, login, password, f"/pools?{urllib.parse.urlencode({'limit': 1000})}", timeout)
+        return {p["name"] for p in pools["pools"]}
     except Exception as exc:  # noqa: BLE001
         raise BadInput(f"cannot list Airflow pools at {base}/api/v2/pools (connection {API_CONNECTION!r}): "
                        f"{type(exc).__name__}: {exc}") from exc
@@ -161,3 +166,41 @@ def wait_for_queue(queue: str, wait_s: float, workers: Callable[[str], list[str]
         if time.monotonic() >= deadline:
             return f"no worker on queue {queue} (waited {wait_s:.0f} s, engines.worker_wait_s)"
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+SCHEDULER_EVENTS = ("stuck in queued tries exceeded", "heartbeat timeout")
+"""The scheduler's event-log entries for a task instance it failed itself: its body never reported."""
+
+
+def unreported_failures(dag_id: str, run_id: str, reported: set[str]) -> dict[str, str]:
+    """``{task: reason}`` for this run's failed task instances that left no failure record of their own.
+
+    A task fails without a word when it never ran (queued with no worker on its queue, failed by the scheduler
+    after ``[scheduler] task_queued_timeout``) or when its host died (no heartbeat, retries spent). The reason
+    names the queue and the scheduler's event. Read over the REST API (connection ``factory_airflow_api``); {}
+    where there is none (``factory nightly``'s ``dag.test``, where every failure is recorded by its task).
+
+    Args:
+        reported: the task labels that wrote ``failures/<task>.json`` (``train[fraud_risk]``, ``plan``).
+    """
+    conn = _api_connection()
+    if conn is None:
+        return {}
+    run = urllib.parse.quote(run_id, safe="")
+    tis = _get(*conn, f"/dags/{dag_id}/dagRuns/{run}/taskInstances?state=failed&limit=1000")["task_instances"]
+    events = _get(*conn, f"/eventLogs?{urllib.parse.urlencode({'dag_id': dag_id, 'run_id': run_id, 'limit': 1000})}")
+    said: dict[tuple[str, int], str] = {}
+    for e in sorted(events["event_logs"], key=lambda e: e["when"]):
+        if e["event"] in SCHEDULER_EVENTS:
+            said[(e["task_id"], e.get("map_index", -1))] = f"{e['event']}: {e.get('extra') or ''}".strip(": ")
+    out = {}
+    for ti in tis:
+        labels = {ti["task_id"]} if ti["map_index"] < 0 else {
+            f"{ti['task_id']}[{x}]" for x in (ti["map_index"], ti.get("rendered_map_index")) if x not in (None, "")}
+        if labels & reported or ti["task_id"] == "outcome":  # the outcome task reports the night, not itself
+            continue
+        label = max(labels, key=len)  # the family's name where the task rendered one
+        where = f"queue {ti['queue']}" + (f", last on host {ti['hostname']}" if ti["hostname"] else ", never ran")
+        cause = said.get((ti["task_id"], ti["map_index"]), "no event from the scheduler")
+        out[label] = f"{label} failed without reporting ({where}): {cause}"
+    return out

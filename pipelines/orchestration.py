@@ -90,6 +90,15 @@ def queue_outcomes(plan: Mapping[str, Any], targets: list[Any], wait_s: float) -
     return out
 
 
+def unreported_in(context: Mapping[str, Any]) -> Callable[[set[str]], dict[str, str]]:
+    """``reported -> {task: reason}`` for this run's failed tasks that left no failure record (see
+    :func:`pipelines.fleet.unreported_failures`)."""
+    from .fleet import unreported_failures
+
+    dag_id, run_id = context["dag"].dag_id, context["run_id"]
+    return lambda reported: unreported_failures(dag_id, run_id, reported)
+
+
 def xcom_items(seq: Any) -> list:
     """A mapped task's results as a list. Index by length: iterating a lazy XCom sequence probes one past its end."""
     return [seq[i] for i in range(len(seq))]

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 from factory_core import layout
 from factory_core.config import ConfigError, FactoryConfig, Family, TargetConfig
@@ -625,14 +626,30 @@ def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported:
                                     "published": [x.to_xcom() for x in published or []]})
 
 
-def record_outcome(cfg: FactoryConfig, date: str) -> list[str]:
-    """Export the night's outcome and champion freshness to Prometheus; returns the failed tasks."""
+def record_outcome(cfg: FactoryConfig, date: str, unreported: Callable[[set[str]], dict[str, str]] | None = None
+                   ) -> list[str]:
+    """Export the night's outcome and champion freshness to Prometheus; returns the failed tasks.
+
+    Args:
+        unreported: ``reported -> {task: reason}``: the failed tasks that wrote no failure record (a task the
+            scheduler failed in ``queued``, a host that died on its last try), given the tasks that did; each is
+            recorded in ``failures/`` with that reason, so no failure goes unnamed.
+    """
     from model_registry.registry import Registry
     from monitoring.batch import nightly_outcome
 
     from .orchestration import read_failures
 
     failed = [f["task"] for f in read_failures(cfg, date)]
+    try:
+        silent = unreported(set(failed)) if unreported else {}
+    except Exception as exc:  # noqa: BLE001 - the outcome is recorded even when the API cannot say more
+        log.warning("failed tasks without a record of their own not listed: %s", exc)
+        silent = {}
+    for task, reason in silent.items():
+        put_json(cfg.run_layout(date).failure(task), {"task": task, "error": "NotReported", "reason": reason})
+        log.error("%s", reason)
+        failed.append(task)
     if not failed and get_json(cfg.run_layout(date).summary()) is None:
         failed = ["summarize"]
     champions: dict[tuple[str, str], float] = {}

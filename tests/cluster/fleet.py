@@ -79,7 +79,12 @@ class Fleet:
     wait_s: float = 20.0
     pools_file: Path | None = None
     """Pools file for `factory airflow init` (default: infra/airflow/pools.json)."""
+    airflow_conf: dict[str, str] = field(default_factory=dict)
+    """Extra ``AIRFLOW__SECTION__KEY`` settings for every Airflow process (the fault tests' bounds)."""
+    runs: dict = field(default_factory=dict)
+    """The fleet config's ``runs`` section (e.g. a short ``retry_delay_s``)."""
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    spawned: dict[str, tuple] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
     # ---- plumbing -------------------------------------------------------------------------------------
@@ -109,7 +114,8 @@ class Fleet:
         _sh("ip", "link", "del", BRIDGE, check=False)
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
-        log = open(self.root / "logs" / f"{name}.log", "w")
+        log = open(self.root / "logs" / f"{name}.log", "a")
+        self.spawned[name] = (cmd, env, kw)
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, **kw)
         self.procs[name] = p
         return p
@@ -214,7 +220,7 @@ class Fleet:
 
     def _config(self) -> Path:
         cfg = {
-            "runs": {"root": "s3://fleet/runs"},
+            "runs": {"root": "s3://fleet/runs", **self.runs},
             "data": {"lake_uri": "s3://fleet/lake"},
             "train": {"queue": "train"},
             "engines": {"targets": self.targets, "worker_wait_s": self.wait_s},
@@ -248,6 +254,7 @@ class Fleet:
             **({"FACTORY_POOLS": str(self.pools_file)} if self.pools_file else {}),
             "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
             "PYTHONUNBUFFERED": "1",
+            **self.airflow_conf,
         }
 
     def start(self) -> "Fleet":
@@ -273,16 +280,20 @@ class Fleet:
         self.local = self.root / "host-local"  # each worker's private tmpfs is mounted here, in its own namespace
         self.local.mkdir()
         for w in self.workers:
-            env = self.airflow_env(self.local / "airflow", self.local / "factory")
-            # task logs outlive the worker's tmpfs (a log volume): read by people and by the test, never by tasks
-            env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(self.root / "logs" / w.name)
-            script = (f"hostname {w.name} && mount -t tmpfs -o size=8g tmpfs {self.local} && "
-                      f"exec {VENV_BIN / 'airflow'} celery worker -q {','.join(w.queues)} -H {w.name}@{w.name} "
-                      f"-c {w.concurrency}")
-            w.proc = self._spawn(f"worker-{w.name}", ["ip", "netns", "exec", f"mf-{w.name}", "unshare", "--uts",
-                                                      "--mount", "sh", "-c", script], env)
+            self.start_worker(w)
         self.wait_dag()
         return self
+
+    def start_worker(self, w: Worker) -> None:
+        """Start (or, after :meth:`kill_host`, restart) worker ``w`` on its host: a fresh private disk."""
+        env = self.airflow_env(self.local / "airflow", self.local / "factory")
+        # task logs outlive the worker's tmpfs (a log volume): read by people and by the test, never by tasks
+        env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(self.root / "logs" / w.name)
+        script = (f"hostname {w.name} && mount -t tmpfs -o size=8g tmpfs {self.local} && "
+                  f"exec {VENV_BIN / 'airflow'} celery worker -q {','.join(w.queues)} -H {w.name}@{w.name} "
+                  f"-c {w.concurrency}")
+        w.proc = self._spawn(f"worker-{w.name}", ["ip", "netns", "exec", f"mf-{w.name}", "unshare", "--uts",
+                                                  "--mount", "sh", "-c", script], env)
 
     def stop(self) -> None:
         for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):  # whole process groups: no stragglers
@@ -348,3 +359,53 @@ class Fleet:
         return self.api("GET", f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances?limit=1000")[
             "task_instances"]
 
+
+    # ---- faults ---------------------------------------------------------------------------------------
+    def worker(self, name: str) -> Worker:
+        return next(w for w in self.workers if w.name == name)
+
+    def kill_host(self, name: str) -> list[int]:
+        """``kill -9`` of every process on worker host ``name`` (all of its network namespace): the host dies
+        with its worker, the task processes it forked and their children. Returns the pids killed."""
+        pids = [int(p) for p in _sh("ip", "netns", "pids", f"mf-{name}").stdout.split()]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p = self.procs[f"worker-{name}"]
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+        return pids
+
+    def set_link(self, name: str, up: bool) -> None:
+        """``ip link set … down|up`` of worker host ``name``'s interface, inside its namespace: the host stays up
+        and keeps its processes, but reaches nothing and nothing reaches it."""
+        i = [w.name for w in self.workers].index(name)
+        _sh("ip", "netns", "exec", f"mf-{name}", "ip", "link", "set", f"mfn{i}", "up" if up else "down")
+
+    def restart(self, name: str, pause_s: float = 0.0, env: dict[str, str] | None = None) -> None:
+        """Stop service ``name`` (``postgres``, ``redis``, ``scheduler``, ``api-server``, …) with SIGTERM, as a
+        supervisor would (SIGKILL after 30 s), wait ``pause_s``, and start it again with the same command,
+        address and data; ``env`` adds settings to the new process."""
+        p = self.procs[name]
+        try:
+            if name == "postgres":  # a fast shutdown (pg_ctl -m fast): SIGTERM would wait for every client to leave
+                pid = int((self.pg_data / "postmaster.pid").read_text().split()[0])
+                os.kill(pid, signal.SIGINT)
+            else:
+                os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        time.sleep(pause_s)
+        cmd, old_env, kw = self.spawned[name]
+        self._spawn(name, cmd, {**old_env, **(env or {})}, **kw)
+        if name in self.ports:
+            self._wait_port(name, self.ports[name])

@@ -76,3 +76,47 @@ def test_factory_airflow_init_refuses_a_target_whose_pool_is_not_declared(tmp_pa
     cfg.write_text(yaml.safe_dump({"engines": {"targets": [{"name": "cpu"}, {"name": "sm_90", "pool": "h100_pool"}]}}))
     assert main(["airflow", "init", "--config", str(cfg)]) == 2
     assert "h100_pool" in capsys.readouterr().err
+
+
+def test_a_task_the_scheduler_failed_without_running_it_is_named_with_its_queue_and_the_scheduler_s_event(
+        monkeypatch):
+    tis = [{"task_id": "train", "map_index": 0, "rendered_map_index": None, "queue": "train", "hostname": ""},
+           {"task_id": "engine_cpu", "map_index": 0, "rendered_map_index": "fraud_risk/fp32", "queue": "default",
+            "hostname": "w-default"},  # wrote failures/engine_cpu[0].json itself
+           {"task_id": "gate_sm_90", "map_index": 0, "rendered_map_index": "fraud_risk", "queue": "gpu_sm_90",
+            "hostname": "w-gpu90"},
+           {"task_id": "outcome", "map_index": -1, "rendered_map_index": None, "queue": "default", "hostname": "w"}]
+    events = [{"event": "stuck in queued tries exceeded", "task_id": "train", "map_index": 0,
+               "when": "2026-11-24T02:03:00Z", "extra": "Task was requeued more than 0 times and will be failed."},
+              {"event": "running", "task_id": "gate_sm_90", "map_index": 0, "when": "2026-11-24T02:04:00Z"},
+              {"event": "heartbeat timeout", "task_id": "gate_sm_90", "map_index": 0, "when": "2026-11-24T02:05:00Z",
+               "extra": "Task did not send a heartbeat for 60 s"}]
+    paths = []
+
+    def get(base, login, password, path, timeout=10):
+        paths.append(path)
+        return {"task_instances": tis} if "/taskInstances" in path else {"event_logs": events}
+
+    monkeypatch.setattr(fleet, "_api_connection", lambda: ("http://api", None, None))
+    monkeypatch.setattr(fleet, "_get", get)
+    out = fleet.unreported_failures("nightly_model_factory", "manual__2026-11-24T02:00:00+00:00", {"engine_cpu[0]"})
+    assert set(out) == {"train[0]", "gate_sm_90[fraud_risk]"}
+    assert out["train[0]"] == ("train[0] failed without reporting (queue train, never ran): stuck in queued tries "
+                               "exceeded: Task was requeued more than 0 times and will be failed.")
+    assert "last on host w-gpu90): heartbeat timeout" in out["gate_sm_90[fraud_risk]"]
+    assert "state=failed" in paths[0] and "manual__2026-11-24T02%3A00%3A00%2B00%3A00" in paths[0]
+    monkeypatch.setattr(fleet, "_api_connection", lambda: None)  # dag.test: every failure is its task's own record
+    assert fleet.unreported_failures("nightly_model_factory", "r", set()) == {}
+
+
+def test_the_outcome_records_a_failure_no_task_reported(smoke_cfg):
+    from factory_core.fsutil import put_json
+    from pipelines.orchestration import read_failures
+    from pipelines.stages import record_outcome
+
+    date = "2026-11-24"
+    put_json(smoke_cfg.run_layout(date).failure("plan"), {"task": "plan", "error": "X", "reason": "x"})
+    seen = []
+    failed = record_outcome(smoke_cfg, date, lambda reported: seen.append(reported) or {"train[0]": "train[0] ..."})
+    assert seen == [{"plan"}] and sorted(failed) == ["plan", "train[0]"]
+    assert {f["task"]: f["error"] for f in read_failures(smoke_cfg, date)} == {"plan": "X", "train[0]": "NotReported"}
