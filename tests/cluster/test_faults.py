@@ -12,20 +12,26 @@ The stuck night: the only ``train`` host is dead when the night starts, so ``tra
 worker. The scheduler (restarted with a short ``task_queued_timeout``, no requeue) fails it within that bound,
 and the night fails naming it in ``failures/`` and in the outcome task's error: never a silent hang.
 
-Outcomes and measured bounds: docs/operations.md, "Faults".
+Outcomes and bounds: docs/operations.md, "Faults". Run on request (``FACTORY_CLUSTER_FAULTS=1``), not in
+``.ci/run`` yet: the nights have not been run to the end on this machine, so neither their outcome nor the time
+they add to the 45-minute CI budget is measured.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import time
 
 import pytest
 
 from .conftest import HEARTBEAT_TIMEOUT_S, RETRY_DELAY_S, s3_json
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow,
+              pytest.mark.skipif(os.environ.get("FACTORY_CLUSTER_FAULTS") != "1",
+                                 reason="fault nights run on request (FACTORY_CLUSTER_FAULTS=1): their time in .ci/run "
+                                        "is not measured yet")]
 
 FAULTS, STUCK = "2026-11-23", "2026-11-24"
 FAMILY = "fraud_risk"
