@@ -219,7 +219,8 @@ def batching_table(runners: dict, seconds: float, rounds: int = 8, tag: str = ""
     return rows
 
 
-def async_batching_table(runners: dict, seconds: float, rounds: int = 8, tag: str = "") -> list[dict]:
+def async_batching_table(runners: dict, seconds: float, rounds: int = 8, tag: str = "",
+                         instances: int = 1) -> list[dict]:
     """The same table for an asyncio server: client coroutines on one event loop. "plain" awaits each request on
     the loop's default thread pool (``run_in_executor(None, runner.predict, x)``, what an asyncio server does with
     a blocking engine); "batched" awaits ``AsyncBatchingRunner.predict``. Interleaved as in :func:`batching_table`."""
@@ -253,7 +254,7 @@ def async_batching_table(runners: dict, seconds: float, rounds: int = 8, tag: st
 
         out = []
         for clients in (1, 8, 64):
-            br = AsyncBatchingRunner(runner)
+            br = AsyncBatchingRunner(runner, instances=instances)
             for _ in range(200):
                 await plain(x)
                 await br.predict(x)
@@ -343,6 +344,8 @@ def main() -> int:
     ap.add_argument("--engines", type=Path,
                     help="CPU engines built earlier with --build-only (a machine without torch's ONNX export)")
     ap.add_argument("--build-only", type=Path, metavar="DIR", help="build the CPU engines into DIR and stop")
+    ap.add_argument("--instances", type=int, default=1,
+                    help="asyncio front: engine threads (batches at once); the thread front runs one at a time")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--report", type=Path)
     ap.add_argument("--gpu-standin", action="store_true", help="only the CUDA-graph PyTorch stand-in tables")
@@ -368,7 +371,8 @@ def main() -> int:
         if "threads" in fronts:
             res[key] = batching_table(runners, args.seconds, args.rounds, tag)
         if "asyncio" in fronts:
-            res[key + "_asyncio"] = async_batching_table(runners, args.seconds, args.rounds, tag)
+            res[key + "_asyncio"] = async_batching_table(runners, args.seconds, args.rounds, tag, args.instances)
+            res["instances"] = args.instances
     print(report(res))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

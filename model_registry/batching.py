@@ -381,10 +381,14 @@ class AsyncBatchingRunner:
     queue at that moment, even if the engine hangs), :class:`BatcherClosed` after :meth:`close`, and
     :class:`RowCountMismatch` (or the engine's own error) for every caller of a failed batch. A caller cancelled
     while queued leaves the queue (counted as ``cancelled``).
+
+    ``instances`` (Triton's ``instance_group`` count): engine threads, so up to that many batches run at once; the
+    rule above then reads "an engine free". On a CPU engine with one intra-op thread, one per core the host gives
+    the engine.
     """
 
     def __init__(self, runner: Any, max_batch: int | None = None, max_queue: int = 1024,
-                 deadline_ms: float | None = None, history: int = 1000):
+                 deadline_ms: float | None = None, history: int = 1000, instances: int = 1):
         for attr in ("predict", "check_request", "manifest"):
             if not hasattr(runner, attr):
                 raise ValueError(f"runner: {type(runner).__name__} has no {attr!r} (an EngineRunner is expected)")
@@ -394,14 +398,16 @@ class AsyncBatchingRunner:
         if deadline_ms is not None:
             _check_number("deadline_ms", deadline_ms, strict=True)
         _check_int("history", history)
+        _check_int("instances", instances)
         self.profile_max, self.max_batch = _batch_limits(runner, max_batch)
-        self.runner, self.max_queue = runner, max_queue
+        self.runner, self.max_queue, self.instances = runner, max_queue, instances
+        self._runner_checks = getattr(runner, "checks_requests", False) is True
         self.deadline_s = None if deadline_ms is None else deadline_ms / 1e3
         self.batches: collections.deque[int] = collections.deque(maxlen=history)
-        self._engine = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="factory-engine")
+        self._engine = concurrent.futures.ThreadPoolExecutor(instances, thread_name_prefix="factory-engine")
         self._pending: collections.deque[_AsyncRequest] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._busy = self._closed = False
+        self._running, self._closed = 0, False  # batches in the engine threads
         # all written on the event loop's thread only
         self._n = dict.fromkeys(("requests", "ran_at_once", "queued", "batches", "rows", "failed_batches",
                                  "row_count_mismatch", "queue_full", "deadline", "closed", "cancelled",
@@ -428,9 +434,17 @@ class AsyncBatchingRunner:
         if self._closed:
             self._n["closed"] += 1
             raise BatcherClosed("the batcher is closed: it takes no new requests")
+        if self._running < self.instances and self._runner_checks and type(x) is np.ndarray and x.ndim \
+                and len(x) <= self.max_batch:
+            # runs alone at once on a runner whose predict checks it (EngineRunner): checked there, not twice
+            req = _AsyncRequest(x, loop.create_future(), time.perf_counter())
+            self._n["requests"] += 1
+            self._n["ran_at_once"] += 1
+            self._start([req], len(x))
+            return await req.fut
         x = self.runner.check_request(x)  # refused here, in the caller's coroutine: never part of anyone's batch
         req = _AsyncRequest(x, loop.create_future(), time.perf_counter())
-        if not self._busy:
+        if self._running < self.instances:
             self._n["requests"] += 1
             self._n["ran_at_once"] += 1
             self._start([req], len(x))
@@ -460,7 +474,7 @@ class AsyncBatchingRunner:
         """Refuse new requests (:class:`BatcherClosed`); those already queued still run; the engine thread ends
         when the last batch has."""
         self._closed = True
-        if not self._busy:
+        if not self._running:
             self._engine.shutdown(wait=False)
 
     def _expire(self, req: _AsyncRequest) -> None:
@@ -471,7 +485,7 @@ class AsyncBatchingRunner:
                 req.fut.set_exception(_late(req, time.perf_counter()))
 
     def _start(self, batch: list[_AsyncRequest], rows: int) -> None:
-        self._busy = True
+        self._running += 1
         xs = [r.x for r in batch]
         for r in batch:
             if r.timer is not None:
@@ -490,8 +504,12 @@ class AsyncBatchingRunner:
 
     def _finish(self, batch: list[_AsyncRequest], rows: int, done: concurrent.futures.Future) -> None:
         """On the loop, when a batch ended: start the next batch, then hand out this one's rows (or its error)."""
+        self._running -= 1
         self._next()
         exc = done.exception()
+        if exc is not None and isinstance(exc, BadInput) and len(batch) == 1:
+            batch[0].fut.set_exception(exc)  # a lone request refused by the runner's own check: not a failed batch
+            return
         if exc is not None:
             self._n["failed_batches"] += 1
             if isinstance(exc, RowCountMismatch):
@@ -518,8 +536,7 @@ class AsyncBatchingRunner:
         while pending and pending[0].fut.done():
             pending.popleft()
         if not pending:
-            self._busy = False
-            if self._closed:
+            if self._closed and not self._running:
                 self._engine.shutdown(wait=False)
             return
         first = pending.popleft()

@@ -169,3 +169,53 @@ def test_one_event_loop_and_arguments_checked_by_name():
     run(br.predict(_rows(0)))
     with pytest.raises(RuntimeError, match="one event loop"):
         run(br.predict(_rows(1)))
+
+
+def test_with_two_instances_two_batches_run_at_once_and_the_rest_queue_behind_them():
+    async def main():
+        inner = _Runner(hold=True)
+        br = AsyncBatchingRunner(inner, instances=2)
+        both = [asyncio.create_task(br.predict(_rows(i))) for i in (0, 1)]
+        for _ in range(int(WAIT_S / 0.001)):
+            if len(inner.calls) == 2:
+                break
+            await asyncio.sleep(0.001)
+        assert len(inner.calls) == 2, "the second request did not start while the first held its engine thread"
+        rest = [asyncio.create_task(br.predict(_rows(i))) for i in (2, 3, 4)]
+        await _queued(br, 3)
+        inner.release()
+        return inner, br, await asyncio.gather(*both, *rest)
+
+    inner, br, outs = run(main())
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out, _want(_rows(i)))
+    c = br.counters()
+    assert (c["ran_at_once"], c["queued"], c["rows"]) == (2, 3, 5) and inner.shapes[:2] == [(1, 3), (1, 3)]
+
+
+def test_a_runner_that_checks_its_own_requests_is_not_checked_twice_and_its_refusal_fails_only_its_caller():
+    class Checking(_Runner):
+        checks_requests = True
+
+        def __init__(self):
+            super().__init__()
+            self.checked = 0
+
+        def check_request(self, x):
+            self.checked += 1
+            return super().check_request(x)
+
+        def predict(self, x):
+            return super().predict(self.check_request(x))
+
+    async def main():
+        inner = Checking()
+        br = AsyncBatchingRunner(inner)
+        out = await br.predict(_rows(1))
+        bad = await asyncio.gather(br.predict(_rows(2, width=9)), return_exceptions=True)
+        return inner, br, out, bad[0]
+
+    inner, br, out, bad = run(main())
+    np.testing.assert_array_equal(out, _want(_rows(1)))
+    assert isinstance(bad, BadRequest) and br.counters()["failed_batches"] == 0
+    assert inner.checked == 2  # once per request, in the engine's predict
