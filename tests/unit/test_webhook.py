@@ -112,3 +112,14 @@ def test_the_secret_file_is_required_and_long_enough(tmp_path):
         read_secret(tmp_path / "absent")
     (tmp_path / "good").write_text(SECRET + "\n")
     assert read_secret(tmp_path / "good") == SECRET
+
+
+def test_factory_serve_refuses_a_webhook_without_watch_or_without_a_port(factory_home, capsys):
+    from model_registry.cli import main
+
+    assert main(["pull", "fraud_risk", "--dest", "x", "--webhook", "0.0.0.0:8491"]) == 2
+    assert "--webhook follows alias moves, so it needs --watch" in capsys.readouterr().err
+    assert main(["pull", "fraud_risk", "--dest", "x", "--watch", "--webhook", "0.0.0.0"]) == 2
+    assert "--webhook must be HOST:PORT" in capsys.readouterr().err
+    assert main(["pull", "fraud_risk", "--dest", "x", "--watch", "--webhook", ":8491"]) == 2
+    assert "registry.webhook_secret_file" in capsys.readouterr().err
