@@ -48,6 +48,7 @@ CASES = {
     "quick": [(3, 0, 3), (1, 0, 1), (3, 2, 3)],
     "one": [(1, 0, 1)],
     "axes": [(1, 0, 1), (3, 0, 1), (1, 0, 3), (1, 2, 1), (3, 2, 3)],  # 1 -> 3 along each axis, then all three
+    "widen": [(3, 0, 1), (1, 0, 3), (1, 2, 1), (3, 2, 3)],  # the axes without the base case
 }
 DAG_ID = "nightly_model_factory"
 CHAIN = ["plan", "ingest", "features", "train", "export", "variants", "engine", "gate", "gate_report", "publish",
@@ -113,11 +114,16 @@ def overhead(tis: list[dict], timings: dict[tuple[str, int], dict]) -> dict:
             post.append(end - tm["body_end"])
             total.append(pre[-1] + post[-1])
             per_task.append({"task": t["task_id"], "map_index": t["map_index"], "pre_s": round(pre[-1], 2),
-                             "body_s": round(tm["body_end"] - tm["body_start"], 2), "post_s": round(post[-1], 2)})
+                             "body_s": round(tm["body_end"] - tm["body_start"], 2), "post_s": round(post[-1], 2),
+                             "cpu_pre_s": round(tm.get("cpu_before_body", float("nan")), 2),
+                             "cpu_body_s": round(tm.get("cpu_body", float("nan")), 2)})
+    cpu_pre = [t["cpu_pre_s"] for t in per_task]
     return {"n": len(total), **{f"{name}_{q}": _pct(xs, v) for name, xs in
-                                (("pre", pre), ("post", post), ("overhead", total), ("queued", queued))
-                                for q, v in (("median", 0.5), ("p95", 0.95))},
-            "body_sum_s": round(sum(t["body_s"] for t in per_task), 1), "tasks": per_task}
+                                (("pre", pre), ("post", post), ("overhead", total), ("queued", queued),
+                                 ("cpu_pre", cpu_pre)) for q, v in (("median", 0.5), ("p95", 0.95))},
+            "body_sum_s": round(sum(t["body_s"] for t in per_task), 1),
+            "cpu_pre_sum_s": round(sum(cpu_pre), 1), "cpu_body_sum_s": round(sum(t["cpu_body_s"] for t in per_task), 1),
+            "tasks": per_task}
 
 
 def timings_of(fleet, run_id: str, tis: list[dict]) -> dict[tuple[str, int], dict]:
@@ -173,8 +179,8 @@ def report(rows: list[dict]) -> str:
     head = ("| profile | families | targets | precisions | engines | workers | `factory nightly` s | fleet wall s | "
             "fleet work s | critical path s | fleet / one process | critical path / one process | "
             "overhead median / p95 s (n) | before body median | after body median | queued median | "
-            "load 1/5/15 min at end |\n"
-            "|" + "---|" * 17)
+            "CPU s before body median | CPU s in bodies, sum | load 1/5/15 min at end |\n"
+            "|" + "---|" * 19)
     lines = [head]
     for r in rows:
         local = r.get("local", {}).get("wall_s")
@@ -186,7 +192,9 @@ def report(rows: list[dict]) -> str:
                      f"{r['engines']} | {kind} | {local or '—'} | {f['wall_s']} | "
                      f"{f['work_s']} | {f['critical_path_s']} | {ratio} | {cp} | {o.get('overhead_median', '—')} / "
                      f"{o.get('overhead_p95', '—')} ({o.get('n', 0)}) | {o.get('pre_median', '—')} | "
-                     f"{o.get('post_median', '—')} | {o.get('queued_median', '—')} | {r.get('load', '—')} |")
+                     f"{o.get('post_median', '—')} | {o.get('queued_median', '—')} | "
+                     f"{o.get('cpu_pre_median', '—')} | "
+                     f"{o.get('cpu_body_sum_s', '—')} | {r.get('load', '—')} |")
     return "\n".join(lines)
 
 

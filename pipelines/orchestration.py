@@ -30,7 +30,9 @@ RETRAIN_ASSET = "model-factory://retrain"
 TIMING_KEY = "factory_timing"
 """XCom key of a task's body timestamps (``body_start``, ``body_end``: epoch seconds), pushed by :func:`run_stage`.
 Against the task instance's ``start_date`` and ``end_date`` they split a task's time into the stage's own work and
-the per-task overhead around it (``benchmarks/fleet_throughput.py``)."""
+the per-task overhead around it (``benchmarks/fleet_throughput.py``). Beside them the task process's CPU seconds
+before the body (start-up, DAG parse) and in it (lazy imports included): on a shared host these, not the wall
+times, tell a warm worker from a cold one."""
 """The Airflow Asset ``drift_monitor`` updates to ask for retraining; the nightly is scheduled on it."""
 
 
@@ -170,9 +172,9 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             records = [_to_record(stage, i, a) for i, a in enumerate(args)]
             ctx["factory_label"] = _label(records, kwargs)  # rendered by the DAG's map_index_template
-            body_start = time.time()
+            body_start, cpu_start = time.time(), time.process_time()
             result = stage(cfg, *records, **kwargs)
-            body_end = time.time()
+            body_end, cpu_end = time.time(), time.process_time()
         except Exception as exc:
             full = disk_full(exc, cfg.home)
             if full is not None and full is not exc:  # named, and final: a retry on the same disk fails the same
@@ -180,7 +182,8 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             record_failure(cfg, run_date(ctx), task, exc)
             raise exc  # retry or not: retry_policy(), from the error's cause
         delete(cfg.run_layout(run_date(ctx)).failure(task))  # a retry succeeded
-    ti.xcom_push(key=TIMING_KEY, value={"body_start": body_start, "body_end": body_end})
+    ti.xcom_push(key=TIMING_KEY, value={"body_start": body_start, "body_end": body_end,
+                                        "cpu_before_body": cpu_start, "cpu_body": cpu_end - cpu_start})
     if isinstance(result, Record):
         return result.to_xcom()
     if isinstance(result, list):
