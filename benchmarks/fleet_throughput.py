@@ -79,7 +79,7 @@ def run_local(profile: str, fams: list[str], tgts: list[dict], root: Path) -> di
     wall = time.monotonic() - t0
     if r.returncode:
         raise RuntimeError(f"factory nightly failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
-    return {"wall_s": round(wall, 1)}
+    return {"wall_s": round(wall, 1), "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
 
 
 def _stage(task_id: str) -> str:
@@ -175,6 +175,22 @@ def run_fleet(profile: str, fams: list[str], tgts: list[dict], root: Path, warm:
             "overhead": overhead(tis, timings)}
 
 
+def save(out: Path | None, rows: list[dict]) -> None:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"measured": dt.date.today().isoformat(), "cpus": os.cpu_count(), "rows": rows},
+                                  indent=2))
+
+
+def merged(rows: list[dict]) -> list[dict]:
+    """Fleet rows, each with its case's `factory nightly` time (from a local-only row where it has none)."""
+    def case(r):
+        return r.get("profile", "smoke"), r["families"], r["targets"], r["precisions"]
+
+    local = {case(r): r["local"] for r in rows if "local" in r and "fleet" not in r}
+    return [{**r, "local": r.get("local") or local.get(case(r), {})} for r in rows if "fleet" in r]
+
+
 def report(rows: list[dict]) -> str:
     head = ("| profile | families | targets | precisions | engines | workers | `factory nightly` s | fleet wall s | "
             "fleet work s | critical path s | fleet / one process | critical path / one process | "
@@ -205,13 +221,16 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--local", choices=["all", "first", "none"], default="all",
                     help="run `factory nightly` for every case, only the first, or none (the fleet runs every case)")
-    ap.add_argument("--workers", nargs="+", choices=["warm", "cold"], default=["warm"],
+    ap.add_argument("--workers", nargs="+", choices=["warm", "cold", "none"], default=["warm"],
                     help="fleet workers that preload the stack (pipelines.worker, as deployed) and/or Airflow's "
-                         "default (each task process imports it afresh); each kind runs every case")
-    ap.add_argument("--report", type=Path, help="print the table of a saved run and exit")
+                         "default (each task process imports it afresh); each kind runs every case; none: only "
+                         "`factory nightly` (no fleet, no root needed)")
+    ap.add_argument("--report", nargs="+", type=Path,
+                    help="print the table of saved runs and exit; a fleet row without a `factory nightly` time takes "
+                         "that of its case from a local-only row (--workers none)")
     args = ap.parse_args()
     if args.report:
-        print(report(json.loads(args.report.read_text())["rows"]))
+        print(report(merged([r for p in args.report for r in json.loads(p.read_text())["rows"]])))
         return 0
     rows = []
     for i, (n_fam, extra, n_prec) in enumerate(CASES[args.cases]):
@@ -223,17 +242,17 @@ def main() -> int:
             with tempfile.TemporaryDirectory(prefix="bench-local-") as d:
                 row["local"] = run_local(args.profile, fams, tgts, Path(d))
             print(f"  factory nightly: {row['local']}", flush=True)
-        for kind in args.workers:
+        if args.workers == ["none"]:
+            rows.append(row)
+            save(args.out, rows)
+        for kind in (k for k in args.workers if k != "none"):
             with tempfile.TemporaryDirectory(prefix="bench-fleet-") as d:
                 fleet_row = {**row, "fleet": run_fleet(args.profile, fams, tgts, Path(d), warm=kind == "warm"),
                              "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
             print(f"  fleet ({kind}): {fleet_row['fleet']} load {fleet_row['load']}", flush=True)
             rows.append(fleet_row)
-            if args.out:  # after every row: a long series interrupted keeps what it measured
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps({"measured": dt.date.today().isoformat(), "cpus": os.cpu_count(),
-                                                "rows": rows}, indent=2))
-    print(report(rows))
+            save(args.out, rows)  # after every row: a long series interrupted keeps what it measured
+    print(report(merged(rows)))
     return 0
 
 
