@@ -175,6 +175,43 @@ def run_fleet(profile: str, fams: list[str], tgts: list[dict], root: Path, warm:
             "overhead": overhead(tis, timings)}
 
 
+STAGE_IMPORTS = {
+    "DAG parse (every task)": ["dags.nightly_model_factory"],
+    "train": ["dags.nightly_model_factory", "pandas", "torch", "pipelines.train", "pipelines.datasets"],
+    "export": ["dags.nightly_model_factory", "torch", "onnx", "pipelines.export", "pipelines.models"],
+    "variants": ["dags.nightly_model_factory", "torch", "onnxruntime", "modelopt.onnx.quantization",
+                 "pipelines.quantize", "model_registry.runners"],
+    "publish": ["dags.nightly_model_factory", "mlflow", "boto3", "model_registry.publish"],
+}
+"""What a task process of each stage imports (the DAG file, then the stage's lazy imports)."""
+
+
+COLD_WORKER = ["airflow.providers.celery.executors.celery_executor", "airflow.sdk.execution_time.supervisor",
+               "airflow.providers.standard.operators.python", "jinja2.ext", "numpy"]
+"""What an Airflow Celery worker has imported before it forks a task process, without pipelines.worker (the
+executor, the supervisor, and Airflow's own preload, ``on_celery_import_modules``): not counted."""
+
+
+def import_cost() -> dict[str, dict[str, float]]:
+    """CPU and wall seconds a fresh interpreter spends importing each stage's modules: what a cold worker's task
+    process pays and a warm worker's inherits. CPU seconds hardly move with the neighbours' load; wall seconds do."""
+    code = ("import importlib, sys, time\n"
+            f"for m in {COLD_WORKER!r}: importlib.import_module(m)\n"  # a cold worker's task process has these
+            "c, w = time.process_time(), time.perf_counter()\n"
+            "for m in sys.argv[1:]: importlib.import_module(m)\n"
+            "print(time.process_time() - c, time.perf_counter() - w)")
+    out = {}
+    for stage, mods in STAGE_IMPORTS.items():
+        r = subprocess.run([sys.executable, "-c", code, *mods], capture_output=True, text=True, cwd=REPO,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+        if r.returncode:
+            raise RuntimeError(f"importing {mods}: {r.stderr[-1500:]}")
+        cpu, wall = map(float, r.stdout.split()[-2:])
+        out[stage] = {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2)}
+        print(f"  {stage}: {out[stage]}", flush=True)
+    return out
+
+
 def save(out: Path | None, rows: list[dict]) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +265,15 @@ def main() -> int:
     ap.add_argument("--report", nargs="+", type=Path,
                     help="print the table of saved runs and exit; a fleet row without a `factory nightly` time takes "
                          "that of its case from a local-only row (--workers none)")
+    ap.add_argument("--import-cost", action="store_true",
+                    help="only measure what a cold task process spends importing, per stage (CPU and wall seconds)")
     args = ap.parse_args()
+    if args.import_cost:
+        costs = import_cost()
+        if args.out:
+            args.out.write_text(json.dumps({"measured": dt.date.today().isoformat(), "load": os.getloadavg(),
+                                            "import_cost": costs}, indent=2))
+        return 0
     if args.report:
         print(report(merged([r for p in args.report for r in json.loads(p.read_text())["rows"]])))
         return 0
