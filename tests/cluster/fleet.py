@@ -79,6 +79,9 @@ class Fleet:
     wait_s: float = 20.0
     pools_file: Path | None = None
     """Pools file for `factory airflow init` (default: infra/airflow/pools.json)."""
+    warm: bool = True
+    """Workers preload the heavy stack before forking task processes (``pipelines.worker``), as deployed; False
+    gives Airflow's default Celery config, where each task process imports it afresh (the benchmark's baseline)."""
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -242,6 +245,7 @@ class Fleet:
             "AIRFLOW__API_AUTH__JWT_SECRET": "fleet-test-jwt-secret-0123456789abcdef",
             "AIRFLOW__API__SECRET_KEY": "fleet-test-secret",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "3600",
+            **({"AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "pipelines.worker.CELERY_CONFIG"} if self.warm else {}),
             "AIRFLOW_CONN_FACTORY_AIRFLOW_API": self.api_url,
             "FACTORY_CONFIG": str(self.config_path),
             "FACTORY_HOME": str(factory_home),
