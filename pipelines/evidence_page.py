@@ -20,6 +20,7 @@ import math
 from typing import Any
 
 from factory_core.config import FactoryConfig, Family
+from factory_core.errors import BadInput
 
 AGREEMENT_CHECKS = ("agree_mean_abs", "agree_p99_abs", "agree_max_abs", "calibration_shift", "decision_flips",
                     "tail_mean_abs", "tail_calibration_shift")
@@ -29,8 +30,8 @@ COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "undecided": "#bf8700", "none":
 RUNNER_COLOURS = ("#0969da", "#8250df", "#1a7f37", "#bf3989", "#953800")
 
 
-class EvidencePageError(ValueError):
-    """The report cannot make the page asked for (a family or target it does not hold)."""
+class EvidencePageError(BadInput, ValueError):
+    """The report cannot make the page asked for (a family or target it does not hold, a key it lacks)."""
 
 
 def policy_of(cfg: FactoryConfig, family: str) -> dict[str, Any]:
@@ -82,9 +83,11 @@ def render(report: dict[str, Any], family: str, *, policy: dict[str, Any], targe
     gates = sorted(gates, key=lambda g: (g["status"] == "skipped", g["target"]))
     regs = {g["target"]: next((r for r in registered if r["target"] == g["target"]), None) for g in gates}
     body = [f"<h1>{_e(title)}</h1>", f"<p class='meta'>{_e(' · '.join(facts))} · from gates/report.json</p>"]
-    body += [_decision(g, regs[g["target"]]) for g in gates]
+    gated = [g for g in gates if g["status"] != "skipped"]
+    body += [_decision(g, regs[g["target"]]) for g in gated]
+    body.append(_skipped([g for g in gates if g["status"] == "skipped"]))
     body.append(_policy(policy))
-    body += [_target(g, accuracy, policy, (monitoring or {}).get(g["target"]), family) for g in gates]
+    body += [_target(g, accuracy, policy, (monitoring or {}).get(g["target"]), family) for g in gated]
     return _document(title, "\n".join(b for b in body if b))
 
 
@@ -130,17 +133,25 @@ def _check(candidate: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 
 def _decision(g: dict[str, Any], reg: dict[str, Any] | None) -> str:
-    win = next((c for c in g["candidates"] if c["outcome"] == "selected"), None)
-    kind = "skipped" if g["status"] == "skipped" else ("selected" if win else "rejected")
+    kind = "selected" if any(c["outcome"] == "selected" for c in g["candidates"]) else "rejected"
     return (f"<p class='decision {kind}'><b>Decision, <a href='#{_e(g['target'])}'>{_e(g['target'])}</a>:</b> "
             f"{_e(decision_text(g, reg))}</p>")
+
+
+def _skipped(gates: list[dict[str, Any]]) -> str:
+    """Targets where nothing was gated, in one line grouped by reason (a run narrowed to two targets skips many)."""
+    if not gates:
+        return ""
+    by: dict[str, list[str]] = {}
+    for g in gates:
+        by.setdefault(g.get("reason") or "skipped", []).append(g["target"])
+    parts = "; ".join(f"{', '.join(sorted(ts))} ({why})" for why, ts in by.items())
+    return f"<p class='decision skipped'><b>Not gated:</b> {_e(parts)}.</p>"
 
 
 def _target(g: dict[str, Any], accuracy: dict[str, Any] | None, policy: dict[str, Any], drift: dict[str, Any] | None,
             family: str) -> str:
     out = [f"<section id='{_e(g['target'])}'><h2>{_e(family)} · {_e(g['target'])}</h2>"]
-    if g["status"] == "skipped":
-        return "\n".join(out) + f"<p class='note'>{_e(g.get('reason') or 'skipped')}</p></section>"
     salt = f"{family}.{g['target']}"
     out += ["<h3>Champion vs challenger</h3>", _champion(g, policy, salt),
             "<h3>Agreement with FP32 (each engine's own outputs on every test window)</h3>",
@@ -402,7 +413,8 @@ def _latency_svg(runners: list[tuple[str, dict[str, Any] | None, Any]], salt: st
         plt.close(fig)
         return "<p class='note'>No latency rounds recorded.</p>"
     ax.set_xlabel("round")
-    ax.set_ylabel("batch-1 latency (ms)")
+    ax.set_yscale("log")
+    ax.set_ylabel("batch-1 latency (ms, log)")
     ax.legend(fontsize=7, frameon=False, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
     return _svg(fig, salt + ".latency")

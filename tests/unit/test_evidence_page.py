@@ -4,6 +4,7 @@ selected on an undecided comparison and its INT8 rejected), and read back in hea
 
 from __future__ import annotations
 
+import functools
 import gzip
 import html
 import json
@@ -30,6 +31,7 @@ def _gate(family: str, target: str = "cpu") -> dict:
     return next(g for g in REPORT["targets"] if g["family"] == family and g["target"] == target)
 
 
+@functools.cache
 def _drift() -> dict:
     """A drift check of fraud_risk's champion with a real label-free estimate (calibrated scores)."""
     rng = np.random.default_rng(0)
@@ -45,6 +47,13 @@ def _drift() -> dict:
 
 def _page(family: str, **kw) -> str:
     return render(REPORT, family, policy=policy_of(CFG, family), **kw)
+
+
+@functools.cache
+def _fraud_page() -> str:
+    """fraud_risk's version page for cpu: held as challenger, with a drift check and its label-free estimate."""
+    return _page("fraud_risk", target="cpu", registered=[HELD], monitoring={"cpu": _drift()},
+                 run={"git_commit": "0123abcd"})
 
 
 def _text(markup: str) -> str:
@@ -84,7 +93,7 @@ def test_decisions_say_what_the_gates_decided_and_what_the_registry_did():
 
 
 def test_the_page_is_self_contained_and_shows_every_section():
-    page = _page("fraud_risk", registered=[HELD], monitoring={"cpu": _drift()}, run={"git_commit": "0123abcd"})
+    page = _fraud_page()
     assert not re.search(r"<script|<link|<iframe|@import|url\((?!#)", page, re.I)  # url(#…): SVG clip paths
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)  # nothing fetched
     assert page.count("<svg") == 3  # forest, agreement, latency
@@ -114,7 +123,7 @@ def test_a_skipped_target_states_its_reason():
     report["targets"].append({"family": "fraud_risk", "target": "sm_90", "status": "skipped",
                               "reason": "no worker serves queue gpu_sm_90", "candidates": []})
     page = render(report, "fraud_risk", policy=policy_of(CFG, "fraud_risk"))
-    assert "No decision: nothing was gated on sm_90 (no worker serves queue gpu_sm_90)." in _text(page)
+    assert "Not gated: sm_90 (no worker serves queue gpu_sm_90)." in _text(page)
     assert page.count("<svg") == 3  # the skipped target draws nothing
 
 
@@ -133,7 +142,7 @@ def test_chromium_renders_the_page_with_the_decision_and_every_candidate(chromiu
     from PIL import Image
 
     page = tmp_path / "fraud_risk.html"
-    page.write_text(_page("fraud_risk", target="cpu", registered=[HELD], monitoring={"cpu": _drift()}))
+    page.write_text(_fraud_page())
     shot = chromium.screenshot(page, tmp_path / "page.png", 1280, 1600)
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape == (1600, 1280, 3)
@@ -146,3 +155,20 @@ def test_chromium_renders_the_page_with_the_decision_and_every_candidate(chromiu
     assert decision_text(_gate("fraud_risk"), HELD) in text
     rows = re.findall(r'<tr class="cand"><td>(\w+)</td>', dom)
     assert rows == [c["precision"] for c in _gate("fraud_risk")["candidates"]] == ["fp16", "fp32", "int8"]
+
+
+def test_factory_evidence_renders_a_night_from_its_run_folder(factory_home, tmp_path, capsys):
+    from factory_core.fsutil import write_json
+    from pipelines.cli import main
+
+    assert main(["evidence", "fraud_risk", "--date", "2026-11-13", "--profile", "smoke", "--no-drift"]) == 2
+    err = capsys.readouterr().err
+    assert "no gate report at" in err and "runs/2026-11-13/gates/report.json" in err
+    write_json(factory_home / "runs" / "2026-11-13" / "gates" / "report.json", REPORT)
+    write_json(factory_home / "runs" / "2026-11-13" / "summary.json",
+               {"published": [{"family": "fraud_risk", "run_id": "abc123", "versions": [HELD]}]})
+    out = tmp_path / "page.html"
+    assert main(["evidence", "fraud_risk", "--date", "2026-11-13", "--profile", "smoke", "--no-drift",
+                 "--out", str(out)]) == 0
+    text = _text(out.read_text())
+    assert decision_text(_gate("fraud_risk"), HELD) in text and "run id abc123" in text
