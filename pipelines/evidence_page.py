@@ -107,6 +107,8 @@ def decision_text(gate: dict[str, Any], registered: dict[str, Any] | None = None
         parts.append(f"{DECISION_WORDS[vs['decision']]} against champion {cv or '?'}" + _interval(vs))
         if vs.get("holds_champion"):
             parts.append("the policy keeps the champion")
+        elif vs["decision"] == "undecided":  # gates.champion.undecided: promote, or a champion due for a refresh
+            parts.append("the policy lets it replace the champion")
     elif cv:
         parts.append(f"not compared with champion {cv}: {champ.get('reason') or 'not measured'}")
     else:

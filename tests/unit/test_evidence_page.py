@@ -85,6 +85,12 @@ def test_decisions_say_what_the_gates_decided_and_what_the_registry_did():
                            "margin 0.01); the policy keeps the champion; registered as v4 (challenger): champion kept")
     promoted = decision_text(_gate("fraud_risk"), HELD | {"promoted": True, "note": ""})
     assert promoted.endswith("registered as v4, promoted to champion.")
+    promote = json.loads(json.dumps(_gate("fraud_risk")))  # as under gates.champion.undecided: promote
+    for c in promote["candidates"]:
+        for k in c["checks"]:
+            k["holds_champion"] = False
+    assert "undecided against champion v1" in decision_text(promote) and "the policy lets it replace the champion" \
+        in decision_text(promote)
     first = json.loads(json.dumps(_gate("fraud_risk")))
     first["champion"] = {"family": "fraud_risk", "target": "cpu", "reason": "no champion yet"}
     for c in first["candidates"]:
