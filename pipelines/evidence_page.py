@@ -117,8 +117,11 @@ def decision_text(gate: dict[str, Any], registered: dict[str, Any] | None = None
         r = registered
         what = f"registered as v{r['registry_version']}"
         what += ", promoted to champion" if r.get("promoted") else " (challenger)"
-        if r.get("note"):
-            what += f": {r['note']}"
+        note = r.get("note") or ""
+        if vs is not None and vs.get("detail"):  # a held champion's note repeats the comparison said above
+            note = note.replace(f": {vs['detail']}", "")
+        if note:
+            what += f": {note}"
         parts.append(what)
     return "; ".join(parts) + "."
 

@@ -83,6 +83,10 @@ def test_decisions_say_what_the_gates_decided_and_what_the_registry_did():
     assert held.startswith("fp32 selected (lowest batch-1 p99 among the candidates that passed every gate); "
                            "undecided against champion v1 (champion − challenger AUC +0.0624, CI [+0.0061, +0.1255], "
                            "margin 0.01); the policy keeps the champion; registered as v4 (challenger): champion kept")
+    vs = next(k for k in _gate("fraud_risk")["candidates"][1]["checks"] if k["name"] == "vs_champion")
+    note = f"champion kept, v4 is challenger: {vs['detail']}"  # as auto_promote writes it
+    assert decision_text(_gate("fraud_risk"), HELD | {"note": note}).endswith(
+        "registered as v4 (challenger): champion kept, v4 is challenger.")  # the interval is not said twice
     promoted = decision_text(_gate("fraud_risk"), HELD | {"promoted": True, "note": ""})
     assert promoted.endswith("registered as v4, promoted to champion.")
     promote = json.loads(json.dumps(_gate("fraud_risk")))  # as under gates.champion.undecided: promote
