@@ -215,7 +215,8 @@ def test_the_night_s_evidence_pages_render_in_chromium_with_the_decision_and_eve
                 reg = next(v for v in pub["versions"] if v["target"] == "cpu")
                 assert decision_text(g, reg) in html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", dom)))
                 assert re.findall(r'<tr class="cand"><td>(\w+)</td>', dom) == [c["precision"] for c in g["candidates"]]
-            assert dom.count("<svg") >= 3
+                compared = any(k["name"] == "vs_champion" for c in g["candidates"] for k in c["checks"])
+                assert dom.count("<svg") == 2 + compared  # agreement, latency, and the forest plot with a champion
     shot = chromium.screenshot(folder / "cpu.html", tmp_path / "page.png", 1280, 1200)
     from PIL import Image
 
