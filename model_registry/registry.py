@@ -21,6 +21,8 @@ from factory_core.contracts import Manifest
 from factory_core.errors import FactoryError, ServiceUnreachable
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+EVIDENCE_TAG = "evidence_page"
+"""Version tag: the evidence page the version rests on, ``runs:/<run id>/evidence/<target>.html``."""
 
 
 class RegistryError(FactoryError, RuntimeError):
@@ -198,6 +200,13 @@ class Registry:
                                                   description=description)
         self.client.set_registered_model_alias(name, CHALLENGER, mv.version)
         return str(mv.version)
+
+    def link_evidence(self, family: str, target: str, version: str, description: str, page: str) -> None:
+        """Point a version at the evidence page it rests on: its description (with the link the UI follows) and tag
+        :data:`EVIDENCE_TAG` (``runs:/<run>/evidence/<target>.html``), which the newest run to register it sets."""
+        name = model_name(family, target)
+        self.client.update_model_version(name, version, description=description)
+        self.client.set_model_version_tag(name, version, EVIDENCE_TAG, page)
 
     def resolve(self, family: str, target: str, alias: str) -> Any:
         """The model version an alias points at.

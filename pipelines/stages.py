@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from factory_core import layout
 from factory_core.config import ConfigError, FactoryConfig, Family, TargetConfig
@@ -36,6 +37,10 @@ from factory_core.families import spec
 from factory_core.fsutil import fetch, get_json, put_json, stage_output, write_json
 from factory_core.precisions import REFERENCE
 from factory_core.precisions import precision as precision_spec
+
+if TYPE_CHECKING:
+    from factory_core.contracts import Registered
+    from model_registry.publish import Evidence, Night
 
 log = logging.getLogger(__name__)
 
@@ -588,7 +593,25 @@ def publish(cfg: FactoryConfig, p: Plan, tr: TrainResult, ex: ExportResult, repo
     window = f"{dates[0]}..{dates[-1]}" if dates else p.date
     night = Night(family=family, date=p.date, data_window=window, git_commit=_git_commit(),
                   test_metrics=tr.metrics, extra_metrics=extra)
-    return publish_family(cfg, night, files, selected)
+    return publish_family(cfg, night, files, selected, evidence=_evidence_pages(cfg, report, night))
+
+
+def _evidence_pages(cfg: FactoryConfig, report: GateReport, night: Night) -> Evidence:
+    """The page renderer publish calls once the family's versions are registered: the gate report, the policy in
+    force, and per target the latest drift check of the champion (with its label-free estimate) where one exists."""
+    from .drift import latest_check
+    from .evidence_page import policy_of, render
+
+    family, data = night.family, report.to_xcom()
+    targets = sorted({g.target for g in report.targets if g.family == family and g.status is not Status.SKIPPED})
+    monitoring = {t: latest_check(cfg, family, t) for t in targets}
+    facts = {"git_commit": night.git_commit[:12], "data_window": night.data_window}
+
+    def page(target: str | None, versions: list[Registered]) -> str:
+        return render(data, family, target=target, policy=policy_of(cfg, family), monitoring=monitoring,
+                      registered=[v.to_xcom() for v in versions], run=facts)
+
+    return page
 
 
 def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported: list[ExportResult],

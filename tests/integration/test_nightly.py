@@ -1,7 +1,9 @@
 """The smoke nightly end to end, through the real CLI and Airflow ``dag.test`` on SQLite."""
 
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -172,7 +174,12 @@ def test_night_registers_in_mlflow_and_pushes_to_s3_then_pull_serves_it(night, s
         run = reg.client.get_run(pub["run_id"])
         assert "test_auc" in run.data.metrics
         arts = {a.path for a in reg.client.list_artifacts(pub["run_id"])}
-        assert {"pytorch", "onnx", "gates", "reference"} <= arts  # reference: drift_monitor's baseline
+        assert {"pytorch", "onnx", "gates", "reference", "evidence"} <= arts  # reference: drift_monitor's baseline
+        # the version rests on its evidence page: logged in its run, linked from its description (the UI's route)
+        assert tags["evidence_page"] == f"runs:/{pub['run_id']}/evidence/cpu.html"
+        assert {a.path for a in reg.client.list_artifacts(pub["run_id"], "evidence")} == {"evidence/night.html",
+                                                                                         "evidence/cpu.html"}
+        assert f"/runs/{pub['run_id']}/artifactPath/evidence/cpu.html)" in champ.description
         # the UI's Schema section: the route the UI calls, served from the version's source in the store
         url = (f"{services['FACTORY__REGISTRY__TRACKING_URI']}/model-versions/get-artifact?path=MLmodel"
                f"&name={pub['family']}.cpu&version={champ.version}")
@@ -186,6 +193,35 @@ def test_night_registers_in_mlflow_and_pushes_to_s3_then_pull_serves_it(night, s
     runner = EngineRunner(dest / "market_alert" / "cpu" / "current")
     x = np.random.default_rng(0).normal(size=(3, 40, 16)).astype(np.float32)
     assert runner.predict(x).shape == (3, 1)
+
+
+def test_the_night_s_evidence_pages_render_in_chromium_with_the_decision_and_every_candidate(night, services,
+                                                                                             chromium, tmp_path):
+    """The pages a reviewer opens from a version in the MLflow UI, as logged by this smoke night, in a real browser."""
+    import mlflow
+
+    from pipelines.evidence_page import decision_text
+
+    home, _ = night
+    report = json.loads((home / "runs" / DATE / "gates" / "report.json").read_text())
+    summary = json.loads((home / "runs" / DATE / "summary.json").read_text())
+    mlflow.set_tracking_uri(services["FACTORY__REGISTRY__TRACKING_URI"])
+    for pub in summary["published"]:
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=pub["run_id"], artifact_path="evidence",
+                                                          dst_path=str(tmp_path / pub["family"])))
+        for name in ("night.html", "cpu.html"):
+            dom = chromium.dump_dom(folder / name)
+            for g in (g for g in report["targets"] if g["family"] == pub["family"] and g["target"] == "cpu"):
+                reg = next(v for v in pub["versions"] if v["target"] == "cpu")
+                assert decision_text(g, reg) in html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", dom)))
+                assert re.findall(r'<tr class="cand"><td>(\w+)</td>', dom) == [c["precision"] for c in g["candidates"]]
+                compared = any(k["name"] == "vs_champion" for c in g["candidates"] for k in c["checks"])
+                assert dom.count("<svg") == 2 + compared  # agreement, latency, and the forest plot with a champion
+    shot = chromium.screenshot(folder / "cpu.html", tmp_path / "page.png", 1280, 1200)
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert (img.min(axis=2) < 200).mean() > 0.03  # not blank
 
 
 def test_rerun_same_date_is_idempotent(night, services):
