@@ -62,8 +62,11 @@ HISTORY_TAG = "champion.history"
 """The earlier record, one JSON list ``[{version, at, by, why[, not_before]}]``: still read (its moves come first),
 never written."""
 OUTSIDE = "outside the factory (MLflow UI or API)"
-EVIDENCE_PAGE = "evidence/evidence.html"
-"""The night's evidence page, an artifact of the version's source run (where the run has it)."""
+def evidence_page(target: str) -> str:
+    """A version's evidence page, an artifact of its source run (the family's night run) where the run has it:
+    ``evidence/<target>.html`` (:func:`model_registry.publish.log_evidence` logs it)."""
+    return f"evidence/{target}.html"
+
 GATE_REPORT = "gates/report.json"
 """The gates' record of the night, in every source run: the evidence when the run has no page."""
 _ENGINE_TAGS = ("factory_version", "precision", "backend", "backend_version", "engine_sha256", "manifest_sha256",
@@ -317,8 +320,8 @@ class Registry:
                             f"rollback from v{current.version}: {why}", "rollback")
         return str(previous)
 
-    def evidence(self, run_id: str) -> dict[str, str]:
-        """Where the evidence a version rests on lies: its source run's evidence page (:data:`EVIDENCE_PAGE`) where
+    def evidence(self, run_id: str, target: str) -> dict[str, str]:
+        """Where the evidence a version rests on lies: its source run's evidence page (:func:`evidence_page`) where
         the run has one, its gate report (:data:`GATE_REPORT`) always; as ``runs:/`` URIs, and as MLflow UI links
         when the registry is a tracking server. A run the registry no longer has is said so (``missing``)."""
         from mlflow.exceptions import MlflowException
@@ -326,16 +329,17 @@ class Registry:
         if not run_id:
             return {}
         out = {"run_id": run_id, "report": f"runs:/{run_id}/{GATE_REPORT}"}
+        page = evidence_page(target)
         try:
             experiment = self.client.get_run(run_id).info.experiment_id
-            has_page = any(a.path == EVIDENCE_PAGE for a in self.client.list_artifacts(run_id, "evidence"))
+            has_page = any(a.path == page for a in self.client.list_artifacts(run_id, "evidence"))
         except MlflowException as exc:
             return out | {"missing": f"run {run_id}: {getattr(exc, 'message', exc)}"[:300]}
         if has_page:
-            out["page"] = f"runs:/{run_id}/{EVIDENCE_PAGE}"
+            out["page"] = f"runs:/{run_id}/{page}"
         if self.uri.startswith(("http://", "https://")):
             out["ui"] = (f"{self.uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}/artifacts/"
-                         f"{EVIDENCE_PAGE if has_page else GATE_REPORT}")
+                         f"{page if has_page else GATE_REPORT}")
         return out
 
     def promoted_at(self, family: str, target: str) -> dt.datetime | None:

@@ -60,7 +60,7 @@ def champion_history(registry, family: str, target: str) -> list[dict]:
     moves = registry.history(family, target)
     for m in moves:
         if m.get("run_id") and m["run_id"] not in runs:
-            runs[m["run_id"]] = registry.evidence(m["run_id"])
+            runs[m["run_id"]] = registry.evidence(m["run_id"], target)
         m["evidence"] = runs.get(m.get("run_id"), {})
     return moves
 

@@ -185,7 +185,7 @@ def test_champion_history_lists_every_move_with_its_evidence_and_engine(engines,
         run = client.create_run(experiment).info.run_id
         client.log_text(run, "{}", "gates/report.json")
         if page:
-            client.log_text(run, "<html>decision</html>", "evidence/evidence.html")
+            client.log_text(run, "<html>decision</html>", "evidence/history.html")
         client.set_terminated(run)
         runs.append(run)
     e1, e2 = engines
@@ -208,17 +208,17 @@ def test_champion_history_lists_every_move_with_its_evidence_and_engine(engines,
         ("promote", "", v1, "policy:auto_promote"), ("promote", v1, v2, "cli:alice"),
         ("outside", v2, v1, "outside the factory (MLflow UI or API)"), ("rollback", v1, v2, "cli:bob")]
     assert moves[2]["not_before"] == moves[1]["at"] <= moves[2]["at"]
-    assert [m["evidence"].get("page") for m in moves] == [None, f"runs:/{runs[1]}/evidence/evidence.html", None,
-                                                          f"runs:/{runs[1]}/evidence/evidence.html"]
+    assert [m["evidence"].get("page") for m in moves] == [None, f"runs:/{runs[1]}/evidence/history.html", None,
+                                                          f"runs:/{runs[1]}/evidence/history.html"]
     assert moves[0]["evidence"]["report"] == f"runs:/{runs[0]}/gates/report.json"
     assert moves[3]["evidence"]["ui"] == (f"{mlflow_server.uri}/#/experiments/{experiment}/runs/{runs[1]}/artifacts/"
-                                          f"evidence/evidence.html")
+                                          f"evidence/history.html")
     assert moves[2]["engine"]["engine_sha256"] == _manifest(e1)["sha256"]["engine"]
     assert moves[3]["engine"]["manifest_sha256"] == sha256_file(e2 / "manifest.json")
     monkeypatch.setenv("COLUMNS", "400")  # one line per row: the table's cells are not folded
     assert main(["champion", "history", name]) == 0
     table = capsys.readouterr().out
-    for text in ("outside the factory", f"rollback v{v1} → v{v2}", "cli:alice", "evidence/evidence.html",
+    for text in ("outside the factory", f"rollback v{v1} → v{v2}", "cli:alice", "evidence/history.html",
                  "no evidence page in the run: its gate report"):
         assert text in table
     with pytest.raises(SystemExit):
