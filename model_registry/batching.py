@@ -113,17 +113,8 @@ class BatchingRunner:
 
     def __init__(self, runner: Any, window_ms: float = 2.0, max_batch: int | None = None, max_queue: int = 1024,
                  deadline_ms: float | None = None, history: int = 1000):
-        for attr in ("predict", "check_request", "manifest"):
-            if not hasattr(runner, attr):
-                raise ValueError(f"runner: {type(runner).__name__} has no {attr!r} (an EngineRunner is expected)")
         _check_number("window_ms", window_ms, strict=False)
-        if max_batch is not None:
-            _check_int("max_batch", max_batch)
-        _check_int("max_queue", max_queue)
-        if deadline_ms is not None:
-            _check_number("deadline_ms", deadline_ms, strict=True)
-        _check_int("history", history)
-        self.profile_max, self.max_batch = _batch_limits(runner, max_batch)
+        self.profile_max, self.max_batch = _checked_args(runner, max_batch, max_queue, deadline_ms, history)
         self.runner, self.window_s = runner, window_ms / 1e3
         self.max_queue = max_queue
         self.deadline_s = None if deadline_ms is None else deadline_ms / 1e3
@@ -389,17 +380,8 @@ class AsyncBatchingRunner:
 
     def __init__(self, runner: Any, max_batch: int | None = None, max_queue: int = 1024,
                  deadline_ms: float | None = None, history: int = 1000, instances: int = 1):
-        for attr in ("predict", "check_request", "manifest"):
-            if not hasattr(runner, attr):
-                raise ValueError(f"runner: {type(runner).__name__} has no {attr!r} (an EngineRunner is expected)")
-        if max_batch is not None:
-            _check_int("max_batch", max_batch)
-        _check_int("max_queue", max_queue)
-        if deadline_ms is not None:
-            _check_number("deadline_ms", deadline_ms, strict=True)
-        _check_int("history", history)
         _check_int("instances", instances)
-        self.profile_max, self.max_batch = _batch_limits(runner, max_batch)
+        self.profile_max, self.max_batch = _checked_args(runner, max_batch, max_queue, deadline_ms, history)
         self.runner, self.max_queue, self.instances = runner, max_queue, instances
         self._runner_checks = getattr(runner, "checks_requests", False) is True
         self.deadline_s = None if deadline_ms is None else deadline_ms / 1e3
@@ -570,6 +552,21 @@ def _rows_checked(out: Any, x: np.ndarray, xs: tuple | list) -> np.ndarray:
                                f"{sizes} rows): its outputs cannot be split among the callers, so each of them "
                                f"gets this error")
     return out
+
+
+def _checked_args(runner: Any, max_batch: int | None, max_queue: int, deadline_ms: float | None,
+                  history: int) -> tuple[int | None, int]:
+    """Both fronts' common arguments checked by name; then :func:`_batch_limits`."""
+    for attr in ("predict", "check_request", "manifest"):
+        if not hasattr(runner, attr):
+            raise ValueError(f"runner: {type(runner).__name__} has no {attr!r} (an EngineRunner is expected)")
+    if max_batch is not None:
+        _check_int("max_batch", max_batch)
+    _check_int("max_queue", max_queue)
+    if deadline_ms is not None:
+        _check_number("deadline_ms", deadline_ms, strict=True)
+    _check_int("history", history)
+    return _batch_limits(runner, max_batch)
 
 
 def _batch_limits(runner: Any, max_batch: int | None) -> tuple[int | None, int]:
