@@ -61,9 +61,10 @@ class ReproduceRefused(BadInput):
 
 
 def code_identity() -> dict[str, str]:
-    """``commit`` of the checkout this package runs from, and ``changes``: a sha256 over uncommitted changes to
-    :data:`CODE_DIRS` (tracked diffs and untracked files), ``""`` when clean. ``commit`` is ``unknown`` outside a
-    git checkout (an installed wheel): then only ``model-factory``'s version names the code."""
+    """The code a night runs: ``commit`` of the checkout (for people), ``tree``: a sha256 over the git trees of
+    :data:`CODE_DIRS` at that commit (a commit that touches only docs or tests keeps it), and ``changes``: a sha256
+    over uncommitted changes to them (tracked diffs and untracked files), ``""`` when clean. Outside a git checkout
+    (an installed wheel) ``commit`` and ``tree`` are ``unknown``: only ``model-factory``'s version names the code."""
     root = Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> str:
@@ -75,16 +76,18 @@ def code_identity() -> dict[str, str]:
 
     top = git("rev-parse", "--show-toplevel").strip()
     if not top or Path(top).resolve() != root:  # a venv inside some other repository is not this code's checkout
-        return {"commit": "unknown", "changes": ""}
+        return {"commit": "unknown", "tree": "unknown", "changes": ""}
     commit = git("rev-parse", "HEAD").strip() or "unknown"
+    trees = git("rev-parse", *(f"HEAD:{d}" for d in CODE_DIRS))
+    tree = hashlib.sha256(trees.encode()).hexdigest() if trees else "unknown"
     diff = git("diff", "HEAD", "--", *CODE_DIRS)
     untracked = sorted(git("ls-files", "--others", "--exclude-standard", "--", *CODE_DIRS).split())
     if not diff and not untracked:
-        return {"commit": commit, "changes": ""}
+        return {"commit": commit, "tree": tree, "changes": ""}
     h = hashlib.sha256(diff.encode())
     for name in untracked:
         h.update(name.encode() + b"\0" + (root / name).read_bytes())
-    return {"commit": commit, "changes": h.hexdigest()}
+    return {"commit": commit, "tree": tree, "changes": h.hexdigest()}
 
 
 def library_versions() -> dict[str, str]:
@@ -126,13 +129,15 @@ def read_night(cfg: FactoryConfig, date: str) -> tuple[dict[str, Any], dict[str,
 
 
 def check_code(recorded: dict[str, str], running: dict[str, str], allow_change: bool) -> list[str]:
-    """Warnings; :class:`ReproduceRefused` when the code differs and ``allow_change`` is false."""
+    """Warnings; :class:`ReproduceRefused` when the code differs and ``allow_change`` is false. The code is the
+    packages' tree plus uncommitted changes: another commit that leaves them as they were is the same code."""
     def name(c: dict[str, str]) -> str:
         return c["commit"][:12] + (f" with uncommitted changes {c['changes'][:12]}" if c.get("changes") else "")
 
     if recorded.get("commit", "unknown") == "unknown":
         return ["the record names no code commit (the night ran outside a git checkout): the code is not pinned"]
-    if recorded == running:
+    key = ("tree", "changes") if recorded.get("tree", "unknown") != "unknown" else ("commit", "changes")
+    if all(recorded.get(k) == running.get(k) for k in key):
         return []
     text = f"the night ran code {name(recorded)}, this is {name(running)}"
     if not allow_change:
@@ -572,16 +577,18 @@ def mark_followers(rows: list[Row], order: list[str]) -> str | None:
 # ---------------------------------------------------------------------------------------------------- the command
 
 
-def reproduce(cfg: FactoryConfig, date: str, scratch: Path, sets: dict[str, Any], allow_code_change: bool,
+def reproduce(cfg: FactoryConfig, date: str, scratch: Path, planted: list[str], allow_code_change: bool,
               families: list[str] | None, console: Any) -> int:
-    """Check, re-run and compare one recorded night; print progress and the table. Returns the exit code: 0 when
-    every artifact is identical, equivalent or skipped, 1 when one differs or the re-run failed."""
+    """Check, re-run and compare one recorded night; print progress and the table. ``planted``: ``KEY=VALUE``
+    changes to the recorded config. Returns the exit code: 0 when every artifact is identical, equivalent or
+    skipped, 1 when one differs or the re-run failed."""
     import yaml
 
     from factory_core.config import FactoryConfig as Config
 
     from .cli.nightly import run_nightly
 
+    sets = parse_sets(planted)
     record, _ = read_night(cfg, date)
     warnings = check_code(record["code"], code_identity(), allow_code_change)
     n_parts = check_lake(record)
@@ -611,7 +618,7 @@ def reproduce(cfg: FactoryConfig, date: str, scratch: Path, sets: dict[str, Any]
                   f" · seeds {', '.join(f'{k} {v}' for k, v in record['seeds'].items())} · profile {record['profile']}"
                   f" · {n_parts} lake partitions, sha256 as recorded")
     if sets:
-        console.print(f"[yellow]planted[/yellow]: --set {sets} over the recorded config")
+        console.print(f"[yellow]planted[/yellow] over the recorded config: {', '.join(planted)}")
     for w in warnings:
         console.print(f"[yellow]warning[/yellow]: {w}")
     console.print(f"re-running into {scratch} (families {', '.join(families)}; targets {', '.join(targets)})")
@@ -623,7 +630,7 @@ def reproduce(cfg: FactoryConfig, date: str, scratch: Path, sets: dict[str, Any]
     if rc != 0:
         console.print(f"[red]the reproduction night failed[/red] (exit {rc}); nothing compared")
         return 1
-    console.rule("comparing, upstream first")
+    console.rule("comparing, upstream first (each artifact alone; the table names what follows from what)")
     cmp = Compare(cfg.run_layout(date).uri, repro.run_layout(date).uri, scratch / "compare", families, targets)
     rows = [Row("ingest", "", f"{n_parts} lake partitions", IDENTICAL, "sha256 checked before the re-run")]
     rows += cmp.rows(lambda r: console.print(f"  {r.verdict:<10} {r.stage:<14} {r.family:<16} {r.artifact}"))
@@ -634,7 +641,7 @@ def reproduce(cfg: FactoryConfig, date: str, scratch: Path, sets: dict[str, Any]
     counts = {v: sum(r.verdict == v for r in rows) for v in (IDENTICAL, EQUIVALENT, DIFFERENT, SKIPPED)}
     verdict = ("reproduced" if first is None else f"NOT reproduced: first differing stage {first}")
     console.print(f"{verdict} · " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
-    put_json(str(scratch / "reproduce.json"), {"date": date, "record": record["code"], "sets": sets,
+    put_json(str(scratch / "reproduce.json"), {"date": date, "record": record["code"], "planted": planted,
                                                "warnings": warnings, "first_different": first,
                                                "rows": [asdict(r) for r in rows]})
     console.print(f"report: {scratch / 'reproduce.json'}")

@@ -14,14 +14,14 @@ from .common import load as _load
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..reproduce import parse_sets, reproduce
+    from ..reproduce import reproduce
 
     if args.home:  # the home the night ran in: its config finds the night's record and artifacts
         os.environ["FACTORY_HOME"] = str(Path(args.home).resolve())
     cfg = _load(args)
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     scratch = Path(args.scratch).resolve() if args.scratch else cfg.home / "reproduce" / f"{args.date}-{stamp}"
-    return reproduce(cfg, args.date, scratch, parse_sets(args.set), args.allow_code_change, args.families,
+    return reproduce(cfg, args.date, scratch, args.set, args.allow_code_change, args.families,
                      Console())
 
 

@@ -51,14 +51,18 @@ def test_a_changed_or_missing_partition_is_refused_naming_it(night):
 
 
 def test_other_code_is_refused_unless_allowed_then_said():
-    night, here = {"commit": "a" * 40, "changes": ""}, {"commit": "b" * 40, "changes": "c" * 64}
+    night = {"commit": "a" * 40, "tree": "t" * 64, "changes": ""}
+    here = {"commit": "b" * 40, "tree": "t" * 64, "changes": "c" * 64}
     assert rp.check_code(night, dict(night), allow_change=False) == []
+    assert rp.check_code(night, {**night, "commit": "d" * 40}, allow_change=False) == []  # a docs-only commit since
     with pytest.raises(rp.ReproduceRefused, match=r"ran code aaaaaaaaaaaa, this is bbbbbbbbbbbb with uncommitted "
                                                   r"changes cccccccccccc: check out the recorded commit"):
         rp.check_code(night, here, allow_change=False)
     (warning,) = rp.check_code(night, here, allow_change=True)
     assert "--allow-code-change" in warning and "aaaaaaaaaaaa" in warning
-    (unpinned,) = rp.check_code({"commit": "unknown", "changes": ""}, here, allow_change=False)
+    with pytest.raises(rp.ReproduceRefused, match="ran code aaaaaaaaaaaa, this is dddddddddddd:"):
+        rp.check_code(night, {**night, "commit": "d" * 40, "tree": "u" * 64}, allow_change=False)
+    (unpinned,) = rp.check_code({"commit": "unknown", "tree": "unknown", "changes": ""}, here, allow_change=False)
     assert "not pinned" in unpinned
 
 
