@@ -583,6 +583,7 @@ def reproduce(cfg: FactoryConfig, date: str, scratch: Path, planted: list[str], 
     changes to the recorded config. Returns the exit code: 0 when every artifact is identical, equivalent or
     skipped, 1 when one differs or the re-run failed."""
     import yaml
+    from rich.markup import escape
 
     from factory_core.config import FactoryConfig as Config
 
@@ -618,9 +619,9 @@ def reproduce(cfg: FactoryConfig, date: str, scratch: Path, planted: list[str], 
                   f" · seeds {', '.join(f'{k} {v}' for k, v in record['seeds'].items())} · profile {record['profile']}"
                   f" · {n_parts} lake partitions, sha256 as recorded")
     if sets:
-        console.print(f"[yellow]planted[/yellow] over the recorded config: {', '.join(planted)}")
+        console.print(f"[yellow]planted[/yellow] over the recorded config: {escape(', '.join(planted))}")
     for w in warnings:
-        console.print(f"[yellow]warning[/yellow]: {w}")
+        console.print(f"[yellow]warning[/yellow]: {escape(w)}")
     console.print(f"re-running into {scratch} (families {', '.join(families)}; targets {', '.join(targets)})")
     with scratch_environment(scratch, config_file) as ignored:
         if ignored:
@@ -633,14 +634,14 @@ def reproduce(cfg: FactoryConfig, date: str, scratch: Path, planted: list[str], 
     console.rule("comparing, upstream first (each artifact alone; the table names what follows from what)")
     cmp = Compare(cfg.run_layout(date).uri, repro.run_layout(date).uri, scratch / "compare", families, targets)
     rows = [Row("ingest", "", f"{n_parts} lake partitions", IDENTICAL, "sha256 checked before the re-run")]
-    rows += cmp.rows(lambda r: console.print(f"  {r.verdict:<10} {r.stage:<14} {r.family:<16} {r.artifact}"))
+    rows += cmp.rows(lambda r: console.print(escape(f"  {r.verdict:<10} {r.stage:<14} {r.family:<16} {r.artifact}")))
     order = stage_order(targets)
     rows.sort(key=lambda r: (order.index(r.stage), families.index(r.family) if r.family else -1))
     first = mark_followers(rows, order)
     print_table(rows, date, console)
     counts = {v: sum(r.verdict == v for r in rows) for v in (IDENTICAL, EQUIVALENT, DIFFERENT, SKIPPED)}
     verdict = ("reproduced" if first is None else f"NOT reproduced: first differing stage {first}")
-    console.print(f"{verdict} · " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
+    console.print(escape(f"{verdict} · " + ", ".join(f"{n} {v}" for v, n in counts.items() if n)))
     put_json(str(scratch / "reproduce.json"), {"date": date, "record": record["code"], "planted": planted,
                                                "warnings": warnings, "first_different": first,
                                                "rows": [asdict(r) for r in rows]})
@@ -649,6 +650,7 @@ def reproduce(cfg: FactoryConfig, date: str, scratch: Path, planted: list[str], 
 
 
 def print_table(rows: list[Row], date: str, console: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     if not console.is_terminal:
@@ -657,7 +659,8 @@ def print_table(rows: list[Row], date: str, console: Any) -> None:
     table = Table(title=f"Reproduction of {date}, upstream first")
     for col in ("stage", "family", "artifact", "verdict", "detail"):
         table.add_column(col, overflow="fold")
-    for r in rows:
+    for r in rows:  # names like train[fraud_risk] are text, not rich markup
         detail = f"follows from {r.follows}: {r.detail}" if r.follows else r.detail
-        table.add_row(r.stage, r.family or "—", r.artifact, f"[{colour[r.verdict]}]{r.verdict}[/]", detail)
+        table.add_row(r.stage, r.family or "—", escape(r.artifact), f"[{colour[r.verdict]}]{r.verdict}[/]",
+                      escape(detail))
     console.print(table)

@@ -119,6 +119,11 @@ def test_the_first_differing_stage_is_named_and_what_follows_from_it():
     assert by[("engine_sm_90", "a")].verdict == rp.SKIPPED  # never made identical or different here
     assert by[("gate_cpu", "b")].verdict == rp.EQUIVALENT  # the other family is untouched
     assert rp.mark_followers([rp.Row("train", "a", "model.pt", rp.IDENTICAL)], order) is None
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    rp.print_table(rows, "2026-11-22", console)
+    assert "follows from train[a]" in console.export_text()  # a name in brackets, not rich markup
 
 
 def test_outputs_within_the_precisions_canary_tolerance():
