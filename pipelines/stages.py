@@ -127,6 +127,7 @@ def ingest(cfg: FactoryConfig, p: Plan) -> LakeSnapshot:
     )
     from .data.simulator import simulate_market, simulate_transactions
     from .data.validation import DataValidationError
+    from .reproduce import record_night
 
     for d in p.lake_dates:  # a feed that lands a symbol the config does not name is ignored, and says so
         extra = sorted(set(lake.list_symbols(cfg.lake_uri, MARKET_DATASET, d)) - set(cfg.data.symbols))
@@ -152,6 +153,8 @@ def ingest(cfg: FactoryConfig, p: Plan) -> LakeSnapshot:
             written += 1
         rows += len(lake.read_partition(cfg.lake_uri, part))  # validates what is there
         log.info("ingest [%d/%d] %s ok", i, len(wanted), part.key)
+    # what the night is made of, for `factory reproduce`: code, resolved config, seeds, each partition's sha256
+    record_night(cfg, p, {w.key: lake.partition_sha256(cfg.lake_uri, w) for w in wanted})
     return LakeSnapshot(lake_uri=cfg.lake_uri, dates=p.lake_dates, partitions=[w.key for w in wanted], rows=rows,
                         written=written)
 
@@ -523,17 +526,6 @@ def gate_report(cfg: FactoryConfig, p: Plan, accuracy: list[AccuracyReport], gat
     return report
 
 
-def _git_commit() -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-                             timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def reference_window(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> str:
     """The drift monitor's reference: rows spread over the whole history (the calibration pool, an even sample of
     the train days, then val and test) with the FP32 ONNX model's predictions.
@@ -573,6 +565,8 @@ def publish(cfg: FactoryConfig, p: Plan, tr: TrainResult, ex: ExportResult, repo
     from model_registry.publish import Night, NightFiles, publish_family
     from monitoring.nvml import summary_metrics
 
+    from .reproduce import code_identity
+
     family = tr.family
     extra: dict[str, float] = {}
     telemetry = fetch(tr.telemetry_uri, cfg.scratch) if tr.telemetry_uri else None
@@ -591,7 +585,7 @@ def publish(cfg: FactoryConfig, p: Plan, tr: TrainResult, ex: ExportResult, repo
                        reference=fetch(reference_window(cfg, p, ex), cfg.scratch), telemetry=telemetry)
     dates = payment_dates(cfg, p.date) if spec(family).source == "transactions" else p.lake_dates
     window = f"{dates[0]}..{dates[-1]}" if dates else p.date
-    night = Night(family=family, date=p.date, data_window=window, git_commit=_git_commit(),
+    night = Night(family=family, date=p.date, data_window=window, git_commit=code_identity()["commit"],
                   test_metrics=tr.metrics, extra_metrics=extra)
     return publish_family(cfg, night, files, selected, evidence=_evidence_pages(cfg, report, night))
 
