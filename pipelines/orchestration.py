@@ -27,13 +27,13 @@ from factory_core.fsutil import delete, list_json, put_json, release_space
 log = logging.getLogger(__name__)
 
 RETRAIN_ASSET = "model-factory://retrain"
+"""The Airflow Asset ``drift_monitor`` updates to ask for retraining; the nightly is scheduled on it."""
 TIMING_KEY = "factory_timing"
 """XCom key of a task's body timestamps (``body_start``, ``body_end``: epoch seconds), pushed by :func:`run_stage`.
 Against the task instance's ``start_date`` and ``end_date`` they split a task's time into the stage's own work and
 the per-task overhead around it (``benchmarks/fleet_throughput.py``). Beside them the task process's CPU seconds
 before the body (start-up, DAG parse) and in it (lazy imports included): on a shared host these, not the wall
 times, tell a warm worker from a cold one."""
-"""The Airflow Asset ``drift_monitor`` updates to ask for retraining; the nightly is scheduled on it."""
 
 
 def retry_policy():
