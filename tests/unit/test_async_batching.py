@@ -15,7 +15,7 @@ from model_registry.batching import (AsyncBatchingRunner, BatcherClosed, Deadlin
                                      RowCountMismatch)
 from model_registry.runtime import BadRequest
 
-from .test_batching import WAIT_S, _rows, _Runner, _want
+from .test_batching import WAIT_S, _rows, _Runner, _SelfChecking, _want
 
 
 async def _entered(inner):
@@ -194,22 +194,8 @@ def test_with_two_instances_two_batches_run_at_once_and_the_rest_queue_behind_th
 
 
 def test_a_runner_that_checks_its_own_requests_is_not_checked_twice_and_its_refusal_fails_only_its_caller():
-    class Checking(_Runner):
-        checks_requests = True
-
-        def __init__(self):
-            super().__init__()
-            self.checked = 0
-
-        def check_request(self, x):
-            self.checked += 1
-            return super().check_request(x)
-
-        def predict(self, x):
-            return super().predict(self.check_request(x))
-
     async def main():
-        inner = Checking()
+        inner = _SelfChecking()
         br = AsyncBatchingRunner(inner)
         out = await br.predict(_rows(1))
         bad = await asyncio.gather(br.predict(_rows(2, width=9)), return_exceptions=True)
