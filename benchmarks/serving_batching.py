@@ -145,10 +145,6 @@ class CudaGraphStandIn:
             return host_out.numpy().copy()
 
 
-def gpu_standin_table(seconds: float, rounds: int, families: list[str]) -> list[dict]:
-    return batching_table({f: CudaGraphStandIn(f) for f in families}, seconds, rounds, "[cuda-graph stand-in] ")
-
-
 def closed_loop(predict, x: np.ndarray, clients: int, seconds: float) -> tuple[np.ndarray, float]:
     """``clients`` threads, each calling ``predict(x)`` back to back for ``seconds``: (latencies in ms, wall s)."""
     lat: list[list[float]] = [[] for _ in range(clients)]
@@ -219,17 +215,87 @@ def batching_table(runners: dict, seconds: float, rounds: int = 8, tag: str = ""
                     lat[which].append(ms)
                     wall[which] += w
             br.close()
-            plain, batched = summary(lat["plain"], wall["plain"]), summary(lat["batched"], wall["batched"])
-            counts = br.counters()
-            row = {"family": family, "clients": clients, "plain": plain, "batched": batched,
-                   "mean_batch": round(counts["rows"] / max(counts["batches"], 1), 2), "max_batch": br.max_batch,
-                   "ran_at_once_share": round(counts["ran_at_once"] / max(counts["requests"], 1), 3),
-                   "throughput_ratio": round(batched["rps"] / plain["rps"], 3),
-                   "p50_ratio": round(batched["p50_ms"] / plain["p50_ms"], 3)}
-            rows.append(row)
-            print(f"{tag}{family} c={clients}: plain {plain} | batched {batched} | mean batch {row['mean_batch']} "
-                  f"| throughput x{row['throughput_ratio']} p50 x{row['p50_ratio']}", flush=True)
+            rows.append(_row(family, clients, lat, wall, br, tag + "[threads] "))
     return rows
+
+
+def async_batching_table(runners: dict, seconds: float, rounds: int = 8, tag: str = "",
+                         instances: int = 1) -> list[dict]:
+    """The same table for an asyncio server: client coroutines on one event loop. "plain" awaits each request on
+    the loop's default thread pool (``run_in_executor(None, runner.predict, x)``, what an asyncio server does with
+    a blocking engine); "batched" awaits ``AsyncBatchingRunner.predict``. Interleaved as in :func:`batching_table`."""
+    import asyncio
+
+    from model_registry.batching import AsyncBatchingRunner
+
+    async def closed(predict, x, clients: int, secs: float) -> tuple[np.ndarray, float]:
+        lat: list[float] = []
+        stop = False
+
+        async def client() -> None:
+            while not stop:
+                t0 = time.perf_counter()
+                await predict(x)
+                lat.append(time.perf_counter() - t0)
+
+        tasks = [asyncio.create_task(client()) for _ in range(clients)]
+        t0 = time.perf_counter()
+        await asyncio.sleep(secs)
+        stop = True
+        await asyncio.gather(*tasks)
+        return np.asarray(lat) * 1e3, time.perf_counter() - t0
+
+    async def family_rows(family: str, runner) -> list[dict]:
+        loop = asyncio.get_running_loop()
+        x = np.random.default_rng(0).normal(size=(1, *SHAPES[family])).astype(np.float32)
+
+        def plain(v):
+            return loop.run_in_executor(None, runner.predict, v)
+
+        out = []
+        for clients in (1, 8, 64):
+            br = AsyncBatchingRunner(runner, instances=instances)
+            for _ in range(200):
+                await plain(x)
+                await br.predict(x)
+            lat = {"plain": [], "batched": []}
+            wall = {"plain": 0.0, "batched": 0.0}
+            if clients == 1:
+                got: tuple[list[float], list[float]] = ([], [])
+                end = time.perf_counter() + 2 * seconds
+                while time.perf_counter() < end:
+                    for k in (0, 1, 1, 0):
+                        t0 = time.perf_counter()
+                        await (plain if k == 0 else br.predict)(x)
+                        got[k].append(time.perf_counter() - t0)
+                lat = {"plain": [np.asarray(got[0]) * 1e3], "batched": [np.asarray(got[1]) * 1e3]}
+                wall = {"plain": None, "batched": None}
+            for r in range(rounds if clients > 1 else 0):
+                for which in (("plain", "batched") if r % 2 == 0 else ("batched", "plain")):
+                    ms, w = await closed(plain if which == "plain" else br.predict, x, clients, seconds / rounds)
+                    lat[which].append(ms)
+                    wall[which] += w
+            br.close()
+            out.append(_row(family, clients, lat, wall, br, tag + "[asyncio] "))
+        return out
+
+    rows = []
+    for family, runner in runners.items():
+        rows += asyncio.run(family_rows(family, runner))
+    return rows
+
+
+def _row(family: str, clients: int, lat: dict, wall: dict, br, tag: str) -> dict:
+    plain, batched = summary(lat["plain"], wall["plain"]), summary(lat["batched"], wall["batched"])
+    counts = br.counters()
+    row = {"family": family, "clients": clients, "plain": plain, "batched": batched,
+           "mean_batch": round(counts["rows"] / max(counts["batches"], 1), 2), "max_batch": br.max_batch,
+           "ran_at_once_share": round(counts["ran_at_once"] / max(counts["requests"], 1), 3),
+           "throughput_ratio": round(batched["rps"] / plain["rps"], 3),
+           "p50_ratio": round(batched["p50_ms"] / plain["p50_ms"], 3)}
+    print(f"{tag}{family} c={clients}: plain {plain} | batched {batched} | mean batch {row['mean_batch']} "
+          f"| throughput x{row['throughput_ratio']} p50 x{row['p50_ratio']}", flush=True)
+    return row
 
 
 def table(rows: list[dict], gpu: bool = False) -> str:
@@ -257,13 +323,14 @@ def table(rows: list[dict], gpu: bool = False) -> str:
     return "\n".join(lines)
 
 
+TABLES = {"batching": ("CPU engines, client threads", False), "batching_asyncio": ("CPU engines, asyncio", False),
+          "gpu_standin": ("CUDA-graph stand-in, client threads", True),
+          "gpu_standin_asyncio": ("CUDA-graph stand-in, asyncio", True)}
+
+
 def report(res: dict) -> str:
-    parts = []
-    if res.get("batching"):
-        parts.append(table(res["batching"]))
-    if res.get("gpu_standin"):
-        parts.append(table(res["gpu_standin"], gpu=True))
-    return "\n\n".join(parts)
+    return "\n\n".join(f"{title}:\n\n{table(res[key], gpu=gpu)}" for key, (title, gpu) in TABLES.items()
+                       if res.get(key))
 
 
 def main() -> int:
@@ -272,26 +339,40 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8,
                     help="8 and 64 clients: interleaved plain/batched rounds the seconds split into")
     ap.add_argument("--families", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--front", choices=("threads", "asyncio", "both"), default="both",
+                    help="client threads calling BatchingRunner, coroutines awaiting AsyncBatchingRunner, or both")
+    ap.add_argument("--engines", type=Path,
+                    help="CPU engines built earlier with --build-only (a machine without torch's ONNX export)")
+    ap.add_argument("--build-only", type=Path, metavar="DIR", help="build the CPU engines into DIR and stop")
+    ap.add_argument("--instances", type=int, default=1,
+                    help="asyncio front: engine threads (batches at once); the thread front runs one at a time")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--report", type=Path)
-    ap.add_argument("--gpu-standin", action="store_true", help="only the CUDA-graph PyTorch stand-in table")
+    ap.add_argument("--gpu-standin", action="store_true", help="only the CUDA-graph PyTorch stand-in tables")
     args = ap.parse_args()
-    if args.gpu_standin:
-        res = {"gpu_standin": gpu_standin_table(args.seconds, args.rounds, args.families)}
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(res, indent=2))
-        print(report(res))
-        return 0
     if args.report:
         print(report(json.loads(args.report.read_text())))
         return 0
+    if args.build_only:
+        for f in args.families:
+            print(build_engines(f, args.build_only)[0])
+        return 0
+    fronts = ("threads", "asyncio") if args.front == "both" else (args.front,)
+    res = {}
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as d:
-        engines = {f: build_engines(f, Path(d))[0] for f in args.families}
-        from model_registry.runtime import EngineRunner
+        if args.gpu_standin:
+            runners, key, tag = {f: CudaGraphStandIn(f) for f in args.families}, "gpu_standin", "[cuda-graph stand-in] "
+        else:
+            from model_registry.runtime import EngineRunner
 
-        runners = {f: EngineRunner(folder) for f, folder in engines.items()}
-        res = {"batching": batching_table(runners, args.seconds, args.rounds)}
+            runners = {f: EngineRunner(args.engines / f"{f}1" / "engine" if args.engines else
+                                       build_engines(f, Path(d))[0]) for f in args.families}
+            key, tag = "batching", ""
+        if "threads" in fronts:
+            res[key] = batching_table(runners, args.seconds, args.rounds, tag)
+        if "asyncio" in fronts:
+            res[key + "_asyncio"] = async_batching_table(runners, args.seconds, args.rounds, tag, args.instances)
+            res["instances"] = args.instances
     print(report(res))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -434,6 +434,11 @@ class RegistryConfig(_Strict):
     """MLflow client: backoff factor between retries (1, 2, 4 … s; MLflow takes an integer)."""
     preflight_timeout_s: float = Field(5.0, gt=0)
     """The night's first task reaches every service within this many seconds, or fails naming it."""
+    webhook_secret_file: Path | None = None
+    """A serving host that follows alias moves by MLflow webhook (``factory-serve pull --watch --webhook``): the file
+    holding the webhook's secret (a mounted secret; the secret itself is never in the config)."""
+    webhook_max_age_s: float = Field(300.0, gt=0)
+    """A webhook delivery signed further than this from the host's clock is refused as a replay."""
 
 
 def _spec_drift_shares() -> dict[Family, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -73,19 +74,41 @@ def filesystem(uri: str, s3_endpoint_url: str | None = None) -> tuple[Any, str]:
 
     ``s3_endpoint_url`` (MinIO, a test server) overrides the S3 endpoint; credentials come
     from the AWS chain. Otherwise pyarrow reads the URI (``?endpoint_override=…`` works too).
+    An S3 filesystem is made once per process for each bucket, endpoint and AWS environment (:func:`_s3`).
     """
     import pyarrow.fs as pafs
 
-    if uri.startswith("s3://") and s3_endpoint_url:
-        from urllib.parse import urlparse
+    if uri.startswith("s3://"):
+        from urllib.parse import urlsplit
 
-        u = urlparse(s3_endpoint_url)
-        fs = pafs.S3FileSystem(endpoint_override=u.netloc, scheme=u.scheme or "https",
-                               region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-        return fs, uri[len("s3://"):].rstrip("/")
+        parts = urlsplit(uri)
+        aws_env = tuple(os.environ.get(k) for k in _AWS_ENV)
+        fs = _s3(parts.netloc, parts.query, s3_endpoint_url, aws_env)
+        return fs, "/".join(p for p in (parts.netloc, parts.path.strip("/")) if p)
     if "://" in uri:
         return pafs.FileSystem.from_uri(uri)
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+_AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+            "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION")
+"""What an S3 filesystem is made from besides the URI: a change makes a new one."""
+
+
+@functools.lru_cache(maxsize=32)
+def _s3(bucket: str, query: str, endpoint_url: str | None, aws_env: tuple) -> Any:
+    """One S3 filesystem per bucket, endpoint and AWS environment in a process. Making one costs a client and,
+    without a region in the URI, a request for the bucket's region (~40 ms on loopback); a task used to pay that
+    for every artifact it read or wrote."""
+    import pyarrow.fs as pafs
+
+    if endpoint_url:
+        from urllib.parse import urlparse
+
+        u = urlparse(endpoint_url)
+        return pafs.S3FileSystem(endpoint_override=u.netloc, scheme=u.scheme or "https",
+                                 region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    return pafs.FileSystem.from_uri(f"s3://{bucket}" + (f"?{query}" if query else ""))[0]
 
 
 # --- Run artifacts on any filesystem -------------------------------------------------------------------------

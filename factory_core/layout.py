@@ -25,6 +25,7 @@ REFERENCE_WINDOW = "reference.parquet"
 GATE_REPORT = "report.json"
 GATE_PLOT = "accuracy_vs_p99.png"
 SUMMARY = "summary.json"
+RECORD = "record.json"
 
 
 def variant_onnx(precision: str) -> str:
@@ -67,6 +68,10 @@ class RunLayout:
 
     def summary(self) -> str:
         return join(self.uri, SUMMARY)
+
+    def record(self) -> str:
+        """What the night was made from (code, resolved config, lake partitions' sha256): ``factory reproduce``."""
+        return join(self.uri, RECORD)
 
     def failures(self) -> str:
         return join(self.uri, "failures")

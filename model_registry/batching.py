@@ -38,7 +38,9 @@ reason in :meth:`BatchingRunner.counters`, beside the totals of requests, batche
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import concurrent.futures
 import math
 import threading
 import time
@@ -111,23 +113,8 @@ class BatchingRunner:
 
     def __init__(self, runner: Any, window_ms: float = 2.0, max_batch: int | None = None, max_queue: int = 1024,
                  deadline_ms: float | None = None, history: int = 1000):
-        for attr in ("predict", "check_request", "manifest"):
-            if not hasattr(runner, attr):
-                raise ValueError(f"runner: {type(runner).__name__} has no {attr!r} (an EngineRunner is expected)")
         _check_number("window_ms", window_ms, strict=False)
-        if max_batch is not None:
-            _check_int("max_batch", max_batch)
-        _check_int("max_queue", max_queue)
-        if deadline_ms is not None:
-            _check_number("deadline_ms", deadline_ms, strict=True)
-        _check_int("history", history)
-        prof = runner.manifest.inputs[0].profile or {}
-        self.profile_max = int(prof["max"][0]) if prof.get("max") else None
-        opt = int(prof["opt"][0]) if prof.get("opt") else None
-        asked = max_batch or opt or self.profile_max
-        if asked is None:
-            raise ValueError("max_batch: the engine's profile declares no opt or max batch; pass max_batch")
-        self.max_batch = min(asked, self.profile_max) if self.profile_max else asked
+        self.profile_max, self.max_batch = _checked_args(runner, max_batch, max_queue, deadline_ms, history)
         self.runner, self.window_s = runner, window_ms / 1e3
         self.max_queue = max_queue
         self.deadline_s = None if deadline_ms is None else deadline_ms / 1e3
@@ -352,22 +339,249 @@ class BatchingRunner:
                                for i in range(0, len(whole), self.max_batch)])
 
     def _checked(self, out: Any, x: np.ndarray, xs: tuple | list) -> np.ndarray:
-        """``out`` if the engine returned one row per row of ``x``, else :class:`RowCountMismatch` naming both
-        counts and the requests' (``xs``)."""
-        if type(out) is np.ndarray and out.ndim and len(out) == len(x):
-            return out
-        out = np.asarray(out)
-        if out.ndim == 0 or len(out) != len(x):
+        """``out`` if the engine returned one row per row of ``x``, else :class:`RowCountMismatch` (counted)."""
+        try:
+            return _rows_checked(out, x, xs)
+        except RowCountMismatch:
             self._n["row_count_mismatch"] += 1
-            got = "a scalar" if out.ndim == 0 else f"{len(out)} output rows"
-            sizes = ", ".join(str(len(r)) for r in xs)
-            raise RowCountMismatch(f"the engine returned {got} for a batch of {len(x)} input rows (requests of "
-                                   f"{sizes} rows): its outputs cannot be split among the callers, so each of them "
-                                   f"gets this error")
+            raise
+
+
+class _AsyncRequest:
+    __slots__ = ("x", "fut", "arrived", "deadline", "timer")
+
+    def __init__(self, x: np.ndarray, fut: asyncio.Future, arrived: float):
+        self.x, self.fut, self.arrived, self.deadline, self.timer = x, fut, arrived, None, None
+
+
+class AsyncBatchingRunner:
+    """The same batching for an asyncio server (FastAPI, grpc.aio, a Ray Serve replica): ``await predict(x)`` from
+    coroutines of one event loop. The engine runs in one engine thread of its own, never in the event loop.
+
+    The dispatch rule is :class:`BatchingRunner`'s rules 1 and 2, without threads per request: a request that finds
+    the engine free goes to the engine thread at once; while the engine is busy, requests wait on the event loop
+    (a future each: no thread sleeps or wakes per request), and the moment a batch ends the oldest queued
+    request's trailing shape takes every queued request of that shape, oldest first, up to ``max_batch`` rows, as
+    the next batch, before the finished batch's outputs are handed out. It never waits for a batch to fill (no
+    window: the engine is either running or has nothing queued). Each request is checked against the engine's
+    contract (``runner.check_request``) in its own coroutine first, so a bad request fails only its caller with
+    :class:`~model_registry.runtime.BadRequest`.
+
+    The queue policy and errors are :class:`BatchingRunner`'s: :class:`QueueFull` past ``max_queue`` waiting
+    requests, :class:`DeadlineExceeded` for a request still queued ``deadline_ms`` after it arrived (it leaves the
+    queue at that moment, even if the engine hangs), :class:`BatcherClosed` after :meth:`close`, and
+    :class:`RowCountMismatch` (or the engine's own error) for every caller of a failed batch. A caller cancelled
+    while queued leaves the queue (counted as ``cancelled``).
+
+    ``instances`` (Triton's ``instance_group`` count): engine threads, so up to that many batches run at once; the
+    rule above then reads "an engine free". On a CPU engine with one intra-op thread, one per core the host gives
+    the engine.
+    """
+
+    def __init__(self, runner: Any, max_batch: int | None = None, max_queue: int = 1024,
+                 deadline_ms: float | None = None, history: int = 1000, instances: int = 1):
+        _check_int("instances", instances)
+        self.profile_max, self.max_batch = _checked_args(runner, max_batch, max_queue, deadline_ms, history)
+        self.runner, self.max_queue, self.instances = runner, max_queue, instances
+        self._runner_checks = getattr(runner, "checks_requests", False) is True
+        self.deadline_s = None if deadline_ms is None else deadline_ms / 1e3
+        self.batches: collections.deque[int] = collections.deque(maxlen=history)
+        self._engine = concurrent.futures.ThreadPoolExecutor(instances, thread_name_prefix="factory-engine")
+        self._pending: collections.deque[_AsyncRequest] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running, self._closed = 0, False  # batches in the engine threads
+        # all written on the event loop's thread only
+        self._n = dict.fromkeys(("requests", "ran_at_once", "queued", "batches", "rows", "failed_batches",
+                                 "row_count_mismatch", "queue_full", "deadline", "closed", "cancelled",
+                                 "max_queued"), 0)
+
+    @property
+    def manifest(self) -> Any:
+        return self.runner.manifest
+
+    def counters(self) -> dict[str, int]:
+        """Totals since start, as :meth:`BatchingRunner.counters` gives them (``lingered`` is absent: this front
+        never waits), plus ``cancelled``."""
+        return dict(self._n)
+
+    async def predict(self, x: np.ndarray, deadline_ms: float | None = None) -> np.ndarray:
+        """The engine's output rows for ``x``'s rows, in order. Raises as :meth:`BatchingRunner.predict`."""
+        if deadline_ms is not None:
+            _check_number("deadline_ms", deadline_ms, strict=True)
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("AsyncBatchingRunner serves one event loop: it was first used from another")
+        if self._closed:
+            self._n["closed"] += 1
+            raise BatcherClosed("the batcher is closed: it takes no new requests")
+        if self._running < self.instances and self._runner_checks and type(x) is np.ndarray and x.ndim \
+                and len(x) <= self.max_batch:
+            # runs alone at once on a runner whose predict checks it (EngineRunner): checked there, not twice
+            req = _AsyncRequest(x, loop.create_future(), time.perf_counter())
+            self._n["requests"] += 1
+            self._n["ran_at_once"] += 1
+            self._start([req], len(x))
+            return await req.fut
+        x = self.runner.check_request(x)  # refused here, in the caller's coroutine: never part of anyone's batch
+        req = _AsyncRequest(x, loop.create_future(), time.perf_counter())
+        if self._running < self.instances:
+            self._n["requests"] += 1
+            self._n["ran_at_once"] += 1
+            self._start([req], len(x))
+        else:
+            if len(self._pending) >= self.max_queue:
+                self._n["queue_full"] += 1
+                raise QueueFull(f"{len(self._pending)} requests already wait for the engine (max_queue "
+                                f"{self.max_queue}): retry later")
+            self._n["requests"] += 1
+            self._n["queued"] += 1
+            wait = self.deadline_s if deadline_ms is None else deadline_ms / 1e3
+            if wait is not None:
+                req.deadline = req.arrived + wait
+                req.timer = loop.call_later(wait, self._expire, req)
+            self._pending.append(req)
+            if len(self._pending) > self._n["max_queued"]:
+                self._n["max_queued"] = len(self._pending)
+        try:
+            return await req.fut
+        except asyncio.CancelledError:
+            if req in self._pending:  # cancelled while queued: leave the queue
+                self._pending.remove(req)
+                self._n["cancelled"] += 1
+            raise
+
+    def close(self) -> None:
+        """Refuse new requests (:class:`BatcherClosed`); those already queued still run; the engine thread ends
+        when the last batch has."""
+        self._closed = True
+        if not self._running:
+            self._engine.shutdown(wait=False)
+
+    def _expire(self, req: _AsyncRequest) -> None:
+        if req in self._pending:
+            self._pending.remove(req)
+            self._n["deadline"] += 1
+            if not req.fut.done():
+                req.fut.set_exception(_late(req, time.perf_counter()))
+
+    def _start(self, batch: list[_AsyncRequest], rows: int) -> None:
+        self._running += 1
+        xs = [r.x for r in batch]
+        for r in batch:
+            if r.timer is not None:
+                r.timer.cancel()
+        whole = np.concatenate(xs) if len(xs) > 1 else xs[0]
+        done = self._engine.submit(self._call, whole, xs)
+        done.add_done_callback(lambda f: self._loop.call_soon_threadsafe(self._finish, batch, rows, f))
+
+    def _call(self, whole: np.ndarray, xs: list) -> np.ndarray:
+        """In the engine thread: ``whole`` through the engine in chunks of ``max_batch`` rows, each checked."""
+        mb = self.max_batch
+        if len(whole) <= mb:
+            return _rows_checked(self.runner.predict(whole), whole, xs)
+        return np.concatenate([_rows_checked(self.runner.predict(whole[i:i + mb]), whole[i:i + mb], xs)
+                               for i in range(0, len(whole), mb)])
+
+    def _finish(self, batch: list[_AsyncRequest], rows: int, done: concurrent.futures.Future) -> None:
+        """On the loop, when a batch ended: start the next batch, then hand out this one's rows (or its error)."""
+        self._running -= 1
+        self._next()
+        exc = done.exception()
+        if exc is not None and isinstance(exc, BadInput) and len(batch) == 1:
+            batch[0].fut.set_exception(exc)  # a lone request refused by the runner's own check: not a failed batch
+            return
+        if exc is not None:
+            self._n["failed_batches"] += 1
+            if isinstance(exc, RowCountMismatch):
+                self._n["row_count_mismatch"] += 1
+            for r in batch:
+                if not r.fut.done():
+                    r.fut.set_exception(exc)
+            return
+        out = done.result()
+        self._n["batches"] += 1
+        self._n["rows"] += rows
+        self.batches.append(rows)
+        start = 0
+        for r in batch:
+            end = start + len(r.x)
+            if not r.fut.done():  # its caller may have been cancelled meanwhile
+                r.fut.set_result(out[start:end])
+            start = end
+
+    def _next(self) -> None:
+        """The oldest queued request's shape takes every queued request of that shape that fits, oldest first
+        (the first that does not fit stops the scan: no later request overtakes it); or the engine is free."""
+        pending = self._pending
+        while pending and pending[0].fut.done():
+            pending.popleft()
+        if not pending:
+            if self._closed and not self._running:
+                self._engine.shutdown(wait=False)
+            return
+        first = pending.popleft()
+        batch, rows, tail, skipped = [first], len(first.x), first.x.shape[1:], []
+        while pending and rows < self.max_batch:
+            r = pending.popleft()
+            if r.fut.done():
+                continue
+            if r.x.shape[1:] != tail:
+                skipped.append(r)  # another window length: its own batch
+            elif rows + len(r.x) > self.max_batch:
+                pending.appendleft(r)
+                break
+            else:
+                batch.append(r)
+                rows += len(r.x)
+        pending.extendleft(reversed(skipped))
+        self._start(batch, rows)
+
+
+def _rows_checked(out: Any, x: np.ndarray, xs: tuple | list) -> np.ndarray:
+    """``out`` if the engine returned one row per row of ``x``, else :class:`RowCountMismatch` naming both counts
+    and the requests' (``xs``)."""
+    if type(out) is np.ndarray and out.ndim and len(out) == len(x):
         return out
+    out = np.asarray(out)
+    if out.ndim == 0 or len(out) != len(x):
+        got = "a scalar" if out.ndim == 0 else f"{len(out)} output rows"
+        sizes = ", ".join(str(len(r)) for r in xs)
+        raise RowCountMismatch(f"the engine returned {got} for a batch of {len(x)} input rows (requests of "
+                               f"{sizes} rows): its outputs cannot be split among the callers, so each of them "
+                               f"gets this error")
+    return out
 
 
-def _late(r: _Request, now: float) -> DeadlineExceeded:
+def _checked_args(runner: Any, max_batch: int | None, max_queue: int, deadline_ms: float | None,
+                  history: int) -> tuple[int | None, int]:
+    """Both fronts' common arguments checked by name; then :func:`_batch_limits`."""
+    for attr in ("predict", "check_request", "manifest"):
+        if not hasattr(runner, attr):
+            raise ValueError(f"runner: {type(runner).__name__} has no {attr!r} (an EngineRunner is expected)")
+    if max_batch is not None:
+        _check_int("max_batch", max_batch)
+    _check_int("max_queue", max_queue)
+    if deadline_ms is not None:
+        _check_number("deadline_ms", deadline_ms, strict=True)
+    _check_int("history", history)
+    return _batch_limits(runner, max_batch)
+
+
+def _batch_limits(runner: Any, max_batch: int | None) -> tuple[int | None, int]:
+    """(the profile's max batch or None, rows per engine call): ``max_batch``, else the profile's opt batch, never
+    above the profile's max."""
+    prof = runner.manifest.inputs[0].profile or {}
+    profile_max = int(prof["max"][0]) if prof.get("max") else None
+    opt = int(prof["opt"][0]) if prof.get("opt") else None
+    asked = max_batch or opt or profile_max
+    if asked is None:
+        raise ValueError("max_batch: the engine's profile declares no opt or max batch; pass max_batch")
+    return profile_max, (min(asked, profile_max) if profile_max else asked)
+
+
+def _late(r: _Request | _AsyncRequest, now: float) -> DeadlineExceeded:
     return DeadlineExceeded(f"the request waited {(now - r.arrived) * 1e3:.1f} ms in the queue, past its deadline "
                             f"of {(r.deadline - r.arrived) * 1e3:.1f} ms, without starting to run")
 

@@ -20,13 +20,30 @@ def add_pull_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dest", required=True)
     p.add_argument("--watch", action="store_true", help="keep polling the alias")
     p.add_argument("--interval", type=float, default=30.0)
+    p.add_argument("--webhook", metavar="HOST:PORT", help="with --watch: also receive MLflow's alias events here "
+                   "(HMAC-verified with registry.webhook_secret_file) and pull at once on a move")
 
 
 def run_pull(args: argparse.Namespace, cfg) -> int:
     from .pull import pull, watch
 
+    if args.webhook and not args.watch:
+        raise BadInput("--webhook follows alias moves, so it needs --watch")
     if args.watch:
-        watch(cfg, args.family, args.target, args.alias, Path(args.dest), args.interval,
+        wake = None
+        if args.webhook:
+            import threading
+
+            from .webhook import AliasWebhook, read_secret
+
+            host, _, port = args.webhook.rpartition(":")
+            if not port.isdigit():
+                raise BadInput(f"--webhook must be HOST:PORT (e.g. 0.0.0.0:8491), got {args.webhook!r}")
+            receiver = AliasWebhook(read_secret(cfg.registry.webhook_secret_file), host or "0.0.0.0", int(port),
+                                    max_age_s=cfg.registry.webhook_max_age_s).start()
+            wake = threading.Event()
+            receiver.follow(args.family, args.alias, wake)
+        watch(cfg, args.family, args.target, args.alias, Path(args.dest), args.interval, wake=wake,
               on_change=lambda i: print(f"installed {i.family}/{i.target} v{i.registry_version} ({i.version}) "
                                         f"at {i.path}", flush=True))
         return 0

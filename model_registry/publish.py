@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from factory_core.config import FactoryConfig, Family
 from factory_core.contracts import Champion, PublishResult, Registered, TargetGate, read_manifest
@@ -19,6 +20,20 @@ from .registry import CHAMPION, NoSuchAlias, Registry, use_experiment
 from .store import open_store
 
 log = logging.getLogger(__name__)
+
+EVIDENCE_DIR = "evidence"
+"""Artifact folder of the family's night run holding its evidence pages."""
+NIGHT_PAGE = "night.html"
+"""The family's night: every target, including those where nothing was registered."""
+
+
+def version_page(target: str) -> str:
+    """The page of the version registered for ``target`` (one per target and night)."""
+    return f"{target}.html"
+
+
+Evidence = Callable[[str | None, list[Registered]], str]
+"""Renders an evidence page: for the night (target None) or one target, given what publish registered."""
 
 
 @dataclass(frozen=True)
@@ -123,11 +138,15 @@ def auto_promote(registry: Registry, family: str, target: str, version: str, dat
 
 
 def publish_family(cfg: FactoryConfig, night: Night, files: NightFiles,
-                   selected: list[tuple[TargetGate, Path]]) -> PublishResult:
+                   selected: list[tuple[TargetGate, Path]], evidence: Evidence | None = None) -> PublishResult:
     """One MLflow run for the family's night; each ``(gate, local engine folder)`` pushed and registered.
 
     One version per family x target x date: a re-run that selects another engine for a date already registered
     keeps the registered one (and says so) rather than adding a second.
+
+    ``evidence`` (the page renderer, :mod:`pipelines.evidence_page`): once every target is registered and promoted
+    or held, the night's page and each registered version's page are logged under ``evidence/`` of the run, and each
+    version's description links to its page (tag ``evidence_page``), so the evidence is the version's own.
     """
     import mlflow
 
@@ -139,6 +158,7 @@ def publish_family(cfg: FactoryConfig, night: Night, files: NightFiles,
     close_interrupted_runs(cfg.registry.experiment, family, night.date)
     store = open_store(cfg.store_uri, cfg.registry.s3_endpoint_url)
     versions: list[Registered] = []
+    descriptions: dict[str, str] = {}
     tags = {"family": family, "date": night.date, "profile": cfg.profile, "git_commit": night.git_commit,
             "data_window": night.data_window}
     with mlflow.start_run(run_name=f"{family} {night.date}", tags=tags) as run:
@@ -189,6 +209,31 @@ def publish_family(cfg: FactoryConfig, night: Night, files: NightFiles,
                                               held=next((c.detail for c in win.checks if c.holds_champion), None))
             versions.append(Registered(target=gate.target, registry_version=str(version), store_uri=uri,
                                        precision=gate.selected, promoted=promoted, note=note))
+            descriptions[gate.target] = description
             log.info("%s/%s: registered v%s (%s) at %s%s", family, gate.target, version, gate.selected, uri,
                      ", promoted to champion" if promoted else "")
+        if evidence is not None:
+            log_evidence(registry, family, run, evidence, versions, descriptions)
     return PublishResult(family=family, run_id=run.info.run_id, versions=versions)
+
+
+def log_evidence(registry: Registry, family: str, run: Any, evidence: Evidence, versions: list[Registered],
+                 descriptions: dict[str, str]) -> None:
+    """The night's page and each registered version's page into the run; each version's description links its page.
+
+    ``descriptions``: the versions this run registered (or found registered with the same engine), by target; a
+    version kept from an earlier run with another engine keeps the description and page of that run.
+    """
+    import mlflow
+
+    run_id, experiment_id = run.info.run_id, run.info.experiment_id
+    mlflow.log_text(evidence(None, versions), f"{EVIDENCE_DIR}/{NIGHT_PAGE}")
+    for v in versions:
+        if v.target not in descriptions:
+            continue
+        path = f"{EVIDENCE_DIR}/{version_page(v.target)}"
+        mlflow.log_text(evidence(v.target, versions), path)
+        link = (f"\n\nEvidence: [{path}](#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{path}), the page "
+                f"of run {run_id} (decision, policy, champion comparison, agreement, latency, why the others lost).")
+        registry.link_evidence(family, v.target, v.registry_version, descriptions[v.target] + link,
+                               f"runs:/{run_id}/{path}")

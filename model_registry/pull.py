@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -260,11 +261,16 @@ def canary_against_current(base: Path, timeout_s: float = 60.0):
 
 def watch(cfg: FactoryConfig, family: str, target: str, alias: str, dest: Path, interval_s: float,
           on_change=None, iterations: int | None = None, before_switch=None, canary: bool = True,
-          stop=None) -> None:
+          stop=None, wake=None) -> None:
     """Poll the alias every ``interval_s``; verify, canary (or ``before_switch``, e.g. a serving process's
     ``EngineRunner.swap``), install, and call ``on_change(installed)`` when it moves. Rollback is the same path:
     the alias moves back, the previous version (kept installed) is checked and switched to. A version refused
-    once is not retried until the alias moves again."""
+    once is not retried until the alias moves again.
+
+    ``wake`` (a ``threading.Event``; :class:`model_registry.webhook.AliasWebhook` sets it on a verified alias move)
+    cuts the wait short: the next pull starts at once, on the same path. It is cleared before the pull, so a move
+    announced while a pull runs is pulled again right after.
+    """
     from .canary import SwapRefused
 
     n, refused = 0, set()
@@ -281,19 +287,41 @@ def watch(cfg: FactoryConfig, family: str, target: str, alias: str, dest: Path, 
             log.error("pull %s/%s@%s failed, keeping the installed version: %s", family, target, alias, exc)
         n += 1
         if iterations is None or n < iterations:
-            if stop is not None:
+            if wake is not None:
+                wake.wait(interval_s)
+                wake.clear()
+            elif stop is not None:
                 stop.wait(interval_s)
             else:
                 time.sleep(interval_s)
 
 
-def follow(runner, cfg: FactoryConfig, family: str, target: str, alias: str, dest: Path, interval_s: float):
-    """Keep a serving process's ``EngineRunner`` on ``alias``: a daemon thread that watches the registry and, on a
-    move, swaps the runner (canary included) before ``current`` moves. Returns the thread's stop event."""
-    import threading
+class _Stop(threading.Event):
+    """A follower's stop event: setting it also wakes the follower's wait, and leaves the webhook."""
 
-    stop = threading.Event()
+    def __init__(self, wake: threading.Event, webhook=None):
+        super().__init__()
+        self._wake, self._webhook = wake, webhook
+
+    def set(self) -> None:
+        super().set()
+        if self._webhook is not None:
+            self._webhook.unfollow(self._wake)
+        self._wake.set()
+
+
+def follow(runner, cfg: FactoryConfig, family: str, target: str, alias: str, dest: Path, interval_s: float,
+           webhook=None) -> threading.Event:
+    """Keep a serving process's ``EngineRunner`` on ``alias``: a daemon thread that watches the registry and, on a
+    move, swaps the runner (canary included) before ``current`` moves. With ``webhook`` (an
+    :class:`~model_registry.webhook.AliasWebhook`) a verified alias event starts that pull at once; the poll every
+    ``interval_s`` stays, for a delivery that never comes. Returns the thread's stop event."""
+    wake = threading.Event()
+    stop = _Stop(wake, webhook)
+    if webhook is not None:
+        webhook.follow(family, alias, wake)
     threading.Thread(target=watch, name=f"follow-{family}", daemon=True,
                      kwargs={"cfg": cfg, "family": family, "target": target, "alias": alias, "dest": dest,
-                             "interval_s": interval_s, "before_switch": runner.swap, "stop": stop}).start()
+                             "interval_s": interval_s, "before_switch": runner.swap, "stop": stop,
+                             "wake": wake}).start()
     return stop

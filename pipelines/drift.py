@@ -107,6 +107,31 @@ def estimate_without_labels(cfg: FactoryConfig, family: str, reference: Any,
     return est
 
 
+def latest_check(cfg: FactoryConfig, family: str, target: str) -> dict[str, Any] | None:
+    """The newest drift check recorded for ``family``/``target`` (its ``summary.json``, with the label-free
+    estimate), from the drift experiment in MLflow; None when none was recorded. A registry outage raises."""
+    import tempfile
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(cfg.tracking_uri)
+    exp = client.get_experiment_by_name(f"{cfg.registry.experiment}-drift")
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.family = '{family}' and tags.target = '{target}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(runs[0].info.run_id, "drift/summary.json", tmp)
+        except MlflowException as exc:  # a check whose artifacts never landed: say so on the page, not fail publish
+            log.warning("drift %s/%s: run %s has no drift/summary.json: %s", family, target, runs[0].info.run_id, exc)
+            return None
+        return json.loads(Path(path).read_text())
+
+
 def _publish(cfg: FactoryConfig, result: DriftResult, snapshot: object, now: dt.datetime, dest: Path | None) -> None:
     """HTML + JSON side by side: locally (``<home>/drift/…`` or ``dest``), in the store, in an MLflow run."""
     import mlflow

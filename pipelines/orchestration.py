@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import shutil
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -27,6 +28,12 @@ log = logging.getLogger(__name__)
 
 RETRAIN_ASSET = "model-factory://retrain"
 """The Airflow Asset ``drift_monitor`` updates to ask for retraining; the nightly is scheduled on it."""
+TIMING_KEY = "factory_timing"
+"""XCom key of a task's body timestamps (``body_start``, ``body_end``: epoch seconds), pushed by :func:`run_stage`.
+Against the task instance's ``start_date`` and ``end_date`` they split a task's time into the stage's own work and
+the per-task overhead around it (``benchmarks/fleet_throughput.py``). Beside them the task process's CPU seconds
+before the body (start-up, DAG parse) and in it (lazy imports included): on a shared host these, not the wall
+times, tell a warm worker from a cold one."""
 
 
 def retry_policy():
@@ -159,6 +166,7 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     Positional args are XCom dicts; each is turned back into the record type the
     stage's signature names. Returns the stage's record as an XCom dict. A failure is recorded
     (``failures/<task>.json``) and raised as it is; the task's :func:`retry_policy` decides from its cause.
+    The stage call's start and end go to XCom ``TIMING_KEY``: what the task spends outside them is overhead.
     """
     from airflow.sdk import get_current_context
 
@@ -173,7 +181,9 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             records = [_to_record(stage, i, a) for i, a in enumerate(args)]
             ctx["factory_label"] = _label(records, kwargs)  # rendered by the DAG's map_index_template
+            body_start, cpu_start = time.time(), time.process_time()
             result = stage(cfg, *records, **kwargs)
+            body_end, cpu_end = time.time(), time.process_time()
         except Exception as exc:
             full = disk_full(exc, cfg.home)
             if full is not None and full is not exc:  # named, and final: a retry on the same disk fails the same
@@ -181,6 +191,8 @@ def run_stage(stage: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             record_failure(cfg, run_date(ctx), task, exc)
             raise exc  # retry or not: retry_policy(), from the error's cause
         delete(cfg.run_layout(run_date(ctx)).failure(task))  # a retry succeeded
+    ti.xcom_push(key=TIMING_KEY, value={"body_start": body_start, "body_end": body_end,
+                                        "cpu_before_body": cpu_start, "cpu_body": cpu_end - cpu_start})
     if isinstance(result, Record):
         return result.to_xcom()
     if isinstance(result, list):

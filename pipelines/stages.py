@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from factory_core import layout
 from factory_core.config import ConfigError, FactoryConfig, Family, TargetConfig
@@ -37,6 +37,10 @@ from factory_core.families import spec
 from factory_core.fsutil import fetch, get_json, put_json, stage_output, write_json
 from factory_core.precisions import REFERENCE
 from factory_core.precisions import precision as precision_spec
+
+if TYPE_CHECKING:
+    from factory_core.contracts import Registered
+    from model_registry.publish import Evidence, Night
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,7 @@ def ingest(cfg: FactoryConfig, p: Plan) -> LakeSnapshot:
     )
     from .data.simulator import simulate_market, simulate_transactions
     from .data.validation import DataValidationError
+    from .reproduce import record_night
 
     for d in p.lake_dates:  # a feed that lands a symbol the config does not name is ignored, and says so
         extra = sorted(set(lake.list_symbols(cfg.lake_uri, MARKET_DATASET, d)) - set(cfg.data.symbols))
@@ -148,6 +153,8 @@ def ingest(cfg: FactoryConfig, p: Plan) -> LakeSnapshot:
             written += 1
         rows += len(lake.read_partition(cfg.lake_uri, part))  # validates what is there
         log.info("ingest [%d/%d] %s ok", i, len(wanted), part.key)
+    # what the night is made of, for `factory reproduce`: code, resolved config, seeds, each partition's sha256
+    record_night(cfg, p, {w.key: lake.partition_sha256(cfg.lake_uri, w) for w in wanted})
     return LakeSnapshot(lake_uri=cfg.lake_uri, dates=p.lake_dates, partitions=[w.key for w in wanted], rows=rows,
                         written=written)
 
@@ -519,17 +526,6 @@ def gate_report(cfg: FactoryConfig, p: Plan, accuracy: list[AccuracyReport], gat
     return report
 
 
-def _git_commit() -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-                             timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def reference_window(cfg: FactoryConfig, p: Plan, ex: ExportResult) -> str:
     """The drift monitor's reference: rows spread over the whole history (the calibration pool, an even sample of
     the train days, then val and test) with the FP32 ONNX model's predictions.
@@ -569,6 +565,8 @@ def publish(cfg: FactoryConfig, p: Plan, tr: TrainResult, ex: ExportResult, repo
     from model_registry.publish import Night, NightFiles, publish_family
     from monitoring.nvml import summary_metrics
 
+    from .reproduce import code_identity
+
     family = tr.family
     extra: dict[str, float] = {}
     telemetry = fetch(tr.telemetry_uri, cfg.scratch) if tr.telemetry_uri else None
@@ -587,9 +585,27 @@ def publish(cfg: FactoryConfig, p: Plan, tr: TrainResult, ex: ExportResult, repo
                        reference=fetch(reference_window(cfg, p, ex), cfg.scratch), telemetry=telemetry)
     dates = payment_dates(cfg, p.date) if spec(family).source == "transactions" else p.lake_dates
     window = f"{dates[0]}..{dates[-1]}" if dates else p.date
-    night = Night(family=family, date=p.date, data_window=window, git_commit=_git_commit(),
+    night = Night(family=family, date=p.date, data_window=window, git_commit=code_identity()["commit"],
                   test_metrics=tr.metrics, extra_metrics=extra)
-    return publish_family(cfg, night, files, selected)
+    return publish_family(cfg, night, files, selected, evidence=_evidence_pages(cfg, report, night))
+
+
+def _evidence_pages(cfg: FactoryConfig, report: GateReport, night: Night) -> Evidence:
+    """The page renderer publish calls once the family's versions are registered: the gate report, the policy in
+    force, and per target the latest drift check of the champion (with its label-free estimate) where one exists."""
+    from .drift import latest_check
+    from .evidence_page import policy_of, render
+
+    family, data = night.family, report.to_xcom()
+    targets = sorted({g.target for g in report.targets if g.family == family and g.status is not Status.SKIPPED})
+    monitoring = {t: latest_check(cfg, family, t) for t in targets}
+    facts = {"git_commit": night.git_commit[:12], "data_window": night.data_window}
+
+    def page(target: str | None, versions: list[Registered]) -> str:
+        return render(data, family, target=target, policy=policy_of(cfg, family), monitoring=monitoring,
+                      registered=[v.to_xcom() for v in versions], run=facts)
+
+    return page
 
 
 def summarize(cfg: FactoryConfig, p: Plan, trained: list[TrainResult], exported: list[ExportResult],

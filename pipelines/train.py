@@ -7,6 +7,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,9 +17,11 @@ from factory_core.config import FactoryConfig, Family
 from factory_core.errors import BadInput
 from factory_core.families import spec
 
-from .datasets import FamilyData, Split
 from .evaluate import backtest, classification_metrics, net_backtest
 from .models import build_model, positive_probability
+
+if TYPE_CHECKING:  # pandas stays out of the training loop (benchmarks/trainer_speed.py runs it without pandas)
+    from .datasets import FamilyData, Split
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,39 @@ def _loss(family: Family, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return nn.functional.binary_cross_entropy_with_logits(logits.float().squeeze(-1), y)
 
 
+def fit_epoch(family: Family, model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+              scaler: torch.amp.GradScaler, x_train: torch.Tensor, y_train: torch.Tensor, batch_size: int,
+              gen: torch.Generator, epoch: int) -> float:
+    """One pass over the training set in a seeded random order, on the model's device (float16 autocast when the
+    scaler is enabled: AMP on CUDA); the mean training loss. A non-finite loss is bad input, named."""
+    device = next(model.parameters()).device
+    use_amp = scaler.is_enabled()
+    model.train()
+    perm = torch.randperm(len(x_train), generator=gen)
+    total, seen = 0.0, 0
+    for i in range(0, len(perm), batch_size):
+        idx = perm[i : i + batch_size]
+        xb, yb = x_train[idx].to(device, non_blocking=True), y_train[idx].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            loss = _loss(family, model.logits(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        value = float(loss.detach())
+        if not np.isfinite(value):
+            raise NonFiniteLossError(
+                f"{family}: training loss is {value} at epoch {epoch}, batch {i // batch_size + 1}: the "
+                f"features hold values the model cannot fit (check the lake partitions of the night) or "
+                f"train.lr={opt.param_groups[0].get('initial_lr', opt.param_groups[0]['lr'])} is too high")
+        total += value * len(idx)
+        seen += len(idx)
+    return total / seen
+
+
 def train_family(family: Family, data: FamilyData, cfg: FactoryConfig) -> TrainOutcome:
     """Train one family on ``data.train``, early-stop on ``data.val``, report on ``data.test``."""
     tc, fam = cfg.train, cfg.families[family]
@@ -113,32 +149,10 @@ def train_family(family: Family, data: FamilyData, cfg: FactoryConfig) -> TrainO
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     for epoch in range(1, tc.max_epochs + 1):
-        model.train()
-        perm = torch.randperm(len(x_train), generator=gen)
-        total, seen = 0.0, 0
-        for i in range(0, len(perm), tc.batch_size):
-            idx = perm[i : i + tc.batch_size]
-            xb, yb = x_train[idx].to(device, non_blocking=True), y_train[idx].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss = _loss(family, model.logits(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            value = float(loss.detach())
-            if not np.isfinite(value):
-                raise NonFiniteLossError(
-                    f"{family}: training loss is {value} at epoch {epoch}, batch {i // tc.batch_size + 1}: the "
-                    f"features hold values the model cannot fit (check the lake partitions of the night) or "
-                    f"train.lr={tc.lr} is too high")
-            total += value * len(idx)
-            seen += len(idx)
+        train_loss = fit_epoch(family, model, opt, sched, scaler, x_train, y_train, tc.batch_size, gen, epoch)
         val = evaluate_split(family, predict(model, data.val.x), data.val, fam.threshold)
-        history.append({"epoch": epoch, "train_loss": total / seen, "val_auc": val["auc"]})
-        log.info("%s epoch %d/%d  train_loss %.4f  val_auc %.4f", family, epoch, tc.max_epochs, total / seen,
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_auc": val["auc"]})
+        log.info("%s epoch %d/%d  train_loss %.4f  val_auc %.4f", family, epoch, tc.max_epochs, train_loss,
                  val["auc"])
         score = val["auc"] if np.isfinite(val["auc"]) else 0.0
         if best_state is None or score > best_auc + 1e-4:

@@ -47,3 +47,43 @@ def export_small_model():
         return model, torch_to_onnx(model, family, x, dest, 18)
 
     return make
+
+
+class Chromium:
+    """Headless Chromium on a local file: a screenshot and the DOM after rendering (no network is needed)."""
+
+    def __init__(self, exe: str, profile_dir):
+        self.exe, self.profile_dir = exe, profile_dir
+
+    def _run(self, *args: str) -> "subprocess.CompletedProcess[str]":
+        import subprocess
+
+        cmd = [self.exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+               f"--user-data-dir={self.profile_dir}", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    def screenshot(self, page, dest, width: int = 1280, height: int = 2400):
+        """``page`` rendered at ``width`` x ``height`` into the PNG ``dest``; returns ``dest``."""
+        self._run(f"--screenshot={dest}", f"--window-size={width},{height}", page.as_uri())
+        return dest
+
+    def dump_dom(self, page) -> str:
+        """The serialized DOM once ``page`` has loaded (what the browser parsed, not the file's text)."""
+        return self._run("--dump-dom", page.as_uri()).stdout
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory):
+    """Headless Chromium, for the pages a person reads in a browser. ``make test`` skips (with the reason) where it
+    is missing; ``.ci/run`` installs it and sets ``FACTORY_REQUIRE_BROWSER=1``, under which a missing one fails."""
+    import os
+    import shutil
+
+    exe = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    if exe is None:
+        if os.environ.get("FACTORY_REQUIRE_BROWSER") == "1":
+            pytest.fail("browser test required (FACTORY_REQUIRE_BROWSER=1) but no chromium on PATH")
+        pytest.skip("no chromium on PATH (.ci/run installs it: apt-get install chromium)")
+    return Chromium(exe, tmp_path_factory.mktemp("chromium-profile"))

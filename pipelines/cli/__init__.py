@@ -1,7 +1,9 @@
 """``factory``: the command line of the model factory, one module per command group.
 
-``nightly`` (:mod:`.nightly`), the registry and the store (:mod:`.registry_cmds`), drift, replay and telemetry
-(:mod:`.monitoring_cmds`), a deployment's Airflow set-up (:mod:`.airflow_cmds`); the embedded Airflow they share is :mod:`.airflow_embedded`. A serving host uses
+``nightly`` (:mod:`.nightly`), ``reproduce`` (:mod:`.reproduce_cmd`), the registry and the store
+(:mod:`.registry_cmds`), drift, replay and telemetry (:mod:`.monitoring_cmds`), a deployment's Airflow set-up
+(:mod:`.airflow_cmds`), a night's evidence page (:mod:`.evidence_cmds`); the embedded Airflow they share is
+:mod:`.airflow_embedded`. A serving host uses
 ``factory-serve`` (:mod:`model_registry.cli`) from the lean install instead.
 """
 
@@ -15,7 +17,7 @@ from factory_core.config import redact
 from factory_core.errors import FactoryError, exit_code
 from factory_core.logsafe import install_log_redaction
 
-from . import airflow_cmds, data_cmds, monitoring_cmds, nightly, registry_cmds
+from . import airflow_cmds, data_cmds, evidence_cmds, monitoring_cmds, nightly, registry_cmds, reproduce_cmd
 from .nightly import NightRunning, night_lock, run_nightly
 
 __all__ = ["NightRunning", "build_parser", "main", "night_lock", "run_nightly"]
@@ -25,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factory", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (nightly, registry_cmds, monitoring_cmds, airflow_cmds, data_cmds):
+    for group in (nightly, reproduce_cmd, registry_cmds, monitoring_cmds, airflow_cmds, data_cmds, evidence_cmds):
         group.register(sub)
     return parser
 

@@ -28,8 +28,8 @@ from .common import load as _load
 
 
 def run_nightly(cfg: FactoryConfig, date: str, config_path: str | None, families: list[str] | None = None,
-                targets: list[str] | None = None) -> int:
-    """Run the nightly DAG once through ``dag.test()`` and print the summary. Returns the exit code."""
+                targets: list[str] | None = None, tables: bool = True) -> int:
+    """Run the nightly DAG once through ``dag.test()`` and print the summary (``tables``). Returns the exit code."""
     from rich.console import Console
 
     console = Console()
@@ -37,7 +37,7 @@ def run_nightly(cfg: FactoryConfig, date: str, config_path: str | None, families
         os.environ["FACTORY_CONFIG"] = str(Path(config_path).resolve())
     with night_lock(cfg, date):
         return _run_nightly_locked(cfg, date, console, {"profile": cfg.profile, "families": families,
-                                                        "targets": targets})
+                                                        "targets": targets}, tables)
 
 
 class NightRunning(LockConflict):
@@ -182,7 +182,7 @@ class Progress:
         return self._run_id
 
 
-def _run_nightly_locked(cfg: FactoryConfig, date: str, console, params: dict) -> int:
+def _run_nightly_locked(cfg: FactoryConfig, date: str, console, params: dict, tables: bool = True) -> int:
     from .. import orchestration, report
 
     logs = cfg.home / "logs" / f"nightly-{date}-{dt.datetime.now():%Y%m%dT%H%M%S}.log"
@@ -215,7 +215,7 @@ def _run_nightly_locked(cfg: FactoryConfig, date: str, console, params: dict) ->
     failures = orchestration.read_failures(cfg, date)
     run = cfg.run_layout(date)
     data = get_json(run.summary())
-    if data is not None and state.endswith("success"):
+    if data is not None and state.endswith("success") and tables:
         report.print_nightly_summary(data, console)
         if data.get("gate_report"):
             report.print_gates(get_json(data["gate_report"]), console)

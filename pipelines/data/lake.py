@@ -85,6 +85,18 @@ def write_partition(lake_uri: str, part: Partition, df: pd.DataFrame, *, check_h
     return path
 
 
+def partition_sha256(lake_uri: str, part: Partition) -> str:
+    """The sha256 of the partition's file as stored: what a night records of its inputs."""
+    import hashlib
+
+    fs, path = partition_file(lake_uri, part)
+    h = hashlib.sha256()
+    with fs.open_input_stream(path) as src:
+        while block := src.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_partition(lake_uri: str, part: Partition) -> pd.DataFrame:
     """Read and validate one partition; a missing or bad one raises naming the partition.
 

@@ -83,6 +83,9 @@ class Fleet:
     """Extra ``AIRFLOW__SECTION__KEY`` settings for every Airflow process (the fault tests' bounds)."""
     runs: dict = field(default_factory=dict)
     """The fleet config's ``runs`` section (e.g. a short ``retry_delay_s``)."""
+    warm: bool = True
+    """Workers preload the heavy stack before forking task processes (``pipelines.worker``), as deployed; False
+    gives Airflow's default Celery config, where each task process imports it afresh (the benchmark's baseline)."""
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     spawned: dict[str, tuple] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
@@ -248,6 +251,7 @@ class Fleet:
             "AIRFLOW__API_AUTH__JWT_SECRET": "fleet-test-jwt-secret-0123456789abcdef",
             "AIRFLOW__API__SECRET_KEY": "fleet-test-secret",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "3600",
+            **({"AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "pipelines.worker.CELERY_CONFIG"} if self.warm else {}),
             "AIRFLOW_CONN_FACTORY_AIRFLOW_API": self.api_url,
             "FACTORY_CONFIG": str(self.config_path),
             "FACTORY_HOME": str(factory_home),

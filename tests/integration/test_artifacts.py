@@ -66,3 +66,16 @@ def test_json_documents_round_trip(bucket, tmp_path):
     put_json("s3://artifacts/runs/d/failures/export.json", {"task": "export"})
     assert [f["task"] for f in list_json("s3://artifacts/runs/d/failures")] == ["export", "train[fraud_risk]"]
     assert get_json("s3://artifacts/runs/d/summary.json") is None
+
+
+def test_one_s3_filesystem_per_bucket_and_aws_environment(monkeypatch):
+    # Made once per process (a client and a region lookup each time used to cost every artifact ~40 ms); new
+    # credentials or a new endpoint make a new one. No request is sent: the endpoint is given.
+    from factory_core.fsutil import filesystem
+
+    a, path = filesystem("s3://night/runs/2026-11-22/train", "http://127.0.0.1:9")
+    b, _ = filesystem("s3://night/lake", "http://127.0.0.1:9")
+    assert a is b and path == "night/runs/2026-11-22/train"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "rotated")
+    assert filesystem("s3://night/lake", "http://127.0.0.1:9")[0] is not a
+    assert filesystem("s3://night", "http://127.0.0.1:9")[1] == "night"

@@ -1,7 +1,9 @@
 """The smoke nightly end to end, through the real CLI and Airflow ``dag.test`` on SQLite."""
 
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -151,6 +153,58 @@ def test_gates_select_a_healthy_cpu_engine_per_family(night):
     assert "Gates" in proc.stdout and "selected" in proc.stdout
 
 
+def test_reproduce_reruns_the_night_from_its_record_and_finds_every_artifact_identical_or_equivalent(
+        night, services, tmp_path):
+    """``factory reproduce`` re-runs the suite's night into a scratch home from what it recorded and compares it
+    stage by stage; the night's own folder and registry are left as they were."""
+    from model_registry.registry import Registry
+
+    home, _ = night
+    summary = home / "runs" / DATE / "summary.json"
+    before = summary.stat().st_mtime_ns
+    reg = Registry(services["FACTORY__REGISTRY__TRACKING_URI"])
+    versions = {fam: len(reg.find(fam, "cpu")) for fam in FAMILIES}
+    scratch = tmp_path / "again"
+    proc = _factory(home, "reproduce", DATE, "--scratch", str(scratch), extra_env=services)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads((scratch / "reproduce.json").read_text())
+    assert report["first_different"] is None
+    rows = {(r["stage"], r["family"], r["artifact"]): r for r in report["rows"]}
+    for (stage, fam, artifact), r in rows.items():
+        if stage.endswith("sm_90"):  # no TensorRT here: said, never called identical
+            assert r["verdict"] == "skipped" and ("TensorRT" in r["detail"] or "no layer quantized" in r["detail"]
+                                                   or "no sm_90 engines" in r["detail"]), r
+        else:
+            assert r["verdict"] in ("identical", "equivalent"), r
+    for fam in FAMILIES:
+        for stage, artifact in (("train", "model.pt"), ("export", "model.fp32.onnx"), ("variants", "model.int8.onnx"),
+                                ("engine_cpu", "fp16 engine"), ("accuracy", "verdicts"), ("gate_cpu", "candidates")):
+            assert (stage, fam, artifact) in rows, (stage, fam, artifact)
+    out = " ".join(proc.stdout.split())
+    assert "Reproduction of 2026-11-22" in out and "reproduced ·" in out and "NOT reproduced" not in out
+    assert "  done     train " in proc.stdout  # the night's own progress lines
+    assert summary.stat().st_mtime_ns == before  # the night is read, never written
+    assert {fam: len(reg.find(fam, "cpu")) for fam in FAMILIES} == versions  # nor its registry
+
+
+def test_reproduce_with_another_seed_planted_names_train_as_the_first_difference(night, services, tmp_path):
+    home, _ = night
+    scratch = tmp_path / "planted"
+    proc = _factory(home, "reproduce", DATE, "--scratch", str(scratch), "--families", "fraud_risk",
+                    "--set", "train.seed=99", extra_env=services)
+    assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads((scratch / "reproduce.json").read_text())
+    assert report["first_different"] == "train"
+    rows = report["rows"]
+    assert [r["verdict"] for r in rows if r["stage"] in ("ingest", "features")] == ["identical"] * 2
+    assert next(r for r in rows if r["artifact"] == "model.pt")["verdict"] == "different"
+    after = [r for r in rows if r["stage"] not in ("ingest", "features", "train") and r["verdict"] != "skipped"]
+    assert {r["stage"] for r in after} >= {"export", "variants", "engine_cpu", "accuracy", "gate_cpu"}
+    assert all(r["verdict"] == "different" and r["follows"] == "train[fraud_risk]" for r in after), after
+    out = " ".join(proc.stdout.split())
+    assert "NOT reproduced: first differing stage train" in out and "follows from train[fraud_risk]" in out
+
+
 def test_night_registers_in_mlflow_and_pushes_to_s3_then_pull_serves_it(night, services, tmp_path):
     from model_registry.registry import CHALLENGER, CHAMPION, Registry
     from model_registry.runtime import EngineRunner
@@ -172,7 +226,12 @@ def test_night_registers_in_mlflow_and_pushes_to_s3_then_pull_serves_it(night, s
         run = reg.client.get_run(pub["run_id"])
         assert "test_auc" in run.data.metrics
         arts = {a.path for a in reg.client.list_artifacts(pub["run_id"])}
-        assert {"pytorch", "onnx", "gates", "reference"} <= arts  # reference: drift_monitor's baseline
+        assert {"pytorch", "onnx", "gates", "reference", "evidence"} <= arts  # reference: drift_monitor's baseline
+        # the version rests on its evidence page: logged in its run, linked from its description (the UI's route)
+        assert tags["evidence_page"] == f"runs:/{pub['run_id']}/evidence/cpu.html"
+        assert {a.path for a in reg.client.list_artifacts(pub["run_id"], "evidence")} == {"evidence/night.html",
+                                                                                         "evidence/cpu.html"}
+        assert f"/runs/{pub['run_id']}/artifactPath/evidence/cpu.html)" in champ.description
         # the UI's Schema section: the route the UI calls, served from the version's source in the store
         url = (f"{services['FACTORY__REGISTRY__TRACKING_URI']}/model-versions/get-artifact?path=MLmodel"
                f"&name={pub['family']}.cpu&version={champ.version}")
@@ -186,6 +245,35 @@ def test_night_registers_in_mlflow_and_pushes_to_s3_then_pull_serves_it(night, s
     runner = EngineRunner(dest / "market_alert" / "cpu" / "current")
     x = np.random.default_rng(0).normal(size=(3, 40, 16)).astype(np.float32)
     assert runner.predict(x).shape == (3, 1)
+
+
+def test_the_night_s_evidence_pages_render_in_chromium_with_the_decision_and_every_candidate(night, services,
+                                                                                             chromium, tmp_path):
+    """The pages a reviewer opens from a version in the MLflow UI, as logged by this smoke night, in a real browser."""
+    import mlflow
+
+    from pipelines.evidence_page import decision_text
+
+    home, _ = night
+    report = json.loads((home / "runs" / DATE / "gates" / "report.json").read_text())
+    summary = json.loads((home / "runs" / DATE / "summary.json").read_text())
+    mlflow.set_tracking_uri(services["FACTORY__REGISTRY__TRACKING_URI"])
+    for pub in summary["published"]:
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=pub["run_id"], artifact_path="evidence",
+                                                          dst_path=str(tmp_path / pub["family"])))
+        for name in ("night.html", "cpu.html"):
+            dom = chromium.dump_dom(folder / name)
+            for g in (g for g in report["targets"] if g["family"] == pub["family"] and g["target"] == "cpu"):
+                reg = next(v for v in pub["versions"] if v["target"] == "cpu")
+                assert decision_text(g, reg) in html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", dom)))
+                assert re.findall(r'<tr class="cand"><td>(\w+)</td>', dom) == [c["precision"] for c in g["candidates"]]
+                compared = any(k["name"] == "vs_champion" for c in g["candidates"] for k in c["checks"])
+                assert dom.count("<svg") == 2 + compared  # agreement, latency, and the forest plot with a champion
+    shot = chromium.screenshot(folder / "cpu.html", tmp_path / "page.png", 1280, 1200)
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert (img.min(axis=2) < 200).mean() > 0.03  # not blank
 
 
 def test_rerun_same_date_is_idempotent(night, services):

@@ -126,8 +126,10 @@ def test_registry_aliases_promote_rollback_and_idempotent_registration(engines, 
     v2 = reg.register(FAM, "cpu", "s3://x/2", _record(m2), sha256_file(e2 / "manifest.json"), None, {}, "second")
     reg.promote(FAM, "cpu", v2, by="alice", why="better AUC")
     champ = reg.resolve(FAM, "cpu", CHAMPION)
-    assert champ.version == v2 and reg.history(FAM, "cpu")[-1] | {"at": "-"} == {
-        "version": v2, "by": "alice", "why": "better AUC", "at": "-"}
+    last = reg.history(FAM, "cpu")[-1]
+    assert champ.version == v2 and {k: last[k] for k in ("version", "from", "by", "why", "kind")} == {
+        "version": v2, "from": v1, "by": "alice", "why": "better AUC", "kind": "promote"}
+    assert last["engine"]["engine_sha256"] == m2["sha256"]["engine"]
     assert reg.rollback(FAM, "cpu", by="bob", why="p99 spike") == v1
     assert reg.resolve(FAM, "cpu", CHAMPION).version == v1
     assert [(e["version"], e["by"]) for e in reg.history(FAM, "cpu")] == [(v1, "test"), (v2, "alice"), (v1, "bob")]
@@ -139,7 +141,7 @@ def test_a_champion_moved_in_the_mlflow_ui_leaves_rollback_metric_and_provenance
     the UI move replaced), and the promotion time is the move's, not version 2's."""
     import datetime as dt
 
-    from model_registry.registry import HISTORY_TAG, model_name
+    from model_registry.registry import MOVE_TAG, model_name
 
     fam = "ui_moves"
     reg = Registry(mlflow_server.uri)
@@ -159,7 +161,69 @@ def test_a_champion_moved_in_the_mlflow_ui_leaves_rollback_metric_and_provenance
     assert reg.resolve(fam, "cpu", CHAMPION).version == v2
     assert reg.history(fam, "cpu")[-1]["why"] == f"rollback from v{v1}: the UI move was a mistake"
     assert len(reg.history(fam, "cpu")) == 4  # reading again adds nothing
-    assert HISTORY_TAG in reg.client.get_registered_model(model_name(fam, "cpu")).tags
+    tags = reg.client.get_registered_model(model_name(fam, "cpu")).tags
+    assert len([k for k in tags if k.startswith(MOVE_TAG)]) == 4  # one tag per move
+    assert [e["kind"] for e in reg.history(fam, "cpu")] == ["promote", "promote", "outside", "rollback"]
+
+
+def test_champion_history_lists_every_move_with_its_evidence_and_engine(engines, mlflow_server, monkeypatch,
+                                                                         capsys):
+    """``factory champion history``: the policy's promotion, a person's promote, a move in the UI and a rollback,
+    each with when, who or what, the evidence page (or the gate report of a run that has none) and the engine;
+    two readers that see the same UI move at once record it once."""
+    from mlflow import MlflowClient
+
+    from model_registry.registry import MOVE_TAG, model_name
+    from pipelines.cli import main
+
+    fam, target = "fraud_risk", "history"  # a model of its own on the session's server
+    name = model_name(fam, target)
+    client, reg = MlflowClient(mlflow_server.uri), Registry(mlflow_server.uri)
+    experiment = client.create_experiment("history_test")
+    runs = []
+    for page in (False, True):  # a night before the evidence page existed, and one with it
+        run = client.create_run(experiment).info.run_id
+        client.log_text(run, "{}", "gates/report.json")
+        if page:
+            client.log_text(run, "<html>decision</html>", "evidence/history.html")
+        client.set_terminated(run)
+        runs.append(run)
+    e1, e2 = engines
+    v1 = reg.register(fam, target, "s3://x/1", _record(_manifest(e1)), sha256_file(e1 / "manifest.json"), runs[0],
+                      {}, "1")
+    v2 = reg.register(fam, target, "s3://x/2", _record(_manifest(e2)), sha256_file(e2 / "manifest.json"), runs[1],
+                      {}, "2")
+    reg.promote(fam, target, v1, by="policy:auto_promote", why="nightly 2026-11-21: passed every gate")
+    reg.promote(fam, target, v2, by="cli:alice", why="better AUC")
+    client.set_registered_model_alias(name, CHAMPION, v1)  # what the UI does
+    assert Registry(mlflow_server.uri).history(fam, target)[-1] == reg.history(fam, target)[-1]  # recorded once
+    assert len([k for k in client.get_registered_model(name).tags if k.startswith(MOVE_TAG)]) == 3
+    reg.rollback(fam, target, by="cli:bob", why="the UI move was a mistake")
+
+    monkeypatch.setenv("FACTORY__REGISTRY__TRACKING_URI", mlflow_server.uri)
+    capsys.readouterr()  # MLflow's own lines about the runs above
+    assert main(["champion", "history", f"{name}", "--json"]) == 0
+    moves = json.loads(capsys.readouterr().out)["moves"]
+    assert [(m["kind"], m["from"], m["version"], m["by"]) for m in moves] == [
+        ("promote", "", v1, "policy:auto_promote"), ("promote", v1, v2, "cli:alice"),
+        ("outside", v2, v1, "outside the factory (MLflow UI or API)"), ("rollback", v1, v2, "cli:bob")]
+    assert moves[2]["not_before"] == moves[1]["at"] <= moves[2]["at"]
+    assert [m["evidence"].get("page") for m in moves] == [None, f"runs:/{runs[1]}/evidence/history.html", None,
+                                                          f"runs:/{runs[1]}/evidence/history.html"]
+    assert moves[0]["evidence"]["report"] == f"runs:/{runs[0]}/gates/report.json"
+    assert moves[3]["evidence"]["ui"] == (f"{mlflow_server.uri}/#/experiments/{experiment}/runs/{runs[1]}/artifacts/"
+                                          f"evidence/history.html")
+    assert moves[2]["engine"]["engine_sha256"] == _manifest(e1)["sha256"]["engine"]
+    assert moves[3]["engine"]["manifest_sha256"] == sha256_file(e2 / "manifest.json")
+    monkeypatch.setenv("COLUMNS", "400")  # one line per row: the table's cells are not folded
+    assert main(["champion", "history", name]) == 0
+    table = capsys.readouterr().out
+    for text in ("outside the factory", f"rollback v{v1} → v{v2}", "cli:alice", "evidence/history.html",
+                 "no evidence page in the run: its gate report"):
+        assert text in table
+    with pytest.raises(SystemExit):
+        main(["champion", "history", "no_such_family.cpu"])
+    assert "expected FAMILY.TARGET" in capsys.readouterr().err
 
 
 def test_mlflow_down_during_registration_fails_clearly_with_no_dangling_alias(engines, tmp_path, monkeypatch):

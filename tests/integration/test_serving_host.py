@@ -350,3 +350,79 @@ def test_pull_refuses_a_store_version_whose_manifest_was_edited_after_registrati
     with pytest.raises(ManifestMismatch, match=f"refusing {name} v{versions['v1']}: it has no manifest_sha256 tag"):
         pull(cfg, fam, "cpu", "prod", dest)
     assert installed() == now
+
+
+def test_a_ui_move_reaches_a_following_serving_host_by_webhook_and_a_forged_one_is_refused(
+        built, mlflow_server, aws_env, tmp_path):
+    """A real MLflow server on SQLite posts ``model_version_alias.created`` to the host's receiver; a plain
+    ``set_registered_model_alias`` (what the UI does) reaches the serving process within seconds, though its poll
+    interval is an hour. A delivery signed with another secret is refused (401) and counted; nothing moves."""
+    import contextlib
+    import os
+    import urllib.error
+    import urllib.request
+
+    from factory_core.contracts import Manifest
+    from factory_core.fsutil import sha256_file
+    from model_registry.pull import follow, pull
+    from model_registry.registry import Registry
+    from model_registry.store import S3Store
+    from model_registry.webhook import AliasWebhook, register_webhook
+
+    from .conftest import make_bucket
+
+    server = mlflow_server  # its environment lets it post to http on loopback (conftest.mlflow_server)
+    prom = CollectorRegistry()
+    secret = "a-webhook-secret-of-32-characters"
+    receiver = AliasWebhook(secret, "127.0.0.1", 0, metrics_registry=prom).start()
+    hook_id = register_webhook(server.uri, receiver.url, secret, "serving-hosts")
+    try:
+        assert register_webhook(server.uri, receiver.url, secret, "serving-hosts") == hook_id  # found, not doubled
+        make_bucket(aws_env, "webhook")
+        cfg = load_config(profile="smoke", env={"FACTORY_HOME": str(tmp_path / "home")}, overrides={"registry": {
+            "tracking_uri": server.uri, "store_uri": "s3://webhook/engines", "s3_endpoint_url": aws_env}})
+        store, reg = S3Store(cfg.store_uri, endpoint_url=aws_env), Registry(cfg.tracking_uri)
+        with contextlib.suppress(Exception):  # the session's registry may hold these engines from another store
+            reg.client.delete_registered_model("fraud_risk.cpu")
+        time.sleep(1.5)  # the server's webhook list is cached for MLFLOW_WEBHOOK_CACHE_TTL (1 s here)
+        versions = []
+        for e in (built["v1"], built["v2"]):
+            man = Manifest.model_validate_json((e / "manifest.json").read_text())
+            uri = store.put_version(e, "fraud_risk", "cpu", man.version)
+            versions.append(reg.register("fraud_risk", "cpu", uri, man, sha256_file(e / "manifest.json"), None, {},
+                                         man.version))
+        reg.promote("fraud_risk", "cpu", versions[0], by="test", why="first")
+        dest = tmp_path / "serving"
+        runner = EngineRunner(pull(cfg, "fraud_risk", "cpu", "champion", dest).path, canary_timeout_s=30)
+        stop = follow(runner, cfg, "fraud_risk", "cpu", "champion", dest, interval_s=3600, webhook=receiver)
+        time.sleep(3)  # the follower's first pull (v1 again: nothing to do) is over; from here only a wake pulls
+        assert receiver.moves == 0  # the moves above came before anyone followed
+        moved = time.monotonic()
+        reg.client.set_registered_model_alias("fraud_risk.cpu", "champion", versions[1])  # a move in the UI
+        while runner.version != "20261122.00000002" and time.monotonic() - moved < 30:
+            time.sleep(0.05)
+        took = time.monotonic() - moved
+        assert runner.version == "20261122.00000002", "the UI move never reached the serving host"
+        print(f"UI alias move -> swapped on the serving host in {took:.2f} s")
+        assert receiver.moves == 1 and not receiver.refused
+        assert os.readlink(dest / "fraud_risk" / "cpu" / "current").startswith(f"versions/{versions[1]}-")
+
+        from mlflow.webhooks.delivery import _generate_hmac_signature
+
+        body = json.dumps({"entity": "model_version_alias", "action": "created", "timestamp": "",
+                           "data": {"name": "fraud_risk.cpu", "alias": "champion", "version": versions[0]}})
+        stamp = str(int(time.time()))
+        forged = urllib.request.Request(receiver.url, data=body.encode(), method="POST", headers={
+            "Content-Type": "application/json", "X-MLflow-Delivery-Id": "forged", "X-MLflow-Timestamp": stamp,
+            "X-MLflow-Signature": _generate_hmac_signature("not-the-webhook-secret", "forged", stamp, body)})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(forged, timeout=5)
+        assert refused.value.code == 401 and receiver.refused == {"signature": 1}
+        assert prom.get_sample_value("factory_webhook_refused_total", {"reason": "signature"}) == 1
+        assert runner.version == "20261122.00000002" and [s["to"] for s in runner.swaps] == ["20261122.00000002"]
+        stop.set()
+    finally:
+        from mlflow import MlflowClient
+
+        MlflowClient(server.uri).delete_webhook(hook_id)  # later tests' alias moves post to no one
+        receiver.close()

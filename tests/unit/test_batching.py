@@ -56,6 +56,23 @@ class _Runner:
         return out[:len(out) - self.rows_off]
 
 
+class _SelfChecking(_Runner):
+    """A runner whose predict checks (and counts) each request itself, as EngineRunner's does."""
+
+    checks_requests = True
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.checked = 0
+
+    def check_request(self, x):
+        self.checked += 1
+        return super().check_request(x)
+
+    def predict(self, x):
+        return super().predict(self.check_request(x))
+
+
 def _want(x):
     return x.reshape(len(x), -1).sum(axis=1, keepdims=True) * 2
 
@@ -358,21 +375,7 @@ def test_under_free_running_concurrency_every_caller_still_gets_its_own_rows():
 
 
 def test_a_runner_that_checks_its_own_requests_is_not_checked_twice_but_still_before_a_request_queues():
-    class SelfChecking(_Runner):
-        checks_requests = True  # as EngineRunner: predict checks (and counts) each request itself
-
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            self.checked = 0
-
-        def check_request(self, x):
-            self.checked += 1
-            return super().check_request(x)
-
-        def predict(self, x):
-            return super().predict(self.check_request(x))
-
-    inner = SelfChecking(hold=True)
+    inner = _SelfChecking(hold=True)
     br = BatchingRunner(inner, window_ms=0.0)
     first, results = _busy(inner, br)
     assert inner.checked == 1  # ran at once: checked once, by the runner's own predict
