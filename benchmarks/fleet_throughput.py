@@ -17,7 +17,7 @@ work and the critical path show that part.
 
     sudo .venv/bin/python benchmarks/fleet_throughput.py --cases scaling --out benchmarks/results/fleet.json
     sudo .venv/bin/python benchmarks/fleet_throughput.py --cases one --workers cold warm --local none  # before/after
-    .venv/bin/python benchmarks/fleet_throughput.py --report benchmarks/results/fleet.json
+    .venv/bin/python benchmarks/fleet_throughput.py --report benchmarks/results/fleet.json --plot docs/img/fleet.png
 
 Needs what tests/cluster needs (root, PostgreSQL, redis-server). Prints a table; --out keeps the records.
 """
@@ -49,6 +49,7 @@ CASES = {
     "one": [(1, 0, 1)],
     "axes": [(1, 0, 1), (3, 0, 1), (1, 0, 3), (1, 2, 1), (3, 2, 3)],  # 1 -> 3 along each axis, then all three
     "widen": [(3, 0, 1), (1, 0, 3), (1, 2, 1), (3, 2, 3)],  # the axes without the base case
+    "ends": [(1, 0, 1), (3, 0, 3)],  # the smallest night and the nightly's own (the default profile's pair)
 }
 DAG_ID = "nightly_model_factory"
 CHAIN = ["plan", "ingest", "features", "train", "export", "variants", "engine", "gate", "gate_report", "publish",
@@ -251,6 +252,34 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], dest: Path) -> Path:
+    """Bars per case: `factory nightly`, the fleet's wall time and its critical path (one panel per profile)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    profiles = sorted({r.get("profile", "smoke") for r in rows}, key=["smoke", "default"].index)
+    fig, axes = plt.subplots(1, len(profiles), figsize=(6.5 * len(profiles), 4.2), squeeze=False)
+    for ax, prof in zip(axes[0], profiles):
+        rs = [r for r in rows if r.get("profile", "smoke") == prof]
+        xs = range(len(rs))
+        series = [("factory nightly (one process)", [r.get("local", {}).get("wall_s") or 0 for r in rs]),
+                  ("fleet wall", [r["fleet"]["wall_s"] for r in rs]),
+                  ("fleet critical path", [r["fleet"]["critical_path_s"] for r in rs])]
+        for k, (name, ys) in enumerate(series):
+            ax.bar([x + (k - 1) * 0.27 for x in xs], ys, width=0.27, label=name)
+        ax.set_xticks(list(xs), [f"{r['families']}f x {r['targets']}t x {r['precisions']}p\n{r['engines']} engines"
+                                 for r in rs], fontsize=8)
+        ax.set_ylabel("seconds")
+        ax.set_title(f"{prof} profile, 2 CPU cores")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(dest)
+    return dest
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", choices=sorted(CASES), default="smoke")
@@ -265,6 +294,7 @@ def main() -> int:
     ap.add_argument("--report", nargs="+", type=Path,
                     help="print the table of saved runs and exit; a fleet row without a `factory nightly` time takes "
                          "that of its case from a local-only row (--workers none)")
+    ap.add_argument("--plot", type=Path, help="with --report: also draw the cases as bars into this PNG")
     ap.add_argument("--import-cost", action="store_true",
                     help="only measure what a cold task process spends importing, per stage (CPU and wall seconds)")
     args = ap.parse_args()
@@ -275,7 +305,10 @@ def main() -> int:
                                             "import_cost": costs}, indent=2))
         return 0
     if args.report:
-        print(report(merged([r for p in args.report for r in json.loads(p.read_text())["rows"]])))
+        rows = merged([r for p in args.report for r in json.loads(p.read_text())["rows"]])
+        print(report(rows))
+        if args.plot:
+            print(f"plot: {plot(rows, args.plot)}")
         return 0
     rows = []
     for i, (n_fam, extra, n_prec) in enumerate(CASES[args.cases]):
