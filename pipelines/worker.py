@@ -15,6 +15,16 @@ pipelines.worker.CELERY_CONFIG``): Airflow's default Celery config, unchanged, p
 signal, which Celery sends in the worker's main process only, before it forks the pool. The scheduler reads the
 same option to build its Celery app and imports this module, but never gets the signal.
 
+**A thread budget per task.** A worker runs ``-c N`` task processes at once on one host, and each CPU-bound one
+(a CPU trainer, ONNX export parity) would otherwise start torch's default of one OpenMP thread per core: N times
+too many threads, which spin-wait on each other. Measured on the local fleet (2 cores, a trainer with 3 slots,
+smoke, 3 families): the three concurrent ``train`` bodies spent 142 CPU-s where one at a time they spend ~50,
+and the night took 1.58x one process (docs/fleet-throughput.md). So before the pool forks, the worker sets
+torch's intra-op threads to ``max(1, cores // N)`` (:func:`thread_budget`), as ``torchrun`` sets
+``OMP_NUM_THREADS=1`` for several processes on a host. An operator's ``OMP_NUM_THREADS`` wins; a GPU trainer
+(``-c 1``) keeps every core for its data loading. The cores are those this process may run on
+(``os.sched_getaffinity``: a container's cpuset), not the host's.
+
 What is preloaded must be safe to fork: imports only. Nothing here starts a thread, opens a connection or
 touches CUDA (a CUDA context made before a fork is unusable in the child), so clients are still made in the task
 process, once per process (``fsutil.filesystem``).
@@ -24,9 +34,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import time
 
-from celery.signals import import_modules
+from celery.signals import celeryd_init, import_modules
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +99,35 @@ def _preload_in_worker(*_args, **_kwargs) -> None:
     took, _ = preload()
     log.warning("warm worker: preloaded %d modules in %.1f s (slowest: %s)", len(took), time.perf_counter() - t0,
                 ", ".join(f"{k} {v:.1f}s" for k, v in sorted(took.items(), key=lambda kv: -kv[1])[:4]))
+
+
+def thread_budget(slots: int | None, cores: int | None = None) -> int | None:
+    """Intra-op threads for each of ``slots`` concurrent task processes on ``cores`` cores (default: this
+    process's CPU affinity); None when there is nothing to divide (one slot, or the slots unknown)."""
+    if not slots or int(slots) <= 1:
+        return None
+    cores = cores or len(os.sched_getaffinity(0))
+    return max(1, cores // int(slots))
+
+
+@celeryd_init.connect
+def _thread_budget_in_worker(*_args, options: dict | None = None, **_kwargs) -> None:
+    """Sent in the worker's main process after the preload and before the pool forks: every task process of this
+    worker inherits the budget."""
+    slots = (options or {}).get("concurrency")
+    if os.environ.get("OMP_NUM_THREADS"):
+        log.warning("warm worker: OMP_NUM_THREADS=%s set by the operator; %s slots", os.environ["OMP_NUM_THREADS"],
+                    slots)
+        return
+    threads = thread_budget(slots)
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # and for a child interpreter a task starts (the ONNX export)
+    log.warning("warm worker: %d slots on %d cores: %d intra-op thread(s) per task", int(slots),
+                len(os.sched_getaffinity(0)), threads)
 
 
 def _celery_config() -> dict:

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -28,6 +29,11 @@ from glob import glob
 from pathlib import Path
 
 BRIDGE, NET = "mfbr0", "10.77.0"
+SUPERVISED = ("api-server", "scheduler", "dag-processor")
+"""Started again when they exit, as compose's ``restart: unless-stopped`` and Kubernetes do for the same
+processes: Airflow 3.3's scheduler and dag-processor exit when their database goes away (seen here at a
+PostgreSQL restart: ``OperationalError: connection refused``, exit) and expect their supervisor to start them."""
+SUPERVISE_EVERY_S = 2.0
 HOST = f"{NET}.1"
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -89,6 +95,8 @@ class Fleet:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     spawned: dict[str, tuple] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    restarts: list[dict] = field(default_factory=list)
+    """What the supervisor started again: ``{"service", "exit", "at"}`` (epoch seconds)."""
 
     # ---- plumbing -------------------------------------------------------------------------------------
     def _net(self) -> None:
@@ -281,6 +289,8 @@ class Fleet:
         self._spawn("scheduler", [str(VENV_BIN / "airflow"), "scheduler"], self.ctl_env)
         self._spawn("dag-processor", [str(VENV_BIN / "airflow"), "dag-processor"], self.ctl_env)
         self._wait_port("api-server", self.ports["api"], 180)
+        self._lock, self._stopping = threading.RLock(), threading.Event()
+        threading.Thread(target=self._supervise, name="fleet-supervisor", daemon=True).start()
         self.local = self.root / "host-local"  # each worker's private tmpfs is mounted here, in its own namespace
         self.local.mkdir()
         for w in self.workers:
@@ -299,7 +309,24 @@ class Fleet:
         w.proc = self._spawn(f"worker-{w.name}", ["ip", "netns", "exec", f"mf-{w.name}", "unshare", "--uts",
                                                   "--mount", "sh", "-c", script], env)
 
+    def _supervise(self) -> None:
+        """Every ``SUPERVISE_EVERY_S``: start again a :data:`SUPERVISED` process that exited (not one stopped on
+        purpose: :meth:`restart` and :meth:`stop` hold the lock). The poll interval is the backoff: a scheduler
+        that exits again because PostgreSQL is still down is tried again 2 s later."""
+        while not self._stopping.wait(SUPERVISE_EVERY_S):
+            with self._lock:
+                for name in SUPERVISED:
+                    p = self.procs.get(name)
+                    if self._stopping.is_set() or p is None or p.poll() is None:
+                        continue
+                    self.restarts.append({"service": name, "exit": p.returncode, "at": time.time()})
+                    cmd, env, kw = self.spawned[name]
+                    self._spawn(name, cmd, env, **kw)
+
     def stop(self) -> None:
+        if getattr(self, "_stopping", None) is not None:
+            self._stopping.set()
+            self._lock.acquire()  # held for good: nothing is started again while everything stops
         for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):  # whole process groups: no stragglers
             for p in reversed(list(self.procs.values())):
                 try:
@@ -395,6 +422,10 @@ class Fleet:
         """Stop service ``name`` (``postgres``, ``redis``, ``scheduler``, ``api-server``, …) with SIGTERM, as a
         supervisor would (SIGKILL after 30 s), wait ``pause_s``, and start it again with the same command,
         address and data; ``env`` adds settings to the new process."""
+        with self._lock:
+            self._restart(name, pause_s, env)
+
+    def _restart(self, name: str, pause_s: float, env: dict[str, str] | None) -> None:
         p = self.procs[name]
         try:
             if name == "postgres":  # a fast shutdown (pg_ctl -m fast): SIGTERM would wait for every client to leave
