@@ -145,11 +145,18 @@ def use_experiment(cfg: Any, name: str) -> None:
     """
     import mlflow
 
+    from mlflow.exceptions import MlflowException
+
     ensure_local_backend(cfg.tracking_uri)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     if mlflow.get_experiment_by_name(name) is None:
         local = cfg.tracking_uri.startswith("sqlite:")
-        mlflow.create_experiment(name, artifact_location=(cfg.home / "mlflow" / "artifacts").as_uri() if local else None)
+        try:
+            mlflow.create_experiment(name, artifact_location=(cfg.home / "mlflow" / "artifacts").as_uri() if local
+                                     else None)
+        except MlflowException as exc:  # another task created it since we looked: the fleet's publishes run at once
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     mlflow.set_experiment(name)
 
 
@@ -167,10 +174,14 @@ class Registry:
         try:
             self.client.get_registered_model(name)
         except MlflowException:
-            self.client.create_registered_model(
-                name, tags={"family": family, "target": target},
-                description=f"{family} engines for target {target}, built and gated by the model factory. "
-                            f"Aliases: '{CHAMPION}' serves, '{CHALLENGER}' is the newest version that passed.")
+            try:
+                self.client.create_registered_model(
+                    name, tags={"family": family, "target": target},
+                    description=f"{family} engines for target {target}, built and gated by the model factory. "
+                                f"Aliases: '{CHAMPION}' serves, '{CHALLENGER}' is the newest version that passed.")
+            except MlflowException as exc:  # created by another task since we looked
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
 
     def find(self, family: str, target: str, **tags: str) -> list[Any]:
         """Versions of ``<family>.<target>`` whose tags equal ``tags`` (oldest first)."""

@@ -529,3 +529,35 @@ def test_a_path_store_beside_a_tracking_server_is_refused_before_any_work(mlflow
     msg = str(err.value)
     assert f"registry.store_uri) {store} is a local path" in msg and mlflow_server.uri in msg and "s3://" in msg
     assert not store.exists()  # nothing written
+
+
+def test_two_publishes_creating_the_same_experiment_and_model_at_once_both_go_on(mlflow_server, tmp_path,
+                                                                                   monkeypatch):
+    # On the fleet the families' publish tasks run at once on a fresh registry: each looks the experiment (and its
+    # models) up, finds none, and creates it; the second create meets the first's. Measured once on the local fleet
+    # (benchmarks/fleet_throughput.py, 27 engines): a publish retried after 120 s. Here the lookup always misses,
+    # as it does for the task that loses the race, against the real server.
+    import types
+
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from model_registry.registry import use_experiment
+
+    cfg = types.SimpleNamespace(tracking_uri=mlflow_server.uri, home=tmp_path)
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", lambda name: None)
+    use_experiment(cfg, "race-nightly")
+    use_experiment(cfg, "race-nightly")  # the loser of the race: its create is refused as existing
+    monkeypatch.undo()
+    assert MlflowClient(mlflow_server.uri).get_experiment_by_name("race-nightly") is not None
+
+    reg = Registry(mlflow_server.uri)
+
+    def missing(name):
+        raise MlflowException(f"Registered Model with name={name} not found", error_code="RESOURCE_DOES_NOT_EXIST")
+
+    monkeypatch.setattr(reg.client, "get_registered_model", missing)
+    reg._ensure_model("race_family.cpu", "race_family", "cpu")
+    reg._ensure_model("race_family.cpu", "race_family", "cpu")
+    assert MlflowClient(mlflow_server.uri).get_registered_model("race_family.cpu").tags["target"] == "cpu"
