@@ -11,11 +11,12 @@ exists, so an MLflow outage never leaves an alias pointing at nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from factory_core.contracts import Manifest
 from factory_core.errors import FactoryError, ServiceUnreachable
@@ -136,6 +137,19 @@ def ensure_local_backend(uri: str) -> None:
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
 
 
+@contextlib.contextmanager
+def _made_by_another_is_fine() -> Iterator[None]:
+    """A create refused as ``RESOURCE_ALREADY_EXISTS`` means another task made it since we looked (the fleet's
+    publishes run at once on a fresh registry): what we wanted exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
 def use_experiment(cfg: Any, name: str) -> None:
     """Point MLflow at ``cfg.tracking_uri`` and experiment ``name``, creating it on first use.
 
@@ -145,18 +159,13 @@ def use_experiment(cfg: Any, name: str) -> None:
     """
     import mlflow
 
-    from mlflow.exceptions import MlflowException
-
     ensure_local_backend(cfg.tracking_uri)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     if mlflow.get_experiment_by_name(name) is None:
         local = cfg.tracking_uri.startswith("sqlite:")
-        try:
+        with _made_by_another_is_fine():
             mlflow.create_experiment(name, artifact_location=(cfg.home / "mlflow" / "artifacts").as_uri() if local
                                      else None)
-        except MlflowException as exc:  # another task created it since we looked: the fleet's publishes run at once
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
     mlflow.set_experiment(name)
 
 
@@ -174,14 +183,11 @@ class Registry:
         try:
             self.client.get_registered_model(name)
         except MlflowException:
-            try:
+            with _made_by_another_is_fine():
                 self.client.create_registered_model(
                     name, tags={"family": family, "target": target},
                     description=f"{family} engines for target {target}, built and gated by the model factory. "
                                 f"Aliases: '{CHAMPION}' serves, '{CHALLENGER}' is the newest version that passed.")
-            except MlflowException as exc:  # created by another task since we looked
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
 
     def find(self, family: str, target: str, **tags: str) -> list[Any]:
         """Versions of ``<family>.<target>`` whose tags equal ``tags`` (oldest first)."""
