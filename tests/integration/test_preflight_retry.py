@@ -1,6 +1,6 @@
 """An object-store outage at preflight is retried, and the retry succeeds once the store is back.
 
-The 02:00 case of the fleet issue: the store (a real moto S3 server process on loopback) is down when the night's
+The 02:00 case of the fleet issue: the store (a real moto S3 server on loopback) is down when the night's
 preflight runs. The task fails with ``ServiceUnreachable``, the DAGs' retry policy (Airflow's
 ``ExceptionRetryPolicy``) retries it, the store comes back, and the second try succeeds. For contrast, a missing
 bucket (the store up, the configuration wrong) fails after one try whatever the retries. Runs Airflow's
@@ -54,13 +54,13 @@ for dag_id in ("preflight_outage", "preflight_misconfig"):
 '''
 
 _NIGHT = r'''
-import datetime as dt, json, os, subprocess, sys, threading, time, urllib.request
+import datetime as dt, json, os, sys, threading, time
 from pathlib import Path
 
 from factory_core.config import load_config
 from pipelines.cli.airflow_embedded import airflow_env
 
-home, port, moto, log_path, dags = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), sys.argv[5]
+home, port, dags = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 env = airflow_env(load_config(profile="smoke", env={"FACTORY_HOME": str(home)}))
 env["AIRFLOW__CORE__DAGS_FOLDER"] = dags  # the test's DAGs, as the embedded Airflow runs the nightly's
 Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
@@ -76,22 +76,16 @@ tries = home / "tries.jsonl"
 
 
 def store_returns():
-    # Once the first try has failed, start the store again (a fresh moto: its bucket is created anew).
+    # Once the first try has failed, the store comes back: a moto server in this process whose bucket exists
+    # before its port opens, so a retry sees either no store or the whole store, never a store without its bucket.
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+    from moto.server import ThreadedMotoServer
+
     while not tries.exists():
         time.sleep(0.1)
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=open(log_path, "w"),
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    (home / "moto.pid").write_text(str(proc.pid))
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=1)
-            break
-        except Exception:
-            time.sleep(0.1)
-    import boto3
-
-    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1").create_bucket(Bucket="night")
+    s3_backends[DEFAULT_ACCOUNT_ID]["global"].create_bucket("night", "us-east-1")
+    ThreadedMotoServer(ip_address="127.0.0.1", port=port).start()
 
 
 def run(dag_id, bucket):
@@ -116,22 +110,12 @@ def test_an_object_store_outage_at_preflight_is_retried_then_succeeds(tmp_path):
     dags = tmp_path / "dags"
     dags.mkdir()
     (dags / "preflight_dags.py").write_text(_DAGS)
-    moto = str(Path(sys.executable).with_name("moto_server"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FACTORY", "AIRFLOW", "AWS_"))}
     env.update({"FACTORY_HOME": str(home), "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_DEFAULT_REGION": "us-east-1", "FACTORY__REGISTRY__S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
                 "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
-    try:
-        proc = subprocess.run([sys.executable, "-c", _NIGHT, str(home), str(port), moto, str(tmp_path / "moto.log"),
-                               str(dags)],
-                              env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    finally:
-        pid = home / "moto.pid"
-        if pid.exists():
-            try:
-                os.killpg(int(pid.read_text()), 15)
-            except ProcessLookupError:
-                pass
+    proc = subprocess.run([sys.executable, "-c", _NIGHT, str(home), str(port), str(dags)],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
