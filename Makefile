@@ -34,7 +34,7 @@ smoke: setup
 	$(VENV)/bin/factory nightly --profile smoke
 
 test: setup
-	$(PY) -m pytest --durations=25
+	$(PY) -m pytest -n 2 --dist loadscope --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -m "not integration and not slow"

@@ -1,5 +1,6 @@
-"""One fleet for the package: the smoke night of ``test_fleet`` first, then the fault nights of ``test_faults`` on
-the same control plane and workers (starting a fleet costs a minute of CI; the nights use their own dates)."""
+"""One fleet for the package: the smoke night of ``test_fleet`` first, then its fault nights on the same control
+plane and workers (starting a fleet costs a minute of CI; the nights use their own dates). The package is one
+module, so pytest-xdist's ``--dist loadscope`` (``make test``) runs it on one worker: one fleet at a time."""
 
 from __future__ import annotations
 
