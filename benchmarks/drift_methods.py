@@ -7,7 +7,9 @@
 Current windows: ``--days`` unshifted simulated days after the reference, and 3 days with a
 regime shift from the start of the session (features only; the prediction column is held
 constant so only feature drift counts). Prints the share of drifted feature columns per
-(day, method) and how many days each method would alarm on at the family's ``drift_share``.
+(day, method) and how many days each method would alarm on at the family's ``drift_share``, and, for the
+configured stattest, each day's most drifted column against ``severe_score`` (the rule that one column far out of
+range is drift on its own).
 Days are simulated into a scratch lake, not the factory's. ``--reference`` reads a reference window from a run
 folder instead of the registry's champion; ``--ticks-per-day`` sets the simulated day's length, and so the span of
 each current window (the market's slowest volatility component has a half-life of 6,000 ticks, 5 minutes: a window
@@ -59,24 +61,33 @@ def main() -> None:
     days += [((start + dt.timedelta(days=100 + k)).isoformat(), Shift(start=0.0)) for k in range(3)]
     ref = reference.copy()
     ref[PREDICTION] = 0.5
-    rows = []
+    rows, worst = [], []
     for day, shift in days:
         x, _, _ = requests_for_day(scratch, args.family, day, shift, args.rows)
         cur = to_columns(x, feature_names(args.family))
         cur[PREDICTION] = 0.5
         for method, threshold in METHODS:
             figures, cols = compare(ref, cur, names, share, method, threshold)
-            if args.columns and (method, threshold) == ("psi", 0.2):
-                print(day, "shifted" if shift else "unshifted", figures["drift_share"],
-                      {c.column: round(c.score, 2) for c in figures["columns"] if c.drifted})
             rows.append({"shifted": shift is not None, "day": day, "method": f"{method or 'evidently default'} "
                          f"({threshold or 'default'})", "share": figures["drift_share"],
                          "alarm": figures["dataset_drift"]})
+            if (method, threshold) == (dcfg.method, dcfg.threshold) and dcfg.severe_score is not None:
+                top = max(figures["columns"], key=lambda c: c.score)
+                worst.append({"day": day, "shifted": shift is not None, "share": figures["drift_share"],
+                              "top column": top.column, "top score": round(top.score, 2)})
+                rows.append({**rows[-1], "method": f"{method} ({threshold}) + severe {dcfg.severe_score}",
+                             "alarm": figures["dataset_drift"] or top.score >= dcfg.severe_score})
+                if args.columns:
+                    print(day, "shifted" if shift else "unshifted", figures["drift_share"],
+                          {c.column: round(c.score, 2) for c in figures["columns"] if c.drifted})
     df = pd.DataFrame(rows)
     pd.set_option("display.width", 200)
     print(f"{args.family}: reference {len(reference)} rows ({source}); current {args.rows} "
           f"rows per day; drift_share {share}\n")
     print(df.pivot(index=["shifted", "day"], columns="method", values="share").round(2).to_string())
+    if worst:
+        print(f"\neach day's most drifted column ({dcfg.method}); severe_score {dcfg.severe_score}:")
+        print(pd.DataFrame(worst).to_string(index=False))
     alarms = df.groupby(["method", "shifted"])["alarm"].agg(["sum", "count"]).unstack("shifted")
     print("\nalarms (days alarmed / days):")
     for method, r in alarms.iterrows():

@@ -9,8 +9,9 @@ sequence models, the window's last tick: the tick the prediction is about) plus 
 (prediction) compare them: per column the stattest, its score and whether it drifted, and
 the share of drifted feature columns.
 
-A check *triggers* retraining when the feature drift share reaches ``drift_share`` (or the
-prediction drifted, with ``prediction_drift``), and only once per drift episode: the
+A check *triggers* retraining when the feature drift share reaches ``drift_share``, or one column's score
+reaches ``severe_score`` (one input far out of its range: a liquidity shock moves book depth alone), or the
+prediction drifted (with ``prediction_drift``), and only once per drift episode: the
 episode state lives on the registered model in MLflow (tag :data:`EPISODE_TAG`), so every
 worker sees it; an episode ends after ``clean_checks_to_close`` clean checks in a row, at a clean check
 below the lower share (hysteresis), or when the champion changes.
@@ -130,6 +131,8 @@ class DriftResult:
     n_current: int = 0
     drift_share: float = 0.0
     drifted_columns: int = 0
+    severe_columns: list[str] = field(default_factory=list)
+    """Columns whose score reached ``severe_score``: drift on their own, whatever the share."""
     dataset_drift: bool = False
     prediction: ColumnDrift | None = None
     columns: list[ColumnDrift] = field(default_factory=list)
@@ -150,8 +153,10 @@ class DriftResult:
 
 
 def compare(reference: Any, current: Any, names: list[str], drift_share: float = 0.5, method: str | None = None,
-            threshold: float | None = None) -> tuple[dict[str, Any], Any]:
-    """Run Evidently on the two windows. Returns (figures, Evidently snapshot for HTML)."""
+            threshold: float | None = None, severe_score: float | None = None) -> tuple[dict[str, Any], Any]:
+    """Run Evidently on the two windows. Returns (figures, Evidently snapshot for HTML). Dataset drift: the share
+    of drifted feature columns reaches ``drift_share``, or a feature column's score reaches ``severe_score`` (a
+    distance stattest's; see :class:`~factory_core.config.DriftConfig`)."""
     from evidently import Report
     from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
@@ -174,8 +179,10 @@ def compare(reference: Any, current: Any, names: list[str], drift_share: float =
     missing = [n for n in [*names, PREDICTION] if n not in columns]
     if missing:
         raise DriftError(f"Evidently returned no drift result for {missing}")
+    severe = [n for n in names if severe_score is not None and columns[n].score >= severe_score]
     return {"columns": [columns[n] for n in names], "prediction": columns[PREDICTION], "drift_share": share,
-            "drifted_columns": count, "dataset_drift": share >= drift_share}, snapshot
+            "drifted_columns": count, "severe_columns": severe,
+            "dataset_drift": share >= drift_share or bool(severe)}, snapshot
 
 
 def is_drift(result: DriftResult, prediction_drift: bool) -> bool:
@@ -213,6 +220,9 @@ def drift_reason(result: DriftResult) -> str:
     top = sorted((c for c in result.columns if c.drifted), key=lambda c: c.column)
     parts = [f"{result.drifted_columns}/{len(result.columns)} feature columns drifted "
              f"(share {result.drift_share:.2f})"]
+    severe = [c for c in result.columns if c.column in result.severe_columns]
+    if severe:
+        parts.append("severe: " + ", ".join(f"{c.column} {c.method} {c.score:.3g}" for c in severe))
     if top:
         parts.append("e.g. " + ", ".join(f"{c.column} {c.method} {c.score:.3g}" for c in top[:4]))
     if result.prediction is not None and result.prediction.drifted:

@@ -70,7 +70,8 @@ def check(cfg: FactoryConfig, family: str, target: str, since: dt.datetime, unti
         result.status = DriftStatus.INSUFFICIENT
         result.reason = f"{len(current)} logged predictions in the window, fewer than min_rows={dcfg.min_rows}"
     else:
-        figures, snapshot = compare(reference, current, names, dcfg.share_for(family), dcfg.method, dcfg.threshold)
+        figures, snapshot = compare(reference, current, names, dcfg.share_for(family), dcfg.method, dcfg.threshold,
+                                    dcfg.severe_score)
         for k, v in figures.items():
             setattr(result, k, v)
         result.status = DriftStatus.DRIFT if is_drift(result, dcfg.prediction_drift) else DriftStatus.OK

@@ -69,8 +69,9 @@ def _rates(family, base, shifted, cfg):
         idx = np.random.default_rng(seed).permutation(len(base))
         ref, cur = _with_prediction(base.iloc[idx[:1500]]), _with_prediction(base.iloc[idx[1500:3000]])
         sh = _with_prediction(shifted.iloc[np.random.default_rng(seed).permutation(len(shifted))[:1500]])
-        false_pos.append(compare(ref, cur, names, share, dcfg.method, dcfg.threshold)[0]["dataset_drift"])
-        detected.append(compare(ref, sh, names, share, dcfg.method, dcfg.threshold)[0]["dataset_drift"])
+        args = (names, share, dcfg.method, dcfg.threshold, dcfg.severe_score)
+        false_pos.append(compare(ref, cur, *args)[0]["dataset_drift"])
+        detected.append(compare(ref, sh, *args)[0]["dataset_drift"])
     return float(np.mean(false_pos)), float(np.mean(detected))
 
 
@@ -103,6 +104,34 @@ def test_evidently_reports_method_score_and_drift_per_column():
     assert figures["drifted_columns"] == 1 and figures["drift_share"] == pytest.approx(1 / 3)
     assert figures["dataset_drift"] and not figures["prediction"].drifted
     assert "<html" in snapshot.get_html_str(as_iframe=False).lower()
+
+
+def test_one_column_far_out_of_range_is_drift_whatever_the_share():
+    """A liquidity shock moves one input of ten (book depth at a third): a share of 0.1 never reaches 0.5, but
+    its score reaches ``severe_score``; a column drifted but not severely does not."""
+    rng = np.random.default_rng(1)
+    names = [f"f{k}" for k in range(10)]
+    ref = pd.DataFrame(rng.normal(size=(2000, 10)), columns=names)
+    cur = pd.DataFrame(rng.normal(size=(2000, 10)), columns=names)
+    cur["f0"] = cur["f0"] * 0.2 - 4.0  # far below the whole reference
+    cur["f1"] += 0.5  # drifted (PSI > 0.2), not severely
+    ref[PREDICTION], cur[PREDICTION] = rng.random(2000), rng.random(2000)
+    figures, _ = compare(ref, cur, names, drift_share=0.5, method="psi", threshold=0.2, severe_score=5.0)
+    cols = {c.column: c for c in figures["columns"]}
+    assert cols["f0"].score >= 5.0 > cols["f1"].score > 0.2 and figures["drift_share"] == pytest.approx(0.2)
+    assert figures["severe_columns"] == ["f0"] and figures["dataset_drift"]
+    off, _ = compare(ref, cur, names, drift_share=0.5, method="psi", threshold=0.2, severe_score=None)
+    assert off["severe_columns"] == [] and not off["dataset_drift"]
+
+
+def test_severe_score_needs_a_distance_stattest():
+    from factory_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="severe_score needs a distance stattest.*'ks'"):
+        load_config(env={}, overrides={"monitoring": {"drift": {"method": "ks", "threshold": 0.05}}})
+    cfg = load_config(env={}, overrides={"monitoring": {"drift": {"method": "ks", "threshold": 0.05,
+                                                                  "severe_score": None}}})
+    assert cfg.monitoring.drift.severe_score is None
 
 
 def test_a_drift_episode_fires_once_and_a_clean_check_or_new_champion_rearms_it():
