@@ -477,8 +477,7 @@ class DriftConfig(_Strict):
     (book depth at a third of normal scores PSI about 14) is one column of many and never reaches a share. Only
     for the distance stattests (``psi``, ``wasserstein``, ``jensenshannon``: a larger score is more drift); None
     turns it off. 10.0: the largest column PSI of 10 ordinary days was 5.42, the smallest worst column of 3
-    shifted days 13.62, which is PSI's ceiling for a column wholly outside its reference (docs/monitoring.md,
-    "Severity")."""
+    shifted days 13.62: what a column wholly outside its reference range scores (docs/monitoring.md, "Severity")."""
     prediction_drift: bool = False
     """Also trigger when the prediction column alone drifted. Off by default: it is always measured and
     exported, but market_alert's score follows the day's spread and volatility level and alone alarms on

@@ -314,7 +314,7 @@ def test_replay_catches_the_shift_and_triggers_retraining_once_per_episode(night
     consecutive windows of it, catches the shift, and requests one retrain for the episode.
 
     The shift (from 40 % of the day) moves book depth wholly out of its reference range: one column of 16 at
-    PSI's ceiling (about 14), caught by ``severe_score`` (10), not by the share. The second window is 60 %
+    PSI about 14, caught by ``severe_score`` (10), not by the share. The second window is 60 %
     shifted, and may or may not drift (docs/monitoring.md, "Severity")."""
     import boto3
 
