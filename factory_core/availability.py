@@ -13,6 +13,7 @@ import importlib.util
 import platform
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,32 @@ def local_target() -> Probe:
     return Probe(found.value[0].target_name)
 
 
+def cpu_int8_kernels(cpuinfo: str | None = None) -> str:
+    """Which integer kernels ONNX Runtime's fused Q/DQ (INT8) operators run on this CPU: ``x86-vnni`` (AVX-512
+    VNNI or AVX-VNNI), ``x86-avx512`` or ``x86-avx2`` (u8s8 without VNNI, which saturates: the same INT8 graph
+    computes different numbers, docs/gates.md "INT8 on CPUs without VNNI"), else the machine (``aarch64``…).
+    ``cpuinfo``: the text of ``/proc/cpuinfo`` (read here when None; absent off Linux)."""
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        return machine or "unknown"
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "x86-unknown"
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                      if line.startswith("flags")), []))
+    if flags & {"avx512_vnni", "avx_vnni"}:
+        return "x86-vnni"
+    return "x86-avx512" if "avx512bw" in flags else "x86-avx2" if "avx2" in flags else "x86-other"
+
+
 def host_facts() -> dict[str, object]:
     """Host description recorded in manifests and benchmark reports."""
     gpu = first_gpu()
     facts: dict[str, object] = {"hostname": socket.gethostname(), "machine": platform.machine(),
                                 "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                                "gpu": None, "driver": None}
+                                "cpu_int8": cpu_int8_kernels(), "gpu": None, "driver": None}
     if gpu is not None:
         facts.update(gpu=gpu.name, driver=gpu.driver, gpu_uuid=gpu.uuid,
                      compute_capability=f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}")

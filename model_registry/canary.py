@@ -69,11 +69,29 @@ def contract_mismatch(live: Manifest, new: Manifest) -> str | None:
     return None
 
 
+def int8_kernels_mismatch(new: Manifest, here: str | None = None) -> str | None:
+    """An INT8 ONNX Runtime engine whose build host ran other integer kernels than this host (``here``: this
+    host's :func:`~factory_core.availability.cpu_int8_kernels`): its gates measured numbers this host would not
+    compute, by more than the canary's INT8 tolerance can see (docs/gates.md, "INT8 on CPUs without VNNI").
+    None when they match, for other precisions and backends, and for engines that did not record it."""
+    built = new.host.get("cpu_int8")
+    if new.backend != "onnxruntime" or new.precision != "int8" or not built:
+        return None
+    from factory_core.availability import cpu_int8_kernels
+
+    here = here or cpu_int8_kernels()
+    if built == here:
+        return None
+    return (f"INT8 ONNX Runtime engine gated on a host with {built} integer kernels; this host has {here}, whose "
+            f"fused Q/DQ kernels compute other numbers than the gates measured (serve the fp16/fp32 variant here, "
+            f"or build and gate the cpu target on a host like this one)")
+
+
 def preflight(folder: Path, live: Manifest | None, timeout_s: float = 60.0,
               command: list[str] | None = None, child: bool = True, warm: WarmCanary | None = None) -> CanaryResult:
     """Check ``folder`` before a swap; raises :class:`SwapRefused` with the reason, else returns what passed.
 
-    ``child=False``: only the checks that need no loading (sha256, contract). ``warm``: load and check in that
+    ``child=False``: only the checks that need no loading (sha256, INT8 kernels, contract). ``warm``: load and check in that
     pre-started process; else in a fresh ``python -m model_registry.canary`` child (``command`` replaces its
     command line: tests simulate a crashing or hanging child with it).
     """
@@ -84,6 +102,9 @@ def preflight(folder: Path, live: Manifest | None, timeout_s: float = 60.0,
     if problem:
         raise SwapRefused("sha256", problem)
     checks = ["sha256 of every listed file"]
+    problem = int8_kernels_mismatch(new)
+    if problem:
+        raise SwapRefused("cpu_int8", problem)
     if live is not None:
         if new.family != live.family:
             raise SwapRefused("contract", f"family {new.family} is not the served {live.family}")

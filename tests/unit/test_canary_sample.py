@@ -126,3 +126,46 @@ def faults_copy(engine_dir: Path, dest: Path, onnx_path: Path) -> Path:
     shutil.copytree(engine_dir, dest)
     faults.replace_engine(dest, onnx_path)
     return dest
+
+
+def test_an_int8_cpu_engine_gated_on_other_integer_kernels_is_refused_before_loading(smoke_cfg, tmp_path):
+    """ONNX Runtime's fused INT8 kernels differ between x86 CPUs with and without VNNI by more than the INT8
+    canary's tolerance sees (docs/gates.md): a host refuses an INT8 cpu engine whose build host recorded other
+    kernels, and takes the same engine recorded on kernels like its own, and any fp32 engine."""
+    from factory_core.availability import cpu_int8_kernels
+
+    src = _graph(tmp_path / "model.onnx")
+    inputs, outputs, profile = onnx_io(src, Family.FRAUD_RISK, smoke_cfg.families[Family.FRAUD_RISK])
+    here = cpu_int8_kernels()
+    other = "x86-avx2" if here == "x86-vnni" else "x86-vnni"
+
+    def built(precision: str, kernels: str) -> Path:
+        spec = BuildSpec(family="fraud_risk", version="20261201.00000001", precision=precision,
+                         target=TargetConfig(name="cpu"), onnx=src, calibration_sha256=None, profile=profile,
+                         options={"graph_optimization_level": "extended", "intra_op_threads": 1,
+                                  "build_timeout_s": 120})
+        dest = tmp_path / f"{precision}-{kernels}"
+        build_engine(OnnxRuntimeBuilder(), spec, dest, inputs, outputs, {"hostname": "b", "cpu_int8": kernels})
+        return dest
+
+    with pytest.raises(SwapRefused) as err:
+        preflight(built("int8", other), None, child=False)
+    assert err.value.kind == "cpu_int8" and f"gated on a host with {other} integer kernels; this host has {here}" \
+        in err.value.reason
+    assert "sha256" in " ".join(preflight(built("int8", here), None, child=False).checks)
+    preflight(built("fp32", other), None, child=False)
+
+
+@pytest.mark.parametrize("flags, kernels", [("fpu avx2 avx512f avx512bw avx512_vnni", "x86-vnni"),
+                                            ("fpu avx2 avx_vnni", "x86-vnni"),
+                                            ("fpu avx2 avx512f avx512bw", "x86-avx512"),
+                                            ("fpu sse4_2 avx2", "x86-avx2")])
+def test_the_integer_kernels_are_read_from_the_cpu_flags(flags, kernels, monkeypatch):
+    import platform
+
+    from factory_core.availability import cpu_int8_kernels
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert cpu_int8_kernels(f"processor\t: 0\nflags\t\t: {flags}\n") == kernels
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert cpu_int8_kernels("") == "aarch64"
