@@ -67,16 +67,18 @@ def main() -> None:
         cur = to_columns(x, feature_names(args.family))
         cur[PREDICTION] = 0.5
         for method, threshold in METHODS:
-            figures, cols = compare(ref, cur, names, share, method, threshold)
+            configured = (method, threshold) == (dcfg.method, dcfg.threshold) and dcfg.severe_score is not None
+            figures, cols = compare(ref, cur, names, share, method, threshold,
+                                    dcfg.severe_score if configured else None)
             rows.append({"shifted": shift is not None, "day": day, "method": f"{method or 'evidently default'} "
                          f"({threshold or 'default'})", "share": figures["drift_share"],
-                         "alarm": figures["dataset_drift"]})
-            if (method, threshold) == (dcfg.method, dcfg.threshold) and dcfg.severe_score is not None:
+                         "alarm": figures["drift_share"] >= share})
+            if configured:  # the factory's own rule: the share, or one column at severe_score
                 top = max(figures["columns"], key=lambda c: c.score)
                 worst.append({"day": day, "shifted": shift is not None, "share": figures["drift_share"],
                               "top column": top.column, "top score": round(top.score, 2)})
                 rows.append({**rows[-1], "method": f"{method} ({threshold}) + severe {dcfg.severe_score}",
-                             "alarm": figures["dataset_drift"] or top.score >= dcfg.severe_score})
+                             "alarm": figures["dataset_drift"]})
                 if args.columns:
                     print(day, "shifted" if shift else "unshifted", figures["drift_share"],
                           {c.column: round(c.score, 2) for c in figures["columns"] if c.drifted})

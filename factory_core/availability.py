@@ -112,6 +112,15 @@ def local_target() -> Probe:
     return Probe(found.value[0].target_name)
 
 
+@functools.cache
+def _proc_cpuinfo() -> str | None:
+    """``/proc/cpuinfo`` once per process (every swap's preflight asks), or None where there is none."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
 def cpu_int8_kernels(cpuinfo: str | None = None) -> str:
     """Which integer kernels ONNX Runtime's fused Q/DQ (INT8) operators run on this CPU: ``x86-vnni`` (AVX-512
     VNNI or AVX-VNNI), ``x86-avx512`` or ``x86-avx2`` (u8s8 without VNNI, which saturates: the same INT8 graph
@@ -121,9 +130,8 @@ def cpu_int8_kernels(cpuinfo: str | None = None) -> str:
     if machine not in ("x86_64", "amd64"):
         return machine or "unknown"
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
+        cpuinfo = _proc_cpuinfo()
+        if cpuinfo is None:
             return "x86-unknown"
     flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
                       if line.startswith("flags")), []))

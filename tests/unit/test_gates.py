@@ -61,8 +61,9 @@ def _run_qdq_exact(path, x):
     flipped decisions against 14), and the gate rightly rejected it (docs/gates.md, "INT8 on CPUs without VNNI")."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    from model_registry.runners import ort_session_options
+
+    so = ort_session_options(threads=1)
     so.add_session_config_entry("session.disable_quant_qdq", "1")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
